@@ -1,0 +1,283 @@
+"""Build the real training objects of a config: transformers model, peft adapters, 4-bit base, optimizer.
+
+The same builder serves the fake trace (no memory, no weights) and real runs on CPU, so what the
+estimator traces is what a Trainer would run: the model class named in the config, peft's LoRA,
+bitsandbytes' NF4 layout with double quantization, and the optimizer classes Trainer picks for each
+``optim`` name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from planner.errors import ConfigError
+from planner.schema import Method, OptimizerName, Precision, TrainingConfig
+
+# transformers' TrainingArguments.optim name for each of ours (what the executor passes Trainer).
+TRAINER_OPTIM_NAMES: dict[OptimizerName, str] = {
+    OptimizerName.ADAMW: "adamw_torch_fused",
+    OptimizerName.ADAMW_8BIT: "adamw_bnb_8bit",
+    OptimizerName.PAGED_ADAMW_8BIT: "paged_adamw_8bit",
+    OptimizerName.SGD: "sgd",
+    OptimizerName.ADAFACTOR: "adafactor",
+}
+
+_HALF = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16, Precision.PURE_BF16: torch.bfloat16}
+
+
+@dataclass
+class TrainingSetup:
+    """A model ready to train, its optimizer, and how to make a batch and run a forward."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    task: str
+    """"causal-lm", "masked-lm" or "sequence-classification": decides the labels."""
+    vocab_size: int
+    autocast_dtype: torch.dtype | None
+    loss_head: nn.Module | None
+    """The output projection; from its forward on, allocations are logits/loss temporaries."""
+
+    def make_batch(self, micro_batch: int, seq_len: int) -> dict[str, torch.Tensor]:
+        """Token ids and labels of one micro-batch; no attention mask (packed/unpadded rows).
+
+        An all-ones mask costs nothing either: transformers drops it and runs causal SDPA.
+        """
+        ids = torch.randint(0, self.vocab_size, (micro_batch, seq_len))
+        labels = torch.zeros(micro_batch, dtype=torch.long) if self.task == "sequence-classification" else ids
+        return {"input_ids": ids, "labels": labels}
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=self.autocast_dtype)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def base_weight_dtype(config: TrainingConfig) -> torch.dtype:
+    """dtype the (non-quantized) base weights are loaded in.
+
+    Full fine-tuning with mixed precision keeps fp32 master weights (Trainer's ``bf16=True`` on a
+    model loaded in fp32). A frozen LoRA/QLoRA base needs no master copy and is loaded in the half
+    dtype, as every LoRA recipe does (``dtype=torch.bfloat16``).
+    """
+    if config.precision is Precision.PURE_BF16:
+        return torch.bfloat16
+    if config.precision is Precision.FP32 or config.method is Method.FULL:
+        return torch.float32
+    return _HALF[config.precision]
+
+
+def autocast_dtype(config: TrainingConfig) -> torch.dtype | None:
+    """Trainer's ``fp16``/``bf16`` flags run the forward under autocast; fp32 and pure-bf16 do not."""
+    return _HALF[config.precision] if config.precision in (Precision.FP16, Precision.BF16) else None
+
+
+def task_of(model_class_name: str) -> str:
+    if model_class_name.endswith("ForSequenceClassification"):
+        return "sequence-classification"
+    if model_class_name.endswith(("ForMaskedLM", "ForPreTraining")):
+        return "masked-lm"
+    return "causal-lm"
+
+
+def model_class(hf_config: Any) -> type[nn.Module]:
+    """The class the config names (``architectures[0]``), else the causal-LM auto class."""
+    import transformers
+
+    for name in getattr(hf_config, "architectures", None) or []:
+        if name.endswith("ForPreTraining"):
+            name = name.replace("ForPreTraining", "ForMaskedLM")
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls  # type: ignore[no-any-return]
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM._model_mapping[type(hf_config)]  # type: ignore[no-any-return]
+
+
+def build_training_setup(
+    hf_config: Any, config: TrainingConfig, *, fake_mode: Any | None, cuda_optimizer_layout: bool
+) -> TrainingSetup:
+    """Build model, adapters and optimizer for ``config``; with ``fake_mode`` nothing is allocated.
+
+    ``cuda_optimizer_layout`` traces paged 8-bit AdamW as its non-paged twin (same state layout):
+    paging needs CUDA managed memory, which no CPU can host.
+    """
+    cls = model_class(hf_config)
+    task = task_of(cls.__name__)
+    weights = base_weight_dtype(config)
+    # Under fake mode everything is built on meta (no init cost, and peft/bitsandbytes run their
+    # real code on meta tensors), then materialised as fake CPU tensors in one ``to_empty``.
+    with torch.device("meta") if fake_mode is not None else contextlib.nullcontext():
+        model = cls._from_config(hf_config, dtype=weights)
+        model.train()
+        if config.method is Method.QLORA:
+            _quantize_to_nf4(model, _HALF.get(config.precision, torch.float32))
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=config.gradient_checkpointing
+            )
+        if config.method in (Method.LORA, Method.QLORA):
+            model = _add_lora(model, config, task)
+        if config.gradient_checkpointing:
+            # Trainer calls this on the (peft-wrapped) model; transformers defaults to non-reentrant.
+            model.activation_checkpointing_enable()
+    if fake_mode is not None:
+        with fake_mode:
+            quant_states = {
+                name: module.weight.quant_state
+                for name, module in model.named_modules()
+                if hasattr(module.weight if isinstance(module, nn.Linear) else None, "quant_state")
+            }
+            model = model.to_empty(device="cpu")
+            _materialise_quant_states(model, quant_states)
+    loss_head = model.get_output_embeddings() if task != "sequence-classification" else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Optimizers are built outside fake mode: bitsandbytes computes its quantization maps with
+    # data-dependent Python at construction. The maps are tiny real tensors; the state is fake.
+    optimizer = make_optimizer(config.optimizer, params, paged_as_unpaged=cuda_optimizer_layout)
+    return TrainingSetup(
+        model=model,
+        optimizer=optimizer,
+        task=task,
+        vocab_size=int(hf_config.vocab_size),
+        autocast_dtype=autocast_dtype(config),
+        loss_head=loss_head,
+    )
+
+
+def make_optimizer(
+    name: OptimizerName, params: list[nn.Parameter], *, paged_as_unpaged: bool = False, lr: float = 1e-5
+) -> torch.optim.Optimizer:
+    """The optimizer class and arguments ``Trainer.get_optimizer_cls_and_kwargs`` picks for ``name``.
+
+    Kept as a table rather than calling Trainer: importing Trainer costs ~4 s, over half of the
+    estimator's time budget. ``tests/estimator/test_setup.py`` checks the table against Trainer.
+    """
+    if name is OptimizerName.ADAMW:
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    if name in (OptimizerName.ADAMW_8BIT, OptimizerName.PAGED_ADAMW_8BIT):
+        import bitsandbytes as bnb
+
+        paged = name is OptimizerName.PAGED_ADAMW_8BIT and not paged_as_unpaged
+        return bnb.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, optim_bits=8, is_paged=paged)
+    if name is OptimizerName.SGD:
+        return torch.optim.SGD(params, lr=lr)
+    from transformers.optimization import Adafactor
+
+    return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False)
+
+
+def _in(mode: Any | None) -> contextlib.AbstractContextManager[Any]:
+    return mode if mode is not None else contextlib.nullcontext()
+
+
+def _quantize_to_nf4(model: nn.Module, compute_dtype: torch.dtype) -> None:
+    """Swap every linear layer but the output head for a bitsandbytes NF4 ``Linear4bit``.
+
+    The packed weight and its quant state come from ``bitsandbytes.functional.quantize_4bit`` itself
+    (blocksize 64, double-quantized absmax: ``BitsAndBytesConfig(bnb_4bit_use_double_quant=True)``),
+    so the layout is the real one; under fake mode it is computed without touching data.
+    """
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
+    with torch.device("cpu"):
+        # bitsandbytes computes (and caches) its dynamic map from data on first use; do that on
+        # the CPU so that quantizing meta weights later only copies it.
+        bnbf.name2qmap.setdefault("dynamic", bnbf.create_dynamic_map())
+    skip = {id(model.get_output_embeddings())}
+    for head in ("classifier", "score"):
+        if isinstance(getattr(model, head, None), nn.Module):
+            skip.update(id(m) for m in getattr(model, head).modules())
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Linear) or id(child) in skip:
+                continue
+            with torch.device("meta"):
+                quantized = bnb.nn.Linear4bit(
+                    child.in_features, child.out_features, bias=child.bias is not None,
+                    compute_dtype=compute_dtype, quant_type="nf4", compress_statistics=True,
+                )
+            packed, state = bnbf.quantize_4bit(
+                child.weight.detach().to(compute_dtype), blocksize=64, compress_statistics=True, quant_type="nf4"
+            )
+            weight = nn.Parameter(packed, requires_grad=False)
+            # What peft and Linear4bit read off a bitsandbytes Params4bit.
+            weight.quant_state = state  # type: ignore[attr-defined]
+            weight.quant_type = "nf4"  # type: ignore[attr-defined]
+            weight.compress_statistics = True  # type: ignore[attr-defined]
+            weight.bnb_quantized = True  # type: ignore[attr-defined]
+            quantized.weight = weight
+            quantized.bias = child.bias
+            setattr(parent, child_name, quantized)
+    model.is_loaded_in_4bit = True
+
+
+def _materialise_quant_states(model: nn.Module, states: dict[str, Any]) -> None:
+    """Give 4-bit weights back their quant state, as fake CPU tensors, after ``to_empty``.
+
+    ``to_empty`` replaces each parameter and knows nothing of the quant state, which bitsandbytes
+    keeps as a plain attribute of the weight.
+    """
+    modules = dict(model.named_modules())
+    for name, state in states.items():
+        modules[name].weight.quant_state = state
+        while state is not None:
+            for attr in ("absmax", "code", "offset"):
+                value = getattr(state, attr)
+                if isinstance(value, torch.Tensor):
+                    setattr(state, attr, torch.empty_like(value, device="cpu"))
+            state = state.state2
+
+
+def _add_lora(model: nn.Module, config: TrainingConfig, task: str) -> nn.Module:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    peft_task = {"causal-lm": TaskType.CAUSAL_LM, "sequence-classification": TaskType.SEQ_CLS}.get(task)
+    lora = LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        task_type=peft_task,
+    )
+    try:
+        # peft keeps adapters in fp32 over a half base (autocast_adapter_dtype); pure-bf16 keeps bf16.
+        peft_model = get_peft_model(model, lora, autocast_adapter_dtype=config.precision is not Precision.PURE_BF16)
+    except ValueError as exc:
+        if "not found in the base model" in str(exc) or "Target modules" in str(exc):
+            names = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+            raise ConfigError(
+                "lora.target_modules",
+                f"{config.lora.target_modules} match no module of {type(model).__name__}",
+                f"use 'all-linear' or some of {', '.join(names[:8])}",
+            ) from None
+        raise
+    if config.precision is Precision.PURE_BF16:
+        # peft casts adapters to the base dtype only when they are off meta; do it in both paths.
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)
+    return peft_model
+
+
+@contextlib.contextmanager
+def patched(obj: Any, name: str, value: Callable[..., Any]) -> Iterator[None]:
+    """Temporarily replace ``obj.name`` (used to emulate CUDA's attention kernel choice)."""
+    original = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, original)

@@ -1,0 +1,117 @@
+"""Live tensor bytes over time, seen at the dispatcher: works the same on fake and real tensors.
+
+Every op's outputs are registered by *storage* (views share one), with a finalizer that takes the
+bytes off when the storage dies. That is what a caching allocator would have handed out at each
+moment, so the running peak is the step's peak of live tensor bytes. A log of (storage, +/-bytes)
+events lets the caller replay the live set at the peak afterwards and say who held the bytes.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
+
+
+@dataclass
+class LivePeak:
+    """The peak of one traced region and the storages live at that moment."""
+
+    bytes: int
+    live: dict[int, int] = field(default_factory=dict)
+    """storage id -> bytes, for every storage live at the peak."""
+    phases: dict[int, str] = field(default_factory=dict)
+    """storage id -> phase it was allocated in ("setup", "forward", "loss", "backward", "optimizer")."""
+
+
+class LiveBytesTracker(TorchDispatchMode):
+    """Tracks the bytes of live tensor storages as ops run; usable on fake and real tensors.
+
+    ``round_to`` rounds each storage up the way the allocator would (CUDA's caching allocator hands
+    out multiples of 512 bytes), so the running total is what the allocator would report.
+    """
+
+    def __init__(self, round_to: int = 1) -> None:
+        super().__init__()
+        self.round_to = round_to
+        self.phase = "setup"
+        self.live_bytes = 0
+        self._ids: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._next_id = 0
+        self._sizes: dict[int, int] = {}
+        self._phases: dict[int, str] = {}
+        self._events: list[tuple[int, int]] = []
+        self._peak_bytes = 0
+        self._peak_event = 0
+        self._window_start = 0
+
+    # -- registration ---------------------------------------------------------------------------
+    def _rounded(self, nbytes: int) -> int:
+        return -(-nbytes // self.round_to) * self.round_to
+
+    def storage_id(self, tensor: torch.Tensor) -> int | None:
+        """Our id of the storage behind ``tensor``, or None if it was never registered."""
+        return self._ids.get(tensor.untyped_storage())
+
+    def track(self, tensors: Iterable[Any]) -> None:
+        """Register tensors that exist already (weights, optimizer state) as live."""
+        for leaf in tensors:
+            if isinstance(leaf, torch.Tensor):
+                self._register(leaf)
+
+    def _register(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type == "meta":
+            return
+        storage = tensor.untyped_storage()
+        if storage in self._ids:
+            return
+        nbytes = self._rounded(storage.nbytes())
+        sid = self._next_id
+        self._next_id += 1
+        self._ids[storage] = sid
+        self._sizes[sid] = nbytes
+        self._phases[sid] = self.phase
+        self._record(sid, nbytes)
+        weakref.finalize(storage, self._release, sid)
+
+    def _release(self, sid: int) -> None:
+        self._record(sid, -self._sizes[sid])
+
+    def _record(self, sid: int, delta: int) -> None:
+        self.live_bytes += delta
+        self._events.append((sid, delta))
+        if delta > 0 and self.live_bytes > self._peak_bytes:
+            self._peak_bytes = self.live_bytes
+            self._peak_event = len(self._events)
+
+    # -- peak windows ---------------------------------------------------------------------------
+    def reset_peak(self) -> None:
+        """Start a new peak window at the current live bytes (like ``reset_peak_memory_stats``)."""
+        self._peak_bytes = self.live_bytes
+        self._peak_event = len(self._events)
+        self._window_start = len(self._events)
+
+    def peak(self) -> LivePeak:
+        """The window's peak and, replayed from the event log, which storages were live then."""
+        live: dict[int, int] = {}
+        for sid, delta in self._events[: self._peak_event]:
+            if delta > 0:
+                live[sid] = delta
+            else:
+                live.pop(sid, None)
+        return LivePeak(
+            bytes=self._peak_bytes, live=live, phases={sid: self._phases[sid] for sid in live}
+        )
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self._register(leaf)
+        return out

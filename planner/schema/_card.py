@@ -1,0 +1,58 @@
+"""A GPU card: datasheet figures plus what the driver reports as usable memory."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+MIB = 1024**2
+GIB = 1024**3
+
+
+class Throughput(BaseModel):
+    """Dense peak TFLOP/s per dtype (no sparsity; tensor cores with fp32 accumulate)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bf16: PositiveFloat | None
+    fp16: PositiveFloat | None
+    fp32: PositiveFloat | None
+
+
+class Card(BaseModel):
+    """One GPU model, from ``profiles/cards/*.yaml`` or read from the local GPU through NVML.
+
+    ``memory_total_mib`` is the total the driver reports (smaller than the datasheet's GB).
+    ``free_bytes`` is set only for the local card: memory other processes hold is not ours.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    display_name: str
+    aliases: list[str] = []
+    vram_gb: PositiveFloat
+    memory_total_mib: PositiveInt
+    compute_capability: str = Field(pattern=r"^\d+\.\d+$")
+    tflops: Throughput
+    bandwidth_gbs: PositiveFloat | None
+    source: str
+    free_bytes: int | None = None
+
+    @property
+    def memory_total_bytes(self) -> int:
+        return self.memory_total_mib * MIB
+
+    @property
+    def available_bytes(self) -> int:
+        """Memory a new training process can take: free memory on the local card, else the total."""
+        return self.free_bytes if self.free_bytes is not None else self.memory_total_bytes
+
+    @property
+    def compute_capability_tuple(self) -> tuple[int, int]:
+        major, minor = self.compute_capability.split(".")
+        return int(major), int(minor)
+
+    @property
+    def supports_bf16(self) -> bool:
+        # bf16 tensor cores arrived with Ampere (sm80); Turing (T4, sm75) has none.
+        return self.compute_capability_tuple >= (8, 0)

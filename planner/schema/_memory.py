@@ -1,0 +1,99 @@
+"""Memory estimates: the peak of one training step, broken down by what holds the bytes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, NonNegativeInt
+
+from planner.schema._training import TrainingConfig
+
+
+class MemoryBreakdown(BaseModel):
+    """Bytes held at the moment of peak, by owner. Sums to ``MemoryEstimate.peak_bytes``.
+
+    ``activations`` are tensors autograd saved for backward; ``temporaries`` everything else live
+    at the peak that is not weights/gradients/optimizer state (logits and their fp32 copy, loss
+    gradients, matmul outputs in flight). ``cuda_context`` and ``allocator_overhead`` exist only
+    on CUDA: the driver context plus cuBLAS workspace, and the caching allocator's reserved but
+    unallocated bytes (fragmentation).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weights: NonNegativeInt
+    gradients: NonNegativeInt
+    optimizer_state: NonNegativeInt
+    activations: NonNegativeInt
+    temporaries: NonNegativeInt
+    cuda_context: NonNegativeInt = 0
+    allocator_overhead: NonNegativeInt = 0
+
+    @property
+    def total(self) -> int:
+        return (
+            self.weights
+            + self.gradients
+            + self.optimizer_state
+            + self.activations
+            + self.temporaries
+            + self.cuda_context
+            + self.allocator_overhead
+        )
+
+
+class MemoryEstimate(BaseModel):
+    """Predicted peak memory of one steady-state training step of ``config`` on ``card``.
+
+    ``peak_allocated_bytes`` predicts ``torch.cuda.max_memory_allocated``; ``peak_reserved_bytes``
+    predicts ``torch.cuda.max_memory_reserved``; ``peak_bytes`` (what decides fit) predicts the NVML
+    "used" figure of the process: reserved plus CUDA context.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: TrainingConfig
+    card: str
+    micro_batch: int
+    peak_allocated_bytes: NonNegativeInt
+    peak_reserved_bytes: NonNegativeInt
+    peak_bytes: NonNegativeInt
+    available_bytes: NonNegativeInt
+    breakdown: MemoryBreakdown
+    includes: list[str]
+    expected_error: str
+    traced: bool
+    """True when this micro-batch was traced at full depth; False when it is the linear fit."""
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.available_bytes
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.available_bytes - self.peak_bytes
+
+
+class Fix(BaseModel):
+    """A change to the config that makes it fit, with the largest micro-batch it then allows."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    change: str
+    config: TrainingConfig
+    max_micro_batch: int
+
+
+class FitReport(BaseModel):
+    """The answer of ``planner fit``: per-micro-batch estimates, the max micro-batch, fixes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: TrainingConfig
+    card: str
+    rows: list[MemoryEstimate]
+    max_micro_batch: int
+    """0 when not even micro-batch 1 fits."""
+    at_max: MemoryEstimate
+    """The estimate at the max micro-batch (at micro-batch 1 when nothing fits)."""
+    fixes: list[Fix]
+    calibration: str
+    """Where the CUDA overhead figures came from: a measured profile of this card, or defaults."""

@@ -1,0 +1,89 @@
+"""The training configuration: what one training step looks like, independent of the card."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+
+class Method(str, Enum):
+    """Which weights train: all of them, LoRA adapters on a frozen base, or LoRA on a 4-bit base."""
+
+    FULL = "full"
+    LORA = "lora"
+    QLORA = "qlora"
+
+
+class Precision(str, Enum):
+    """Numeric precision, with the semantics of ``transformers.TrainingArguments``.
+
+    ``fp16``/``bf16`` are *mixed* precision: trainable weights, gradients and optimizer state stay
+    fp32 and autocast runs the matmuls in half precision (``TrainingArguments(bf16=True)``).
+    ``pure-bf16`` loads the model in bf16 with no fp32 master copy (``dtype=torch.bfloat16``,
+    no autocast): half the memory, the usual choice for frozen LoRA bases anyway.
+    """
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    PURE_BF16 = "pure-bf16"
+
+    @property
+    def needs_bf16(self) -> bool:
+        return self in (Precision.BF16, Precision.PURE_BF16)
+
+
+class OptimizerName(str, Enum):
+    """Optimizers by their ``TrainingArguments.optim`` names."""
+
+    ADAMW = "adamw"
+    ADAMW_8BIT = "adamw_8bit"
+    PAGED_ADAMW_8BIT = "paged_adamw_8bit"
+    SGD = "sgd"
+    ADAFACTOR = "adafactor"
+
+
+class LoraSettings(BaseModel):
+    """peft ``LoraConfig`` fields that change memory or speed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainingConfig(BaseModel):
+    """One fine-tuning setup: model, method, precision, optimizer, shapes.
+
+    ``model`` is a hub id shipped in ``profiles/models``, a local directory with a ``config.json``,
+    or (online only) any hub id. ``micro_batch`` is the per-device batch of one forward/backward;
+    ``gradient_accumulation`` micro-batches make one optimizer step.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1)
+    method: Method = Method.FULL
+    lora: LoraSettings = LoraSettings()
+    precision: Precision = Precision.BF16
+    optimizer: OptimizerName = OptimizerName.ADAMW
+    gradient_checkpointing: bool = False
+    seq_len: PositiveInt = 512
+    micro_batch: PositiveInt = 1
+    gradient_accumulation: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _qlora_needs_half_compute(self) -> TrainingConfig:
+        if self.method is Method.QLORA and self.precision is Precision.PURE_BF16:
+            # QLoRA's base is 4-bit whatever the precision; pure-bf16 only names the adapters'
+            # dtype, which peft keeps fp32 anyway. Refuse rather than silently reinterpret.
+            raise ValueError("qlora takes precision bf16, fp16 or fp32 (the 4-bit compute dtype)")
+        return self
+
+    def with_changes(self, **changes: object) -> TrainingConfig:
+        """A validated copy with some fields replaced (``model_copy`` skips validation)."""
+        return TrainingConfig.model_validate({**self.model_dump(), **changes})
