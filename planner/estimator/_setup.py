@@ -140,6 +140,8 @@ def build_training_setup(
                 if hasattr(module.weight if isinstance(module, nn.Linear) else None, "quant_state")
             }
             model = model.to_empty(device="cpu")
+            # Moving meta -> fake makes a new Parameter per module, which unties shared weights.
+            model.tie_weights()
             _materialise_quant_states(model, quant_states)
     loss_head = model.get_output_embeddings() if task != "sequence-classification" else None
     params = [p for p in model.parameters() if p.requires_grad]

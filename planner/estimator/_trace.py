@@ -9,6 +9,7 @@ accumulation peak. Under :class:`FakeTensorMode` no memory is allocated and no w
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from dataclasses import dataclass
@@ -66,47 +67,68 @@ def num_layers(hf_config: Any) -> int:
     return int(hf_config.num_hidden_layers)
 
 
-def trace_step(
-    hf_config: Any,
-    config: TrainingConfig,
-    *,
-    micro_batch: int,
-    cuda: CudaTarget | None,
-    fake: bool = True,
-) -> StepTrace:
-    """Run (or fake) one steady-state training step of ``config`` and return its peak.
+class StepTracer:
+    """One built training setup whose steady-state step can be traced at several micro-batches.
 
-    ``cuda`` set: allocations are rounded to CUDA blocks and attention follows CUDA's kernel
-    choice. ``cuda`` None: plain CPU semantics, which is what a real CPU run measures.
+    Building the model and creating optimizer state dominate a shallow trace, so they are done
+    once; each :meth:`trace` then runs one step (the state after it equals the state before).
+    ``cuda`` set: allocations are rounded to CUDA blocks and attention follows CUDA's kernel choice.
+    ``cuda`` None: plain CPU semantics, which is what a real CPU run measures.
     """
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
-    setup = build_training_setup(hf_config, config, fake_mode=fake_mode, cuda_optimizer_layout=cuda is not None)
-    tracker = LiveBytesTracker(round_to=CUDA_BLOCK_BYTES if cuda is not None else 1)
-    tracker.track(_weight_tensors(setup.model))
-    if setup.loss_head is not None:
-        setup.loss_head.register_forward_pre_hook(lambda *_: setattr(tracker, "phase", "loss"))
 
-    with _in(fake_mode), tracker, _attention_as_on(cuda), _rows_are_single_sequences():
-        _create_optimizer_state(setup)
-        tracker.reset_peak()
-        accumulation = min(config.gradient_accumulation, 2)
-        for _ in range(accumulation):
-            tracker.phase = "forward"
-            batch = setup.make_batch(micro_batch, config.seq_len)
-            with setup.autocast():
-                loss = setup.model(**batch).loss
-            tracker.phase = "backward"
-            (loss / config.gradient_accumulation).backward()
-            del loss, batch
-        gradients = {tracker.storage_id(p.grad) for p in setup.trainable_parameters() if p.grad is not None}
-        tracker.phase = "optimizer"
-        setup.optimizer.step()
-        setup.optimizer.zero_grad(set_to_none=True)
-    optimizer_state = {
-        tracker.storage_id(t) for state in setup.optimizer.state.values() for t in state.values()
-        if isinstance(t, torch.Tensor)
-    }
-    return _split(tracker, gradients, optimizer_state)
+    def __init__(self, hf_config: Any, config: TrainingConfig, *, cuda: CudaTarget | None, fake: bool = True):
+        self.config = config
+        self.cuda = cuda
+        self._fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+        self.setup = build_training_setup(
+            hf_config, config, fake_mode=self._fake_mode, cuda_optimizer_layout=cuda is not None
+        )
+        self.tracker = LiveBytesTracker(round_to=CUDA_BLOCK_BYTES if cuda is not None else 1)
+        self.tracker.track(_weight_tensors(self.setup.model))
+        if self.setup.loss_head is not None:
+            self.setup.loss_head.register_forward_pre_hook(lambda *_: setattr(self.tracker, "phase", "loss"))
+        with self._tracing():
+            _create_optimizer_state(self.setup)
+
+    def _tracing(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(_in(self._fake_mode))
+        stack.enter_context(self.tracker)
+        stack.enter_context(_attention_as_on(self.cuda))
+        stack.enter_context(_rows_are_single_sequences())
+        return stack
+
+    def trace(self, micro_batch: int) -> StepTrace:
+        """Run (or fake) one steady-state training step at ``micro_batch`` and return its peak."""
+        setup, tracker = self.setup, self.tracker
+        with self._tracing():
+            tracker.reset_peak()
+            for _ in range(min(self.config.gradient_accumulation, 2)):
+                tracker.phase = "forward"
+                batch = setup.make_batch(micro_batch, self.config.seq_len)
+                with setup.autocast():
+                    loss = setup.model(**batch).loss
+                tracker.phase = "backward"
+                (loss / self.config.gradient_accumulation).backward()
+                del loss, batch
+            gradients = {tracker.storage_id(p.grad) for p in setup.trainable_parameters() if p.grad is not None}
+            tracker.phase = "optimizer"
+            setup.optimizer.step()
+            setup.optimizer.zero_grad(set_to_none=True)
+        optimizer_state = {
+            tracker.storage_id(t)
+            for state in setup.optimizer.state.values()
+            for t in state.values()
+            if isinstance(t, torch.Tensor)
+        }
+        return _split(tracker, gradients, optimizer_state)
+
+
+def trace_step(
+    hf_config: Any, config: TrainingConfig, *, micro_batch: int, cuda: CudaTarget | None, fake: bool = True
+) -> StepTrace:
+    """Build ``config`` and trace one steady-state step at ``micro_batch`` (see :class:`StepTracer`)."""
+    return StepTracer(hf_config, config, cuda=cuda, fake=fake).trace(micro_batch)
 
 
 def _weight_tensors(model: torch.nn.Module) -> list[torch.Tensor]:

@@ -72,9 +72,18 @@ class TrainingConfig(BaseModel):
     precision: Precision = Precision.BF16
     optimizer: OptimizerName = OptimizerName.ADAMW
     gradient_checkpointing: bool = False
+    """Unset, it follows the method's recipe: on for QLoRA (peft's ``prepare_model_for_kbit_training``
+    turns it on by default), off otherwise."""
     seq_len: PositiveInt = 512
     micro_batch: PositiveInt = 1
     gradient_accumulation: PositiveInt = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_checkpointing(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("gradient_checkpointing") is None:
+            data = {**data, "gradient_checkpointing": data.get("method") == Method.QLORA}
+        return data
 
     @model_validator(mode="after")
     def _qlora_needs_half_compute(self) -> TrainingConfig:

@@ -1,0 +1,24 @@
+"""The ``planner`` command: a thin click layer that parses, calls the library, and formats."""
+
+from __future__ import annotations
+
+import click
+
+from planner.cli._catalog import cards_command, models_command
+from planner.cli._fit import fit_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vram-planner")
+def cli() -> None:
+    """vram-planner: what fits on your GPU, how long a sweep takes, and running it inside a budget."""
+
+
+cli.add_command(fit_command)
+cli.add_command(cards_command)
+cli.add_command(models_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,154 @@
+"""``planner fit``: does a config fit on a card, what is the max micro-batch, and what would fix it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from planner.cli._common import emit_json, parse_sizes, user_errors_exit_2
+from planner.schema import GIB, FitReport, Method, OptimizerName, Precision
+
+_GIB_FORMAT = "{:.2f}"
+
+
+def training_options(command: Any) -> Any:
+    """The options that make a :class:`~planner.schema.TrainingConfig` (shared with later commands)."""
+    options = [
+        click.option("--method", type=click.Choice([m.value for m in Method]), default="full", show_default=True),
+        click.option(
+            "--precision", type=click.Choice([p.value for p in Precision]), default="bf16", show_default=True,
+            help="fp16/bf16 are Trainer's mixed precision; pure-bf16 has no fp32 master weights.",
+        ),
+        click.option(
+            "--optimizer", type=click.Choice([o.value for o in OptimizerName]), default="adamw", show_default=True
+        ),
+        click.option(
+            "--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+            help="Default: on for QLoRA (peft's recipe), off otherwise.",
+        ),
+        click.option("--seq-len", type=int, default=512, show_default=True, help="Tokens per sequence."),
+        click.option("--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps."),
+        click.option("--lora-r", type=int, default=16, show_default=True),
+        click.option("--lora-alpha", type=int, default=32, show_default=True),
+        click.option("--lora-dropout", type=float, default=0.05, show_default=True),
+        click.option(
+            "--lora-target", default="all-linear", show_default=True,
+            help="Comma-separated module names, or all-linear.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def training_fields(model: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The TrainingConfig fields from parsed CLI options (validated by the caller)."""
+    target = options["lora_target"]
+    return {
+        "model": model,
+        "method": options["method"],
+        "precision": options["precision"],
+        "optimizer": options["optimizer"],
+        "gradient_checkpointing": options["gradient_checkpointing"],
+        "seq_len": options["seq_len"],
+        "gradient_accumulation": options["grad_accum"],
+        "lora": {
+            "r": options["lora_r"],
+            "alpha": options["lora_alpha"],
+            "dropout": options["lora_dropout"],
+            "target_modules": target if target == "all-linear" else [t.strip() for t in target.split(",")],
+        },
+    }
+
+
+@click.command("fit")
+@click.argument("model")
+@training_options
+@click.option("--card", required=True, help="Card name (see `planner cards`) or 'local'.")
+@click.option("--micro-batch", "micro_batches", help="Micro-batch sizes to report, e.g. 1,2,4.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of memory vs micro-batch.")
+@user_errors_exit_2
+def fit_command(
+    model: str, card: str, micro_batches: str | None, as_json: bool, plot: Path | None, **options: Any
+) -> None:
+    """Does MODEL fit on --card, and what is the largest micro-batch? No GPU needed."""
+    from planner.cards import load_card
+    from planner.estimator import fit
+    from planner.schema import TrainingConfig
+
+    sizes = parse_sizes(micro_batches, "micro-batch")
+    config = TrainingConfig.model_validate(training_fields(model, options))
+    report = fit(config, load_card(card), sizes)
+    if plot is not None:
+        plot_fit(report, plot)
+    if as_json:
+        emit_json(report.model_dump(mode="json"))
+    else:
+        print_fit(report)
+
+
+def _gib(value: int) -> str:
+    return _GIB_FORMAT.format(value / GIB)
+
+
+def print_fit(report: FitReport) -> None:
+    console = Console()
+    config = report.config
+    console.print(
+        f"[bold]{config.model}[/] {config.method.value} {config.precision.value} {config.optimizer.value}, "
+        f"seq {config.seq_len}, checkpointing {'on' if config.gradient_checkpointing else 'off'} "
+        f"on [bold]{report.card}[/] ({_gib(report.at_max.available_bytes)} GiB usable)"
+    )
+    table = Table("micro-batch", "peak GiB", "headroom GiB", "fits", "source")
+    for row in report.rows:
+        table.add_row(
+            str(row.micro_batch), _gib(row.peak_bytes), _gib(row.headroom_bytes),
+            "[green]yes[/]" if row.fits else "[red]no[/]", "traced" if row.traced else "linear fit",
+        )
+    console.print(table)
+    if report.max_micro_batch:
+        console.print(f"[bold green]Max micro-batch: {report.max_micro_batch}[/] (confirmed by a full-depth trace)")
+    else:
+        console.print("[bold red]Does not fit, not even at micro-batch 1.[/]")
+    breakdown = report.at_max.breakdown
+    label = f"micro-batch {report.at_max.micro_batch}"
+    parts = Table("at " + label, "GiB", title="Where the peak goes")
+    for name, value in breakdown.model_dump().items():
+        parts.add_row(name.replace("_", " "), _gib(value))
+    parts.add_row("[bold]total (predicted NVML used)[/]", f"[bold]{_gib(report.at_max.peak_bytes)}[/]")
+    console.print(parts)
+    if not report.max_micro_batch:
+        if report.fixes:
+            fixes = Table("change", "max micro-batch", title="What would make it fit")
+            for fix in report.fixes:
+                fixes.add_row(fix.change, str(fix.max_micro_batch))
+            console.print(fixes)
+        else:
+            console.print("No single change tried makes it fit: a bigger card or several GPUs are needed.")
+    console.print(f"Includes: {'; '.join(report.at_max.includes)}.")
+    console.print(f"Expected error: {report.at_max.expected_error}.")
+
+
+def plot_fit(report: FitReport, path: Path) -> None:
+    """Predicted memory against micro-batch, with the card's usable memory as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [row.micro_batch for row in report.rows]
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.plot(sizes, [row.peak_bytes / GIB for row in report.rows], marker="o", label="predicted peak (NVML)")
+    axes.axhline(report.at_max.available_bytes / GIB, color="red", linestyle="--", label=f"{report.card} usable")
+    axes.set_xlabel("micro-batch")
+    axes.set_ylabel("GiB")
+    axes.set_title(f"{report.config.model} ({report.config.method.value}, seq {report.config.seq_len})")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,86 @@
+"""What only CUDA adds on top of live tensor bytes: context, workspace, fragmentation, kernels.
+
+Each figure says where it comes from. The defaults hold until ``planner profile`` measures the
+card; a measured profile then replaces them (see :func:`overhead_for`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from planner.schema import MIB, Card
+
+# CUDA context of a PyTorch process with lazy module loading (the default since CUDA 11.7):
+# driver state, the runtime and the kernels loaded so far. Reported between ~300 and ~600 MiB across
+# cards and driver versions (nvidia-smi of an idle `torch.zeros(1, device="cuda")` process).
+DEFAULT_CONTEXT_BYTES = 500 * MIB
+CONTEXT_UNCERTAINTY_BYTES = 150 * MIB
+
+# cuBLAS workspace, taken through the caching allocator on the first matmul of a stream:
+# ATen's default CUBLAS_WORKSPACE_CONFIG is ":4096:8" (32 MiB) on Hopper, ":4096:2:16:8" (~8 MiB)
+# before (aten/src/ATen/cuda/CublasHandlePool.cpp).
+HOPPER_WORKSPACE_BYTES = 32 * MIB
+PRE_HOPPER_WORKSPACE_BYTES = 8 * MIB + 128 * 1024
+
+# Reserved over allocated at the peak of a training step: the caching allocator keeps freed blocks
+# in segments (2 MiB small pool, 20 MiB+ large segments) that later requests of other sizes cannot
+# always reuse. A few percent is typical for transformer training; 5% until measured.
+DEFAULT_FRAGMENTATION = 0.05
+FRAGMENTATION_UNCERTAINTY = 0.04
+
+
+@dataclass(frozen=True)
+class CudaOverhead:
+    """Calibrated or default CUDA overheads of one card."""
+
+    context_bytes: int
+    workspace_bytes: int
+    fragmentation: float
+    source: str
+    """"defaults" or the measured profile the figures came from."""
+
+    def reserved(self, allocated: int) -> int:
+        """Predicted ``max_memory_reserved`` for a predicted ``max_memory_allocated``."""
+        return math.ceil(allocated * (1.0 + self.fragmentation))
+
+    def device_bytes(self, allocated: int) -> int:
+        """Predicted NVML "used" of the process: reserved plus the context."""
+        return self.reserved(allocated) + self.context_bytes
+
+    def allocated_limit(self, available: int) -> int:
+        """Largest allocated peak whose device bytes still fit in ``available``."""
+        return math.floor((available - self.context_bytes) / (1.0 + self.fragmentation))
+
+    @property
+    def expected_error(self) -> str:
+        if self.source == "defaults":
+            return (
+                f"±{CONTEXT_UNCERTAINTY_BYTES // MIB} MiB context and ±{FRAGMENTATION_UNCERTAINTY:.0%} "
+                "fragmentation (uncalibrated defaults; `planner profile` on this card calibrates them), "
+                "plus ±1% for the trace"
+            )
+        return f"±3% (context and fragmentation calibrated from {self.source})"
+
+
+def default_overhead(card: Card) -> CudaOverhead:
+    hopper = card.compute_capability_tuple >= (9, 0)
+    return CudaOverhead(
+        context_bytes=DEFAULT_CONTEXT_BYTES,
+        workspace_bytes=HOPPER_WORKSPACE_BYTES if hopper else PRE_HOPPER_WORKSPACE_BYTES,
+        fragmentation=DEFAULT_FRAGMENTATION,
+        source="defaults",
+    )
+
+
+def sdpa_backend(card: Card, half_precision: bool, head_dim: int) -> str:
+    """The kernel ``scaled_dot_product_attention`` picks on ``card`` (PyTorch's sdp_utils.cpp rules).
+
+    Flash needs sm80+, fp16/bf16 and head_dim <= 256; memory-efficient (CUTLASS) takes fp32 too,
+    head_dim <= 256 here; anything else falls back to the math kernel that stores the probabilities.
+    """
+    if head_dim <= 256 and half_precision and card.compute_capability_tuple >= (8, 0):
+        return "flash"
+    if head_dim <= 256:
+        return "efficient"
+    return "math"

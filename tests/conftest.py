@@ -1,0 +1,59 @@
+"""Tiny models built from configs (no weights, nothing downloaded) and a tiny card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from planner.schema import Card
+
+# Four architectures that cover what the estimator must get right: grouped-query attention
+# (Llama), learned positions + dropout + LayerNorm (GPT-2), an encoder classifier (BERT), and
+# attention biases (Qwen2).
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "llama": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+        "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 256,
+        "tie_word_embeddings": False,
+    },
+    "gpt2": {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64, "n_layer": 2,
+        "n_head": 4, "vocab_size": 512, "n_positions": 256,
+    },
+    "bert-classifier": {
+        "architectures": ["BertForSequenceClassification"], "model_type": "bert", "hidden_size": 64,
+        "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 512,
+        "max_position_embeddings": 256, "num_labels": 3,
+    },
+    "qwen2": {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64,
+        "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 256,
+        "tie_word_embeddings": True,
+    },
+}
+
+
+def write_model(directory: Path, config: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Name -> local directory holding that tiny architecture's config.json."""
+    root = tmp_path_factory.mktemp("models")
+    return {name: str(write_model(root / name, config)) for name, config in TINY_CONFIGS.items()}
+
+
+def make_card(memory_mib: int, compute_capability: str = "8.9") -> Card:
+    return Card(
+        name=f"test-{memory_mib}mib", display_name="Test card", vram_gb=memory_mib / 1024,
+        memory_total_mib=memory_mib, compute_capability=compute_capability,
+        tflops={"bf16": 100.0, "fp16": 100.0, "fp32": 50.0}, bandwidth_gbs=1000.0, source="test",
+    )
