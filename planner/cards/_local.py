@@ -31,13 +31,17 @@ def local_card(index: int = 0) -> Card:
     from planner.cards._catalog import shipped_cards
 
     known = next((c for c in shipped_cards() if name in (c.display_name, *c.aliases)), None)
-    fields = known.model_dump() if known is not None else {
-        "aliases": [],
-        "vram_gb": memory.total / 1e9,
-        "tflops": {"bf16": None, "fp16": None, "fp32": None},
-        "bandwidth_gbs": None,
-        "source": "NVML (no datasheet figures: unknown card)",
-    }
+    fields = (
+        known.model_dump()
+        if known is not None
+        else {
+            "aliases": [],
+            "vram_gb": memory.total / 1e9,
+            "tflops": {"bf16": None, "fp16": None, "fp32": None},
+            "bandwidth_gbs": None,
+            "source": "NVML (no datasheet figures: unknown card)",
+        }
+    )
     fields.update(
         name="local",
         display_name=name,
@@ -46,4 +50,3 @@ def local_card(index: int = 0) -> Card:
         free_bytes=int(memory.free),
     )
     return Card.model_validate(fields)
-

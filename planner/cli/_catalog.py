@@ -24,8 +24,12 @@ def cards_command(as_json: bool) -> None:
     for card in cards:
         bf16 = f"{card.tflops.bf16:g}" if card.tflops.bf16 else "-"
         table.add_row(
-            card.name, card.display_name, str(card.memory_total_mib), bf16,
-            f"{card.bandwidth_gbs:g}" if card.bandwidth_gbs else "-", card.compute_capability,
+            card.name,
+            card.display_name,
+            str(card.memory_total_mib),
+            bf16,
+            f"{card.bandwidth_gbs:g}" if card.bandwidth_gbs else "-",
+            card.compute_capability,
         )
     Console().print(table)
     click.echo("Also: --card local reads this machine's GPU through NVML (free memory only).")

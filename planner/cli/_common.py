@@ -48,9 +48,9 @@ def parse_sizes(value: str | None, field: str) -> list[int] | None:
     try:
         sizes = [int(part) for part in value.split(",") if part.strip()]
     except ValueError:
-        raise ConfigError(field, f"'{value}' is not a comma-separated list of integers", "e.g. 1,2,4") from None
+        raise ConfigError(
+            field, f"'{value}' is not a comma-separated list of integers", "e.g. 1,2,4"
+        ) from None
     if not sizes or any(size <= 0 for size in sizes):
         raise ConfigError(field, f"sizes must be positive integers, got '{value}'", "e.g. 1,2,4")
     return sizes
-
-

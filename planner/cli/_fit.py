@@ -18,25 +18,38 @@ _GIB_FORMAT = "{:.2f}"
 def training_options(command: Any) -> Any:
     """The options that make a :class:`~planner.schema.TrainingConfig` (shared with later commands)."""
     options = [
-        click.option("--method", type=click.Choice([m.value for m in Method]), default="full", show_default=True),
         click.option(
-            "--precision", type=click.Choice([p.value for p in Precision]), default="bf16", show_default=True,
+            "--method", type=click.Choice([m.value for m in Method]), default="full", show_default=True
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice([p.value for p in Precision]),
+            default="bf16",
+            show_default=True,
             help="fp16/bf16 are Trainer's mixed precision; pure-bf16 has no fp32 master weights.",
         ),
         click.option(
-            "--optimizer", type=click.Choice([o.value for o in OptimizerName]), default="adamw", show_default=True
+            "--optimizer",
+            type=click.Choice([o.value for o in OptimizerName]),
+            default="adamw",
+            show_default=True,
         ),
         click.option(
-            "--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+            "--gradient-checkpointing/--no-gradient-checkpointing",
+            default=None,
             help="Default: on for QLoRA (peft's recipe), off otherwise.",
         ),
         click.option("--seq-len", type=int, default=512, show_default=True, help="Tokens per sequence."),
-        click.option("--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps."),
+        click.option(
+            "--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps."
+        ),
         click.option("--lora-r", type=int, default=16, show_default=True),
         click.option("--lora-alpha", type=int, default=32, show_default=True),
         click.option("--lora-dropout", type=float, default=0.05, show_default=True),
         click.option(
-            "--lora-target", default="all-linear", show_default=True,
+            "--lora-target",
+            default="all-linear",
+            show_default=True,
             help="Comma-separated module names, or all-linear.",
         ),
     ]
@@ -71,7 +84,9 @@ def training_fields(model: str, options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--card", required=True, help="Card name (see `planner cards`) or 'local'.")
 @click.option("--micro-batch", "micro_batches", help="Micro-batch sizes to report, e.g. 1,2,4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of memory vs micro-batch.")
+@click.option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of memory vs micro-batch."
+)
 @user_errors_exit_2
 def fit_command(
     model: str, card: str, micro_batches: str | None, as_json: bool, plot: Path | None, **options: Any
@@ -107,12 +122,17 @@ def print_fit(report: FitReport) -> None:
     table = Table("micro-batch", "peak GiB", "headroom GiB", "fits", "source")
     for row in report.rows:
         table.add_row(
-            str(row.micro_batch), _gib(row.peak_bytes), _gib(row.headroom_bytes),
-            "[green]yes[/]" if row.fits else "[red]no[/]", "traced" if row.traced else "linear fit",
+            str(row.micro_batch),
+            _gib(row.peak_bytes),
+            _gib(row.headroom_bytes),
+            "[green]yes[/]" if row.fits else "[red]no[/]",
+            "traced" if row.traced else "linear fit",
         )
     console.print(table)
     if report.max_micro_batch:
-        console.print(f"[bold green]Max micro-batch: {report.max_micro_batch}[/] (confirmed by a full-depth trace)")
+        console.print(
+            f"[bold green]Max micro-batch: {report.max_micro_batch}[/] (confirmed by a full-depth trace)"
+        )
     else:
         console.print("[bold red]Does not fit, not even at micro-batch 1.[/]")
     breakdown = report.at_max.breakdown
@@ -144,7 +164,9 @@ def plot_fit(report: FitReport, path: Path) -> None:
     sizes = [row.micro_batch for row in report.rows]
     figure, axes = plt.subplots(figsize=(7, 4))
     axes.plot(sizes, [row.peak_bytes / GIB for row in report.rows], marker="o", label="predicted peak (NVML)")
-    axes.axhline(report.at_max.available_bytes / GIB, color="red", linestyle="--", label=f"{report.card} usable")
+    axes.axhline(
+        report.at_max.available_bytes / GIB, color="red", linestyle="--", label=f"{report.card} usable"
+    )
     axes.set_xlabel("micro-batch")
     axes.set_ylabel("GiB")
     axes.set_title(f"{report.config.model} ({report.config.method.value}, seq {report.config.seq_len})")

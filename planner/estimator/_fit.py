@@ -10,7 +10,7 @@ full-depth model at that micro-batch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any
 
 from planner.errors import ConfigError
@@ -107,7 +107,8 @@ def shallow_depths(hf_config: Any) -> tuple[int, int]:
     period = 1
     if isinstance(layer_types, list) and layer_types:
         period = next(
-            p for p in range(1, len(layer_types) + 1)
+            p
+            for p in range(1, len(layer_types) + 1)
             if all(layer_types[i] == layer_types[i % p] for i in range(len(layer_types)))
         )
     return period, 2 * period
@@ -214,14 +215,18 @@ class Estimator:
                 best += step
             else:
                 return best
-        return best if best in self._full_traces and self._full_traces[best].peak <= limit else max(0, best - 1)
+        return (
+            best if best in self._full_traces and self._full_traces[best].peak <= limit else max(0, best - 1)
+        )
 
 
 def _fix_candidates(config: TrainingConfig) -> list[tuple[str, dict[str, Any]]]:
     """Changes worth trying, cheapest first for the practitioner (least change to the experiment)."""
     changes: list[tuple[str, dict[str, Any]]] = []
     if not config.gradient_checkpointing:
-        changes.append(("gradient checkpointing (~30% slower steps, same results)", {"gradient_checkpointing": True}))
+        changes.append(
+            ("gradient checkpointing (~30% slower steps, same results)", {"gradient_checkpointing": True})
+        )
     if config.optimizer is OptimizerName.ADAMW:
         changes.append(("8-bit AdamW (bitsandbytes)", {"optimizer": OptimizerName.ADAMW_8BIT}))
     if config.method is Method.FULL:
@@ -256,7 +261,9 @@ def suggest_fixes(config: TrainingConfig, card: Card, overhead: CudaOverhead | N
         candidate = config.with_changes(seq_len=seq_len)
         best = Estimator(candidate, card, overhead).max_micro_batch(confirm=False)
         if best >= 1:
-            fixes.append(Fix(change=f"shorter sequences: --seq-len {seq_len}", config=candidate, max_micro_batch=best))
+            fixes.append(
+                Fix(change=f"shorter sequences: --seq-len {seq_len}", config=candidate, max_micro_batch=best)
+            )
         seq_len //= 2
     return fixes
 
@@ -300,6 +307,8 @@ def fit(
     )
 
 
-def estimate_memory(config: TrainingConfig, card: Card, *, overhead: CudaOverhead | None = None) -> MemoryEstimate:
+def estimate_memory(
+    config: TrainingConfig, card: Card, *, overhead: CudaOverhead | None = None
+) -> MemoryEstimate:
     """Predicted peak memory of ``config`` at its own micro-batch, traced at full depth."""
     return Estimator(config, card, overhead).estimate(config.micro_batch)

@@ -89,19 +89,22 @@ def task_of(model_class_name: str) -> str:
     return "causal-lm"
 
 
-def model_class(hf_config: Any) -> type[nn.Module]:
-    """The class the config names (``architectures[0]``), else the causal-LM auto class."""
+def model_class(hf_config: Any) -> Any:
+    """The transformers class the config names (``architectures``), else its causal-LM class."""
     import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    for name in getattr(hf_config, "architectures", None) or []:
-        if name.endswith("ForPreTraining"):
-            name = name.replace("ForPreTraining", "ForMaskedLM")
-        cls = getattr(transformers, name, None)
-        if cls is not None:
-            return cls  # type: ignore[no-any-return]
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM._model_mapping[type(hf_config)]  # type: ignore[no-any-return]
+    names = [
+        name.replace("ForPreTraining", "ForMaskedLM")
+        for name in getattr(hf_config, "architectures", None) or []
+    ]
+    names.append(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(hf_config.model_type, ""))
+    for name in names:
+        if hasattr(transformers, name):
+            return getattr(transformers, name)
+    raise ConfigError(
+        "model", f"no transformers class for model_type '{hf_config.model_type}'", "name a supported model"
+    )
 
 
 def build_training_setup(
@@ -198,7 +201,7 @@ def _quantize_to_nf4(model: nn.Module, compute_dtype: torch.dtype) -> None:
         # bitsandbytes computes (and caches) its dynamic map from data on first use; do that on
         # the CPU so that quantizing meta weights later only copies it.
         bnbf.name2qmap.setdefault("dynamic", bnbf.create_dynamic_map())
-    skip = {id(model.get_output_embeddings())}
+    skip = {id(model.get_output_embeddings())}  # type: ignore[operator]
     for head in ("classifier", "score"):
         if isinstance(getattr(model, head, None), nn.Module):
             skip.update(id(m) for m in getattr(model, head).modules())
@@ -208,11 +211,18 @@ def _quantize_to_nf4(model: nn.Module, compute_dtype: torch.dtype) -> None:
                 continue
             with torch.device("meta"):
                 quantized = bnb.nn.Linear4bit(
-                    child.in_features, child.out_features, bias=child.bias is not None,
-                    compute_dtype=compute_dtype, quant_type="nf4", compress_statistics=True,
+                    child.in_features,
+                    child.out_features,
+                    bias=child.bias is not None,
+                    compute_dtype=compute_dtype,
+                    quant_type="nf4",
+                    compress_statistics=True,
                 )
             packed, state = bnbf.quantize_4bit(
-                child.weight.detach().to(compute_dtype), blocksize=64, compress_statistics=True, quant_type="nf4"
+                child.weight.detach().to(compute_dtype),
+                blocksize=64,
+                compress_statistics=True,
+                quant_type="nf4",
             )
             weight = nn.Parameter(packed, requires_grad=False)
             # What peft and Linear4bit read off a bitsandbytes Params4bit.
@@ -223,7 +233,7 @@ def _quantize_to_nf4(model: nn.Module, compute_dtype: torch.dtype) -> None:
             quantized.weight = weight
             quantized.bias = child.bias
             setattr(parent, child_name, quantized)
-    model.is_loaded_in_4bit = True
+    model.is_loaded_in_4bit = True  # type: ignore[assignment]
 
 
 def _materialise_quant_states(model: nn.Module, states: dict[str, Any]) -> None:
@@ -256,10 +266,14 @@ def _add_lora(model: nn.Module, config: TrainingConfig, task: str) -> nn.Module:
     )
     try:
         # peft keeps adapters in fp32 over a half base (autocast_adapter_dtype); pure-bf16 keeps bf16.
-        peft_model = get_peft_model(model, lora, autocast_adapter_dtype=config.precision is not Precision.PURE_BF16)
+        peft_model = get_peft_model(
+            model, lora, autocast_adapter_dtype=config.precision is not Precision.PURE_BF16
+        )
     except ValueError as exc:
         if "not found in the base model" in str(exc) or "Target modules" in str(exc):
-            names = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+            names = sorted(
+                {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+            )
             raise ConfigError(
                 "lora.target_modules",
                 f"{config.lora.target_modules} match no module of {type(model).__name__}",

@@ -111,7 +111,9 @@ class StepTracer:
                 tracker.phase = "backward"
                 (loss / self.config.gradient_accumulation).backward()
                 del loss, batch
-            gradients = {tracker.storage_id(p.grad) for p in setup.trainable_parameters() if p.grad is not None}
+            gradients = {
+                tracker.storage_id(p.grad) for p in setup.trainable_parameters() if p.grad is not None
+            }
             tracker.phase = "optimizer"
             setup.optimizer.step()
             setup.optimizer.zero_grad(set_to_none=True)
@@ -160,7 +162,13 @@ def _attention_as_on(cuda: CudaTarget | None) -> Any:
 
     @functools.wraps(original)
     def fused_attention(
-        query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0, *args: Any, **kwargs: Any
+        query: Any,
+        key: Any,
+        value: Any,
+        attn_mask: Any = None,
+        dropout_p: float = 0.0,
+        *args: Any,
+        **kwargs: Any,
     ) -> torch.Tensor:
         # CUDA's fused kernels regenerate the dropout mask from a seed in backward, storing nothing
         # extra; the CPU's fused kernel refuses dropout, so trace it without.
@@ -180,7 +188,9 @@ def _rows_are_single_sequences() -> Any:
     return patched(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
 
 
-def _split(tracker: LiveBytesTracker, gradients: set[int | None], optimizer_state: set[int | None]) -> StepTrace:
+def _split(
+    tracker: LiveBytesTracker, gradients: set[int | None], optimizer_state: set[int | None]
+) -> StepTrace:
     peak = tracker.peak()
     totals = {"weights": 0, "gradients": 0, "optimizer_state": 0, "activations": 0, "temporaries": 0}
     for sid, nbytes in peak.live.items():

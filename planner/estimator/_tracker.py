@@ -105,9 +105,7 @@ class LiveBytesTracker(TorchDispatchMode):
                 live[sid] = delta
             else:
                 live.pop(sid, None)
-        return LivePeak(
-            bytes=self._peak_bytes, live=live, phases={sid: self._phases[sid] for sid in live}
-        )
+        return LivePeak(bytes=self._peak_bytes, live=live, phases={sid: self._phases[sid] for sid in live})
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))

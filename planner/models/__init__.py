@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +43,16 @@ def describe_model(model_id: str) -> dict[str, object]:
     }
 
 
+def _hub_reachable(timeout: float = 1.5) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 @lru_cache(maxsize=64)
 def load_model_config(reference: str) -> PretrainedConfig:
     """The transformers config of ``reference``: shipped id, local directory, or hub id (online).
@@ -57,7 +69,8 @@ def load_model_config(reference: str) -> PretrainedConfig:
                 return AutoConfig.from_pretrained(str(directory))
             except (ValueError, KeyError, OSError) as exc:
                 raise UnknownModelError(
-                    "model", f"{directory}/config.json is not a valid transformers config ({exc})",
+                    "model",
+                    f"{directory}/config.json is not a valid transformers config ({exc})",
                     "point to a directory holding a model's config.json",
                 ) from None
     if local.exists():
@@ -65,11 +78,15 @@ def load_model_config(reference: str) -> PretrainedConfig:
             "model", f"{reference} has no config.json", "point to a directory holding a model's config.json"
         )
     try:
-        # The hub is only a fallback: offline (or with HF_HUB_OFFLINE=1) this fails fast.
+        # The hub is only a fallback, tried when it answers at once (no retries while offline).
+        if not _hub_reachable():
+            raise ConnectionError
         return AutoConfig.from_pretrained(reference)
     except Exception:
         close = difflib.get_close_matches(reference, shipped_models(), n=3, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else "run `planner models` for the shipped ids"
         raise UnknownModelError(
-            "model", f"unknown model '{reference}' (not shipped, not a local directory, hub unreachable)", hint
+            "model",
+            f"unknown model '{reference}' (not shipped, not a local directory, hub unreachable)",
+            hint,
         ) from None

@@ -24,9 +24,15 @@ def _fake_and_real(config: TrainingConfig, micro_batch: int, cuda: CudaTarget | 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["no-ckpt", "ckpt"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_fake_trace_matches_real_cpu_step(tiny_models: dict[str, str], arch: str, method: str, checkpointing: bool):
+def test_fake_trace_matches_real_cpu_step(
+    tiny_models: dict[str, str], arch: str, method: str, checkpointing: bool
+):
     config = TrainingConfig(
-        model=tiny_models[arch], method=method, precision="bf16", gradient_checkpointing=checkpointing, seq_len=32
+        model=tiny_models[arch],
+        method=method,
+        precision="bf16",
+        gradient_checkpointing=checkpointing,
+        seq_len=32,
     )
     fake, real = _fake_and_real(config, micro_batch=3, cuda=None)
     assert abs(fake - real) <= 0.02 * real, (fake, real)

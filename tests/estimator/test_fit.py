@@ -1,0 +1,77 @@
+"""Max micro-batch, the linear fit, and fixes, on tiny models and a tiny card."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TINY_CONFIGS, make_card, write_model
+
+from planner.errors import ConfigError
+from planner.estimator import Estimator, fit
+from planner.schema import MIB, TrainingConfig
+
+
+@pytest.fixture(scope="module")
+def deep_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Six identical layers: deeper than the shallow probes, so the depth extrapolation is exercised."""
+    config = {**TINY_CONFIGS["llama"], "num_hidden_layers": 6, "vocab_size": 4096}
+    return str(write_model(tmp_path_factory.mktemp("deep") / "llama6", config))
+
+
+def test_linear_fit_predicts_full_depth_traces(deep_llama: str):
+    # Identical layers make bytes linear in depth and, at fixed length, in micro-batch; the peak's
+    # moment can shift by a few kilobytes of temporaries, hence 0.1% rather than exact equality.
+    estimator = Estimator(TrainingConfig(model=deep_llama, seq_len=64), make_card(1024))
+    for micro_batch in (1, 3, 7):
+        assert estimator.linear.at(micro_batch) == pytest.approx(
+            estimator.full_trace(micro_batch).peak, rel=1e-3
+        )
+
+
+def test_max_micro_batch_is_the_largest_that_fits(deep_llama: str):
+    config = TrainingConfig(model=deep_llama, seq_len=64)
+    # A card just big enough for some micro-batches after the 500 MiB default context.
+    card = make_card(560)
+    report = fit(config, card)
+    estimator = Estimator(config, card)
+    limit = estimator.allocated_limit - estimator.overhead.workspace_bytes
+    assert report.max_micro_batch >= 1
+    assert estimator.full_trace(report.max_micro_batch).peak <= limit
+    assert estimator.full_trace(report.max_micro_batch + 1).peak > limit
+    assert report.at_max.traced and report.at_max.fits
+    assert report.at_max.breakdown.total == report.at_max.peak_bytes
+
+
+def test_rows_fit_exactly_up_to_the_max(deep_llama: str):
+    report = fit(TrainingConfig(model=deep_llama, seq_len=64), make_card(560))
+    for row in report.rows:
+        assert row.fits == (row.micro_batch <= report.max_micro_batch)
+
+
+def test_nothing_fits_lists_fixes_that_fit(deep_llama: str):
+    config = TrainingConfig(model=deep_llama, seq_len=256, precision="fp32")
+    card = make_card(512 + 4)  # a few MiB after the context: micro-batch 1 cannot fit
+    report = fit(config, card)
+    assert report.max_micro_batch == 0
+    assert not report.at_max.fits
+    for fix in report.fixes:
+        assert fix.max_micro_batch >= 1
+        assert Estimator(fix.config, card).linear.at(fix.max_micro_batch) <= (
+            Estimator(fix.config, card).allocated_limit - Estimator(fix.config, card).overhead.workspace_bytes
+        )
+
+
+def test_fixes_offer_lora_and_qlora_for_a_full_fine_tune(deep_llama: str):
+    config = TrainingConfig(model=deep_llama, seq_len=64, precision="fp32")
+    estimator = Estimator(config, make_card(1024))
+    weights_mib = estimator.full_trace(1).weights / MIB
+    # Full fine-tuning needs weights + grads + 2 moments; LoRA needs about the weights alone.
+    card = make_card(int(500 + 8 + weights_mib * 3.5))
+    report = fit(config, card)
+    assert report.max_micro_batch == 0
+    changes = " | ".join(fix.change for fix in report.fixes)
+    assert "LoRA" in changes
+
+
+def test_bf16_on_a_card_without_bf16_is_refused(deep_llama: str):
+    with pytest.raises(ConfigError, match="precision"):
+        fit(TrainingConfig(model=deep_llama, precision="bf16"), make_card(16000, compute_capability="7.5"))
