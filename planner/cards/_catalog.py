@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from planner.cards._host import HOST_CARD_NAME, host_card
 from planner.errors import ConfigError, UnknownCardError, from_validation_error
 from planner.profiles import profiles_dir
 from planner.schema import Card
@@ -43,17 +44,22 @@ def _normalise(name: str) -> str:
 def load_card(name: str) -> Card:
     """The card called ``name`` (case, spaces and dashes ignored; aliases such as NVML names work).
 
-    ``local`` reads the GPU of this machine through NVML. Unknown names raise
+    ``local`` reads the GPU of this machine through NVML; ``cpu`` is the host (its RAM).
+    Unknown names raise
     :class:`UnknownCardError` listing the closest shipped names.
     """
     if name == "local":
         from planner.cards._local import local_card
 
         return local_card()
+    if name == HOST_CARD_NAME:
+        return host_card()
     wanted = _normalise(name)
     for card in shipped_cards():
         if wanted in {_normalise(n) for n in (card.name, card.display_name, *card.aliases)}:
             return card
     close = difflib.get_close_matches(name.lower(), card_names(), n=3, cutoff=0.3)
     hint = f"did you mean {', '.join(close)}?" if close else "run `planner cards` for the list"
-    raise UnknownCardError("card", f"unknown card '{name}'", f"{hint} (or 'local' for this machine's GPU)")
+    raise UnknownCardError(
+        "card", f"unknown card '{name}'", f"{hint} (or 'local' for this machine's GPU, 'cpu' for the host)"
+    )

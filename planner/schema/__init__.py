@@ -2,20 +2,57 @@
 
 from planner.schema._card import GIB, MIB, Card, Throughput
 from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstimate
+from planner.schema._plan import DataStats, HalvingRung, Plan, PlannedTrial, TimeEstimate, TimeSource
+from planner.schema._profile import Profile, ProfileKey, StepMeasurement
+from planner.schema._sweep import (
+    CONFIG_NAMES,
+    HYPERPARAMETER_NAMES,
+    SEARCHABLE,
+    DataCounts,
+    DataSpec,
+    EvalSpec,
+    Hyperparameters,
+    Objective,
+    Range,
+    Scheduler,
+    SweepSpec,
+    parse_duration,
+)
 from planner.schema._training import LoraSettings, Method, OptimizerName, Precision, TrainingConfig
 
 __all__ = [
+    "CONFIG_NAMES",
     "GIB",
+    "HYPERPARAMETER_NAMES",
     "MIB",
+    "SEARCHABLE",
     "Card",
+    "DataCounts",
+    "DataSpec",
+    "DataStats",
+    "EvalSpec",
     "FitReport",
     "Fix",
+    "HalvingRung",
+    "Hyperparameters",
     "LoraSettings",
     "MemoryBreakdown",
     "MemoryEstimate",
     "Method",
+    "Objective",
     "OptimizerName",
+    "Plan",
+    "PlannedTrial",
     "Precision",
+    "Profile",
+    "ProfileKey",
+    "Range",
+    "Scheduler",
+    "StepMeasurement",
+    "SweepSpec",
     "Throughput",
+    "TimeEstimate",
+    "TimeSource",
     "TrainingConfig",
+    "parse_duration",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 MIB = 1024**2
@@ -28,6 +30,8 @@ class Card(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
+    kind: Literal["gpu", "cpu"] = "gpu"
+    """``cpu`` only for the host pseudo-card (see :mod:`planner.cards`)."""
     display_name: str
     aliases: list[str] = []
     vram_gb: PositiveFloat
@@ -54,5 +58,8 @@ class Card(BaseModel):
 
     @property
     def supports_bf16(self) -> bool:
-        # bf16 tensor cores arrived with Ampere (sm80); Turing (T4, sm75) has none.
+        # bf16 tensor cores arrived with Ampere (sm80); Turing (T4, sm75) has none. CPUs run bf16
+        # autocast in software.
+        if self.kind == "cpu":
+            return True
         return self.compute_capability_tuple >= (8, 0)

@@ -1,0 +1,113 @@
+"""The plan: each trial's shape (micro-batch x accumulation), feasibility and predicted time."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt
+
+from planner.schema._sweep import Hyperparameters
+from planner.schema._training import TrainingConfig
+
+TimeSource = Literal["measured", "calibrated", "default"]
+
+
+class DataStats(BaseModel):
+    """What the planner counted in the data, and how."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train_examples: NonNegativeInt
+    eval_examples: NonNegativeInt
+    mean_tokens: NonNegativeFloat
+    max_tokens: NonNegativeInt
+    counted_with: str
+    """``tokenizer <name>``, ``byte proxy (~4 bytes/token)`` or ``given counts``."""
+
+
+class TimeEstimate(BaseModel):
+    """Predicted wall-clock of one trial, its parts and an interval reflecting the sources.
+
+    ``source`` is the weakest origin of the step time: ``measured`` (a profile of this config on
+    this card), ``calibrated`` (roofline with an efficiency fitted from measured profiles) or
+    ``default`` (roofline with the documented default efficiency).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seconds: NonNegativeFloat
+    low_seconds: NonNegativeFloat
+    high_seconds: NonNegativeFloat
+    source: TimeSource
+    micro_step_seconds: NonNegativeFloat
+    """One micro-batch forward + backward."""
+    optimizer_step_seconds: NonNegativeFloat
+    parts: dict[str, float]
+    """Seconds by phase: startup, train, eval, checkpoints."""
+    note: str
+    """Where the step time came from, in words (e.g. the efficiency assumed)."""
+
+
+class PlannedTrial(BaseModel):
+    """One trial of the sweep: its values, shape, feasibility and predicted time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    number: NonNegativeInt
+    params: dict[str, Any]
+    """The searched values of this trial (what Optuna stores as its params)."""
+    config: TrainingConfig
+    """The training config with the chosen micro-batch and gradient accumulation."""
+    hyper: Hyperparameters
+    feasible: bool
+    reason: str | None = None
+    """Why an infeasible trial cannot run."""
+    fix: str | None = None
+    """The cheapest change that would make it run."""
+    peak_bytes: NonNegativeInt | None = None
+    optimizer_steps: NonNegativeInt = 0
+    eval_passes: NonNegativeInt = 0
+    checkpoint_saves: NonNegativeInt = 0
+    time: TimeEstimate | None = None
+    status: Literal["planned", "over budget", "infeasible"] = "planned"
+    start_seconds: NonNegativeFloat | None = None
+    """Offset from the sweep's start in the schedule (for the timeline)."""
+    worker: NonNegativeInt | None = None
+
+
+class HalvingRung(BaseModel):
+    """One rung of a successive-halving schedule: how many trials run at what data fraction."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trials: NonNegativeInt
+    fraction: float
+    seconds: NonNegativeFloat
+
+
+class Plan(BaseModel):
+    """Everything ``planner plan`` answers about a sweep on a card."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spec_name: str
+    card: str
+    workers: int
+    data: DataStats
+    trials: list[PlannedTrial]
+    total_seconds: NonNegativeFloat
+    """Sum of feasible trials' predicted times: the sweep on one worker."""
+    total_low_seconds: NonNegativeFloat
+    total_high_seconds: NonNegativeFloat
+    makespan_seconds: NonNegativeFloat
+    """Wall-clock with ``workers`` workers (longest-first onto the earliest free worker)."""
+    budget_seconds: float | None
+    fits_budget: bool | None
+    order_rule: str
+    """How trials are ordered when the budget cannot hold them all."""
+    successive_halving: list[HalvingRung] | None = None
+    """When over budget: a halving schedule that fits instead (None when it all fits)."""
+    includes: list[str]
+
+    def trial(self, number: int) -> PlannedTrial:
+        return next(t for t in self.trials if t.number == number)

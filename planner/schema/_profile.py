@@ -1,0 +1,131 @@
+"""Measured profiles: what ``planner profile`` saw on a real device, per micro-batch.
+
+A profile is keyed by everything that changes memory or speed (card, model, method, precision,
+optimizer, checkpointing, sequence length, LoRA rank, library versions). The estimator takes its
+CUDA overheads from profiles of the card; the planner takes step times from the profile of the
+exact config when one exists.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveFloat, PositiveInt
+
+from planner.schema._training import Method, OptimizerName, Precision, TrainingConfig
+
+
+class ProfileKey(BaseModel):
+    """What must match for a profile to describe a config on a card."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    card: str
+    """A card name from ``profiles/cards``, or ``cpu`` for the host."""
+    model: str
+    method: Method
+    precision: Precision
+    optimizer: OptimizerName
+    gradient_checkpointing: bool
+    seq_len: PositiveInt
+    lora_r: PositiveInt | None
+    """None for full fine-tuning."""
+
+    @classmethod
+    def of(cls, config: TrainingConfig, card: str) -> ProfileKey:
+        return cls(
+            card=card,
+            model=config.model,
+            method=config.method,
+            precision=config.precision,
+            optimizer=config.optimizer,
+            gradient_checkpointing=config.gradient_checkpointing,
+            seq_len=config.seq_len,
+            lora_r=None if config.method is Method.FULL else config.lora.r,
+        )
+
+
+class StepMeasurement(BaseModel):
+    """Timings and memory of real training steps at one micro-batch size.
+
+    Times are medians over several steps after warm-up, with device synchronisation.
+    ``forward_backward_seconds`` is one micro-batch's forward (with loss) and backward;
+    ``optimizer_seconds`` the optimizer step plus zero_grad; ``eval_forward_seconds`` one
+    no-grad forward with loss, what an eval pass repeats. Memory fields are None where the
+    device cannot report them (NVML and reserved bytes on CPU).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    micro_batch: PositiveInt
+    forward_backward_seconds: PositiveFloat
+    forward_backward_p10_seconds: PositiveFloat
+    forward_backward_p90_seconds: PositiveFloat
+    optimizer_seconds: float
+    eval_forward_seconds: PositiveFloat
+    tokens_per_second: PositiveFloat
+    achieved_tflops: float | None = None
+    mfu: float | None = None
+    peak_allocated_bytes: NonNegativeInt | None = None
+    peak_reserved_bytes: NonNegativeInt | None = None
+    nvml_used_bytes: NonNegativeInt | None = None
+    live_peak_bytes: NonNegativeInt | None = None
+    """CPU only: peak of live tensor bytes, what the estimator's trace predicts before CUDA terms."""
+
+
+class Profile(BaseModel):
+    """One config measured on one device: a measurement per micro-batch, plus what was found."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: ProfileKey
+    device: Literal["cuda", "cpu"]
+    device_name: str
+    versions: dict[str, str]
+    """torch, transformers, peft, bitsandbytes versions the profile was taken with."""
+    measurements: list[StepMeasurement]
+    max_micro_batch: int | None = None
+    """Largest micro-batch verified on the device (None when the finder was not run)."""
+    context_bytes: NonNegativeInt | None = None
+    """CUDA only: NVML used minus reserved, the process's context and libraries."""
+    created: str
+    """ISO timestamp."""
+
+    def measurement(self, micro_batch: int) -> StepMeasurement | None:
+        return next((m for m in self.measurements if m.micro_batch == micro_batch), None)
+
+    def _linear(self, field: str, micro_batch: int) -> float:
+        """``field`` at ``micro_batch``: measured if present, else a line through the measurements.
+
+        Step time is affine in micro-batch once the GPU is busy (fixed launch cost plus per-sample
+        work), so two measurements are enough to interpolate; one scales proportionally.
+        """
+        points = sorted((m.micro_batch, float(getattr(m, field))) for m in self.measurements)
+        exact = dict(points)
+        if micro_batch in exact:
+            return exact[micro_batch]
+        if len(points) == 1:
+            ((m0, v0),) = points
+            return v0 * micro_batch / m0
+        below = [p for p in points if p[0] < micro_batch]
+        above = [p for p in points if p[0] > micro_batch]
+        if below and above:
+            (m0, v0), (m1, v1) = below[-1], above[0]
+        elif below:
+            (m0, v0), (m1, v1) = points[-2], points[-1]
+        else:
+            (m0, v0), (m1, v1) = points[0], points[1]
+        slope = (v1 - v0) / (m1 - m0)
+        return max(v0 + slope * (micro_batch - m0), 1e-9)
+
+    def forward_backward_seconds(self, micro_batch: int) -> float:
+        return self._linear("forward_backward_seconds", micro_batch)
+
+    def eval_forward_seconds(self, micro_batch: int) -> float:
+        return self._linear("eval_forward_seconds", micro_batch)
+
+    @property
+    def optimizer_seconds(self) -> float:
+        """The optimizer step does not depend on the micro-batch: the median over measurements."""
+        values = sorted(m.optimizer_seconds for m in self.measurements)
+        return values[len(values) // 2]

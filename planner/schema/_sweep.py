@@ -1,0 +1,252 @@
+"""The sweep spec: a base training config, the data, what to search over, and the budget.
+
+Written by the user as YAML (see ``examples/``), validated here; ``planner plan`` turns it into
+trials and ``planner run`` executes them. Relative paths are relative to the spec file.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+from planner.schema._training import TrainingConfig
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in ``"5h"``, ``"90m"``, ``"1h30m"``, ``"45s"`` or a bare number of seconds."""
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(text.lower())
+        if not text.strip() or match is None or not any(match.groups()):
+            raise ValueError(f"'{text}' is not a duration such as 5h, 90m, 1h30m or 600s")
+        hours, minutes, secs = (float(part) if part else 0.0 for part in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if seconds <= 0:
+        raise ValueError("a budget must be positive")
+    return seconds
+
+
+class Scheduler(str, Enum):
+    """Learning-rate schedules by their ``TrainingArguments.lr_scheduler_type`` names."""
+
+    LINEAR = "linear"
+    COSINE = "cosine"
+    CONSTANT = "constant"
+    CONSTANT_WITH_WARMUP = "constant_with_warmup"
+    COSINE_WITH_RESTARTS = "cosine_with_restarts"
+    POLYNOMIAL = "polynomial"
+
+
+class Hyperparameters(BaseModel):
+    """One trial's optimisation hyperparameters (the training config holds the shapes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    learning_rate: PositiveFloat = 2e-4
+    effective_batch: PositiveInt = 8
+    """Examples per optimizer step: micro-batch x gradient accumulation (x workers of one trial: 1)."""
+    epochs: PositiveFloat = 1.0
+    max_steps: PositiveInt | None = None
+    """Optimizer steps; when set it replaces ``epochs`` (Trainer's rule)."""
+    weight_decay: NonNegativeFloat = 0.0
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    scheduler: Scheduler = Scheduler.LINEAR
+
+
+# Searchable names: hyperparameters, plus training-config fields (``lora_*`` map into ``lora``).
+HYPERPARAMETER_NAMES = tuple(Hyperparameters.model_fields)
+CONFIG_NAMES = (
+    "method",
+    "precision",
+    "optimizer",
+    "gradient_checkpointing",
+    "seq_len",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+)
+SEARCHABLE = HYPERPARAMETER_NAMES + CONFIG_NAMES
+
+
+class Range(BaseModel):
+    """A numeric range for random or TPE search (grid search needs explicit lists)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float
+    high: float
+    log: bool = False
+    step: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class DataCounts(BaseModel):
+    """Dataset size given as numbers, when the data is not on this machine yet."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train_examples: PositiveInt
+    mean_tokens: PositiveFloat
+    max_tokens: PositiveInt | None = None
+    eval_examples: int = Field(0, ge=0)
+
+
+class DataSpec(BaseModel):
+    """The training data: local files (counted with the model's tokenizer) or explicit counts.
+
+    ``train``/``eval`` are JSONL (``text`` or ``prompt``/``response`` per line), plain text (one
+    example per non-empty line) or a directory saved with ``datasets.save_to_disk``.
+    ``fraction`` trains on that share of the examples (the low-fidelity rung of successive halving).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: Path | None = None
+    eval: Path | None = None
+    counts: DataCounts | None = None
+    tokenizer: str | None = None
+    """A tokenizer directory or hub id; default: the model's own directory when it has one."""
+    packing: bool = False
+    fraction: float = Field(1.0, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.train is None) == (self.counts is None):
+            raise ValueError("give either 'train' (a local dataset) or 'counts' (numbers), not both or none")
+        return self
+
+
+class EvalSpec(BaseModel):
+    """When to evaluate: every N optimizer steps, once per epoch, or never."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: Literal["steps", "epoch", "no"] = "epoch"
+    every_steps: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _steps_need_every(self) -> EvalSpec:
+        if self.strategy == "steps" and self.every_steps is None:
+            raise ValueError("strategy 'steps' needs every_steps")
+        return self
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = "eval_loss"
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+
+class SweepSpec(BaseModel):
+    """A whole sweep: what ``planner plan`` estimates and ``planner run`` executes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("sweep", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    base: TrainingConfig
+    """Fields of ``planner fit``'s config; ``micro_batch`` here is a fixed choice only when
+    ``micro_batch`` below says so, and gradient accumulation is always derived."""
+    micro_batch: PositiveInt | Literal["auto"] = "auto"
+    """``auto``: the largest micro-batch that fits and divides the effective batch."""
+    init: Literal["pretrained", "random"] = "pretrained"
+    """``random`` builds the model from its config with fresh weights (tiny models, smoke tests)."""
+    data: DataSpec
+    eval: EvalSpec = EvalSpec()
+    checkpoint_every_steps: PositiveInt | None = None
+    """Checkpoint cadence in optimizer steps; default: at every eval, else once per epoch."""
+    training: Hyperparameters = Hyperparameters()
+    search: dict[str, list[Any] | Range] = {}
+    strategy: Literal["grid", "random", "tpe"] = "grid"
+    n_trials: PositiveInt | None = None
+    seed: int = 0
+    objective: Objective = Objective()
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    budget_seconds: PositiveFloat | None = Field(None, validation_alias="budget")
+    workers: PositiveInt = 1
+    spec_dir: Path = Path(".")
+    """Directory of the spec file; relative paths resolve against it (set by the loader)."""
+
+    @field_validator("budget_seconds", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("search")
+    @classmethod
+    def _known_names(cls, search: dict[str, list[Any] | Range]) -> dict[str, list[Any] | Range]:
+        for name, values in search.items():
+            if name not in SEARCHABLE:
+                raise ValueError(f"cannot search over '{name}'; searchable: {', '.join(SEARCHABLE)}")
+            if isinstance(values, list) and not values:
+                raise ValueError(f"'{name}' has an empty list of values")
+        return search
+
+    @model_validator(mode="after")
+    def _strategy_consistent(self) -> SweepSpec:
+        if self.strategy == "grid":
+            ranges = [name for name, values in self.search.items() if isinstance(values, Range)]
+            if ranges:
+                raise ValueError(f"grid search needs lists of values, not ranges ({', '.join(ranges)})")
+        elif self.n_trials is None:
+            raise ValueError(f"strategy '{self.strategy}' needs n_trials")
+        return self
+
+    @property
+    def storage_url(self) -> str:
+        """Default Optuna storage: a SQLite file next to the spec."""
+        return f"sqlite:///{(self.spec_dir / f'{self.name}.db').resolve()}"
+
+    @property
+    def output_dir(self) -> Path:
+        """Where trials write checkpoints and logs: ``<name>-runs/`` next to the spec."""
+        return self.spec_dir / f"{self.name}-runs"
+
+    def resolve(self, path: Path | str) -> Path:
+        """A path from the spec, relative to the spec file."""
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else self.spec_dir / path
+
+    def trial(self, params: dict[str, Any]) -> tuple[TrainingConfig, Hyperparameters]:
+        """The training config and hyperparameters of one trial: the base with ``params`` applied.
+
+        Micro-batch and accumulation are left for the planner to choose.
+        """
+        config_changes: dict[str, Any] = {}
+        lora = self.base.lora.model_dump()
+        for name, value in params.items():
+            if name.startswith("lora_"):
+                lora[name.removeprefix("lora_")] = value
+            elif name in CONFIG_NAMES:
+                config_changes[name] = value
+        if "method" in config_changes and "gradient_checkpointing" not in self.base.model_fields_set:
+            # Checkpointing left unset follows each method's recipe (on for QLoRA), per trial.
+            config_changes.setdefault("gradient_checkpointing", None)
+        config = self.base.with_changes(**config_changes, lora=lora)
+        hyper = Hyperparameters.model_validate(
+            {**self.training.model_dump(), **{k: v for k, v in params.items() if k in HYPERPARAMETER_NAMES}}
+        )
+        return config, hyper
