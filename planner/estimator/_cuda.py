@@ -54,6 +54,8 @@ class CudaOverhead:
 
     @property
     def expected_error(self) -> str:
+        if self.context_bytes == 0 and self.fragmentation == 0.0:
+            return "±2% of live tensor bytes (the trace); the process's code and libraries are not counted"
         if self.source == "defaults":
             return (
                 f"±{CONTEXT_UNCERTAINTY_BYTES // MIB} MiB context and ±{FRAGMENTATION_UNCERTAINTY:.0%} "
@@ -64,6 +66,12 @@ class CudaOverhead:
 
 
 def default_overhead(card: Card) -> CudaOverhead:
+    if card.kind == "cpu":
+        # The host has no context, workspace or caching allocator: live tensor bytes are the answer
+        # (the process's own code and libraries are not counted).
+        return CudaOverhead(
+            context_bytes=0, workspace_bytes=0, fragmentation=0.0, source="host (no CUDA terms)"
+        )
     hopper = card.compute_capability_tuple >= (9, 0)
     return CudaOverhead(
         context_bytes=DEFAULT_CONTEXT_BYTES,

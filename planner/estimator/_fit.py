@@ -127,7 +127,10 @@ class Estimator:
             self.hf_config.hidden_size // self.hf_config.num_attention_heads
         )
         half = config.precision is not Precision.FP32
-        self.cuda = CudaTarget(sdpa_backend=sdpa_backend(card, half, head_dim))
+        # On the host pseudo-card the step is what a CPU run does: no CUDA kernels or rounding.
+        self.cuda = (
+            None if card.kind == "cpu" else CudaTarget(sdpa_backend=sdpa_backend(card, half, head_dim))
+        )
         self._full_traces: dict[int, StepTrace] = {}
         self._full_tracer: StepTracer | None = None
         self._linear: LinearPeak | None = None

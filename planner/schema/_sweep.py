@@ -18,6 +18,7 @@ from pydantic import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -190,6 +191,19 @@ class SweepSpec(BaseModel):
     spec_dir: Path = Path(".")
     """Directory of the spec file; relative paths resolve against it (set by the loader)."""
 
+    _checkpointing_explicit: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_explicit_checkpointing(cls, data: Any, handler: Any) -> Any:
+        # TrainingConfig fills an unset gradient_checkpointing from its method; remember whether
+        # the user set it, so a searched method gets its own recipe's default.
+        spec = handler(data)
+        base = data.get("base") if isinstance(data, dict) else None
+        if isinstance(base, dict):
+            spec._checkpointing_explicit = base.get("gradient_checkpointing") is not None
+        return spec
+
     @field_validator("budget_seconds", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
@@ -242,7 +256,7 @@ class SweepSpec(BaseModel):
                 lora[name.removeprefix("lora_")] = value
             elif name in CONFIG_NAMES:
                 config_changes[name] = value
-        if "method" in config_changes and "gradient_checkpointing" not in self.base.model_fields_set:
+        if "method" in config_changes and not self._checkpointing_explicit:
             # Checkpointing left unset follows each method's recipe (on for QLoRA), per trial.
             config_changes.setdefault("gradient_checkpointing", None)
         config = self.base.with_changes(**config_changes, lora=lora)
