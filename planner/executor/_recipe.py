@@ -1,0 +1,195 @@
+"""The built-in causal-LM fine-tuning recipe: a local dataset, the trial's model, TrainingArguments.
+
+Everything a trial's ``transformers.Trainer`` needs, built from the spec and the planned trial, so
+that what runs is what the planner estimated: the same model builder as the estimator for
+``init: random``, the same text reader and tokenizer as the planner's counting (EOS appended to
+every example, truncated at ``seq_len``, dynamic padding to the longest row, or packing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from planner.errors import ConfigError
+from planner.schema import Method, PlannedTrial, Precision, SweepSpec, TrainingConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+
+class TokenDataset(torch.utils.data.Dataset[dict[str, list[int]]]):
+    """Tokenized rows (``input_ids`` lists); the collator pads each micro-batch and makes labels."""
+
+    def __init__(self, rows: Sequence[list[int]]) -> None:
+        self.rows = list(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return {"input_ids": self.rows[index]}
+
+
+def tokenize(
+    texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, seq_len: int, packing: bool
+) -> TokenDataset:
+    """Rows as the planner counted them: each text's ids plus EOS, cut at ``seq_len``; or packed.
+
+    Packing concatenates every example (each ending in EOS) and cuts the stream into ``seq_len``
+    blocks, the last one shorter.
+    """
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    encoded = [list(ids) + eos for ids in tokenizer(list(texts))["input_ids"]]
+    if not packing:
+        return TokenDataset([ids[:seq_len] for ids in encoded])
+    stream = [token for ids in encoded for token in ids]
+    return TokenDataset([stream[start : start + seq_len] for start in range(0, len(stream), seq_len)])
+
+
+def load_datasets(
+    spec: SweepSpec, tokenizer: PreTrainedTokenizerBase, seq_len: int
+) -> tuple[TokenDataset, TokenDataset | None]:
+    """The training rows (``data.fraction`` of them, as the planner counts) and the eval rows."""
+    from planner.data import read_examples
+
+    data = spec.data
+    if data.train is None:
+        raise ConfigError(
+            "data.train",
+            "the built-in recipe trains on a local dataset, and the spec gives only counts",
+            "point data.train at a JSONL or text file, or run your own code with run_function",
+        )
+    texts = read_examples(spec.resolve(data.train), field="data.train")
+    texts = texts[: max(1, round(len(texts) * data.fraction))]
+    train = tokenize(texts, tokenizer, seq_len, data.packing)
+    evaluation = None
+    if data.eval is not None:
+        evaluation = tokenize(
+            read_examples(spec.resolve(data.eval), field="data.eval"), tokenizer, seq_len, False
+        )
+    return train, evaluation
+
+
+def tokenizer_for(spec: SweepSpec) -> PreTrainedTokenizerBase:
+    """The spec's tokenizer, with a pad token (EOS when it has none) for dynamic padding."""
+    from planner.data import load_tokenizer
+
+    tokenizer = load_tokenizer(spec)
+    if tokenizer is None:
+        raise ConfigError(
+            "data.tokenizer",
+            "training needs a tokenizer: neither data.tokenizer nor the model's directory has one",
+            "set data.tokenizer to a directory with tokenizer.json",
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_model(spec: SweepSpec, config: TrainingConfig) -> nn.Module:
+    """The trial's model: fresh weights from the config (``init: random``) or the pretrained ones.
+
+    ``init: random`` goes through the estimator's own builder (NF4 base for QLoRA, peft LoRA,
+    checkpointing), so a traced step and a run step are the same model. Call ``transformers.set_seed``
+    first: every trial then starts from the same weights and differs only by its hyperparameters.
+    """
+    from planner.estimator._setup import base_weight_dtype, build_training_setup, model_class
+    from planner.models import load_model_config
+
+    hf_config = load_model_config(config.model)
+    if spec.init == "random":
+        setup = build_training_setup(hf_config, config, fake_mode=None, cuda_optimizer_layout=False)
+        return setup.model
+    kwargs: dict[str, Any] = {"dtype": base_weight_dtype(config)}
+    if config.method is Method.QLORA:
+        from transformers import BitsAndBytesConfig
+
+        compute = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}.get(
+            config.precision, torch.float32
+        )
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+    model = model_class(hf_config).from_pretrained(config.model, **kwargs)
+    if config.method is Method.QLORA:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.gradient_checkpointing
+        )
+    if config.method in (Method.LORA, Method.QLORA):
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora.r,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+            task_type=TaskType.CAUSAL_LM,
+        )
+        model = get_peft_model(model, lora)
+    return model
+
+
+def _save_schedule(spec: SweepSpec, has_eval: bool) -> dict[str, Any]:
+    """Checkpoint cadence: ``checkpoint_every_steps``, else at every eval, else once per epoch."""
+    if spec.checkpoint_every_steps is not None:
+        return {"save_strategy": "steps", "save_steps": spec.checkpoint_every_steps}
+    if has_eval and spec.eval.strategy == "steps":
+        return {"save_strategy": "steps", "save_steps": spec.eval.every_steps}
+    return {"save_strategy": "epoch"}
+
+
+def training_arguments(
+    spec: SweepSpec, trial: PlannedTrial, output_dir: Path | None, report_to: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``TrainingArguments`` keyword arguments of a trial: what it runs with, and what is exported.
+
+    ``output_dir`` None leaves it out (the exported best config). Losses are logged every optimizer
+    step, unfiltered, so divergence is seen the step it happens.
+    """
+    from planner.estimator._setup import TRAINER_OPTIM_NAMES
+
+    config, hyper = trial.config, trial.hyper
+    has_eval = spec.data.eval is not None and spec.eval.strategy != "no"
+    arguments: dict[str, Any] = {
+        "per_device_train_batch_size": config.micro_batch,
+        "per_device_eval_batch_size": config.micro_batch,
+        "gradient_accumulation_steps": config.gradient_accumulation,
+        "learning_rate": hyper.learning_rate,
+        "num_train_epochs": hyper.epochs,
+        "max_steps": hyper.max_steps if hyper.max_steps is not None else -1,
+        "weight_decay": hyper.weight_decay,
+        "warmup_steps": hyper.warmup_ratio,  # below 1: a ratio of the total steps (Trainer's rule)
+        "lr_scheduler_type": hyper.scheduler.value,
+        "optim": TRAINER_OPTIM_NAMES[config.optimizer],
+        "bf16": config.precision is Precision.BF16,
+        "fp16": config.precision is Precision.FP16,
+        "activation_checkpointing": config.gradient_checkpointing,
+        "eval_strategy": spec.eval.strategy if has_eval else "no",
+        **_save_schedule(spec, has_eval),
+        "seed": spec.seed,
+        "data_seed": spec.seed,
+        "report_to": list(report_to) or "none",
+    }
+    if has_eval and spec.eval.strategy == "steps":
+        arguments["eval_steps"] = spec.eval.every_steps
+    if output_dir is not None:
+        arguments.update(
+            output_dir=str(output_dir),
+            logging_steps=1,
+            logging_nan_inf_filter=False,
+            save_total_limit=1,
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            use_cpu=not torch.cuda.is_available(),
+        )
+    return arguments

@@ -1,0 +1,208 @@
+"""A sweep's results, read back from its Optuna study: every trial, the best one, and OOM records.
+
+Per-trial metrics live in the study itself (Optuna user attrs and intermediate values), so any
+worker, machine or later session reads the same results; nothing else needs to be kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import BaseModel, ConfigDict
+
+from planner.errors import ConfigError
+from planner.profiles import profiles_dir
+from planner.schema import PlannedTrial, ProfileKey
+
+
+class TrialResult(BaseModel):
+    """One trial as stored: its values, shape, how it ended, measured against predicted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    number: int
+    params: dict[str, Any]
+    state: str
+    """Optuna's state: COMPLETE, PRUNED, FAIL, RUNNING, WAITING (or INFEASIBLE, never run)."""
+    status: str
+    """complete, pruned, diverged, budget, interrupted, failed, running, waiting, infeasible."""
+    value: float | None = None
+    reason: str | None = None
+    fix: str | None = None
+    micro_batch: int | None = None
+    gradient_accumulation: int | None = None
+    planned_micro_batch: int | None = None
+    predicted_seconds: float | None = None
+    seconds: float | None = None
+    predicted_peak_bytes: int | None = None
+    peak_memory_bytes: int | None = None
+    memory_kind: str | None = None
+    oom: list[dict[str, int]] = []
+    continues: int | None = None
+    continued_as: int | None = None
+    resumed_from_step: int | None = None
+    steps_done: int | None = None
+    losses: list[tuple[int, float]] = []
+    evals: list[tuple[int, dict[str, float]]] = []
+    training_arguments: dict[str, Any] = {}
+    worker: dict[str, Any] | None = None
+
+
+class SweepResults(BaseModel):
+    """Every trial of a study, plus the plan's infeasible ones, and the best trial's number."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    study: str
+    direction: str
+    objective: str | None
+    trials: list[TrialResult]
+    best: int | None
+    predicted_total_seconds: float | None
+    measured_total_seconds: float
+
+    def trial(self, number: int) -> TrialResult:
+        return next(t for t in self.trials if t.number == number)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def trial_result(frozen: FrozenTrial) -> TrialResult:
+    attrs = frozen.user_attrs
+    planned = PlannedTrial.model_validate(attrs["planned"]) if "planned" in attrs else None
+    status = attrs.get("status") or frozen.state.name.lower()
+    return TrialResult(
+        number=frozen.number,
+        params=frozen.system_attrs.get("fixed_params", frozen.params) or frozen.params,
+        state=frozen.state.name,
+        status=status,
+        value=_finite(frozen.value) if frozen.state is TrialState.COMPLETE else None,
+        reason=attrs.get("reason"),
+        micro_batch=attrs.get("micro_batch"),
+        gradient_accumulation=attrs.get("gradient_accumulation"),
+        planned_micro_batch=planned.config.micro_batch if planned else None,
+        predicted_seconds=attrs.get(
+            "predicted_seconds", planned.time.seconds if planned and planned.time else None
+        ),
+        seconds=attrs.get("seconds"),
+        predicted_peak_bytes=planned.peak_bytes if planned else None,
+        peak_memory_bytes=attrs.get("peak_memory_bytes"),
+        memory_kind=attrs.get("memory_kind"),
+        oom=attrs.get("oom", []),
+        continues=attrs.get("continues"),
+        continued_as=attrs.get("continued_as"),
+        resumed_from_step=attrs.get("resumed_from_step"),
+        steps_done=attrs.get("steps_done"),
+        losses=[(int(s), float(v)) for s, v in attrs.get("losses", [])],
+        evals=[(int(s), m) for s, m in attrs.get("evals", [])],
+        training_arguments=attrs.get("training_arguments", {}),
+        worker=attrs.get("worker"),
+    )
+
+
+def sweep_results(study: optuna.Study) -> SweepResults:
+    """All trials of ``study`` (run or waiting), the plan's infeasible ones appended."""
+    trials = [trial_result(t) for t in study.get_trials(deepcopy=False)]
+    next_number = len(trials)
+    for offset, entry in enumerate(study.user_attrs.get("infeasible", [])):
+        trials.append(
+            TrialResult(
+                number=next_number + offset,
+                params=entry["params"],
+                state="INFEASIBLE",
+                status="infeasible",
+                reason=entry.get("reason"),
+                fix=entry.get("fix"),
+            )
+        )
+    complete = [t for t in trials if t.state == "COMPLETE" and t.value is not None]
+    best = None
+    if complete:
+        pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+        best = pick(complete, key=lambda t: t.value or 0.0).number
+    plan = study.user_attrs.get("plan", {})
+    return SweepResults(
+        study=study.study_name,
+        direction=study.direction.name.lower(),
+        objective=plan.get("objective"),
+        trials=trials,
+        best=best,
+        predicted_total_seconds=plan.get("total_seconds"),
+        measured_total_seconds=sum(t.seconds or 0.0 for t in trials),
+    )
+
+
+def load_results(storage_url: str, study_name: str) -> SweepResults:
+    """Results of the study ``study_name`` in ``storage_url``."""
+    from planner.executor._study import open_storage
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+    except KeyError:
+        raise ConfigError(
+            "study", f"no study '{study_name}' in {storage_url}", "run `planner run` first, or pass --study"
+        ) from None
+    return sweep_results(study)
+
+
+def export_best(results: SweepResults, path: Path) -> dict[str, Any]:
+    """Write the best trial's ``TrainingArguments`` keyword arguments as YAML or JSON (by suffix).
+
+    ``TrainingArguments(output_dir=..., **yaml.safe_load(open(path)))`` reproduces the trial.
+    """
+    if results.best is None:
+        raise ConfigError("export", "no trial has completed yet", "run the sweep, then export")
+    arguments = results.trial(results.best).training_arguments
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        path.write_text(yaml.safe_dump(arguments, sort_keys=False))
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(arguments, indent=2))
+    else:
+        raise ConfigError(
+            "export", f"'{path.name}' is neither .yaml nor .json", "name the file best.yaml or best.json"
+        )
+    return arguments
+
+
+def oom_log_path() -> Path:
+    """Where OOM recoveries are recorded for the memory model: ``profiles/measured/oom.jsonl``."""
+    return profiles_dir() / "measured" / "oom.jsonl"
+
+
+def record_oom(planned: PlannedTrial, card: str, events: list[dict[str, int]]) -> None:
+    """Append one line per OOM: the config's profile key, the micro-batch that failed, the prediction.
+
+    The estimator can read these (:func:`oom_records`) to learn that its prediction at that
+    micro-batch was too low on that card.
+    """
+    path = oom_log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = ProfileKey.of(planned.config, card).model_dump(mode="json")
+    with path.open("a") as handle:
+        for event in events:
+            record = {
+                "key": key,
+                "micro_batch": event["micro_batch"],
+                "predicted_peak_bytes": planned.peak_bytes,
+                "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            handle.write(json.dumps(record) + "\n")
+
+
+def oom_records(card: str | None = None) -> list[dict[str, Any]]:
+    """Every recorded OOM (optionally only those on ``card``)."""
+    path = oom_log_path()
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if card is None or r["key"]["card"] == card]

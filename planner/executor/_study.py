@@ -1,0 +1,254 @@
+"""The Optuna study behind a sweep: storage, sampler and pruner, the plan's queue, claims and recovery.
+
+Optuna's RDB storage is the distributed engine: every worker (process, GPU, machine) opens the same
+study and takes WAITING trials from it. What this module adds on top:
+
+- the plan is enqueued once per study (the worker that *creates* the study does it; creation is
+  atomic in every RDB), each trial carrying its planned shape and prediction as user attrs;
+- infeasible trials are recorded as the study's ``infeasible`` user attr (params, reason, fix);
+- a worker claims one WAITING trial of its choice (the first in plan order that fits the budget)
+  with the storage's atomic WAITING -> RUNNING transition; on SQLite a file lock serialises
+  claims, as SQLite does not lock the row it reads;
+- a trial left RUNNING by a dead worker (its PID gone on this host, or no heartbeat for
+  ``STALE_SECONDS`` from another host) is failed and continued by a new trial that resumes from
+  its checkpoints; a trial cut by the budget is continued the same way on the next run. A lock
+  study named ``<study>.continue-<n>`` makes each continuation happen exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from planner.errors import ConfigError
+from planner.executor._monitor import HEARTBEAT_SECONDS
+from planner.schema import Plan, PlannedTrial, SweepSpec
+
+STALE_SECONDS = 6 * HEARTBEAT_SECONDS
+"""A RUNNING trial of another host with no heartbeat for this long belongs to a dead worker."""
+ENQUEUE_WAIT_SECONDS = 120.0
+"""How long a worker that did not create the study waits for its creator to enqueue the plan."""
+RESUMABLE = ("interrupted", "budget")
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def worker_identity() -> dict[str, Any]:
+    """This process as a trial's ``worker`` attr: host, PID and its start time (PIDs get reused)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid())}
+
+
+def _process_start(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _worker_alive(worker: dict[str, Any], heartbeat: float | None) -> bool:
+    if worker.get("host") == socket.gethostname():
+        pid = int(worker.get("pid", -1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return worker.get("started") is None or _process_start(pid) == worker.get("started")
+    return heartbeat is not None and time.time() - heartbeat < STALE_SECONDS
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage; SQLite waits for its lock instead of failing under several workers."""
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 120}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except Exception as exc:  # SQLAlchemy raises many kinds; the user's URL is at fault in each
+        raise ConfigError(
+            "storage",
+            f"cannot open '{url}' ({type(exc).__name__}: {exc})",
+            "give a reachable SQLAlchemy URL, e.g. sqlite:///sweep.db or postgresql://user@host/db",
+        ) from None
+
+
+@contextlib.contextmanager
+def claim_lock(url: str) -> Iterator[None]:
+    """Serialise claims on a SQLite file (other databases lock the claimed row themselves)."""
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    if path is None or path in ("", ":memory:"):
+        yield
+        return
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sampler_of(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    """TPE chooses its own trials; grid and random trials are the plan's, enqueued (sampler unused)."""
+    if spec.strategy == "tpe":
+        return optuna.samplers.TPESampler(seed=spec.seed)
+    return optuna.samplers.RandomSampler(seed=spec.seed)
+
+
+def pruner_of(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    """Optuna's pruners with their defaults; the resource is the optimizer step of each eval."""
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner()
+    if spec.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def _planned_attrs(planned: PlannedTrial, order: int, output_dir: Path) -> dict[str, Any]:
+    return {
+        "planned": planned.model_dump(mode="json"),
+        "order": order,
+        "output_dir": str(output_dir.resolve()),
+    }
+
+
+def _create_or_load(
+    storage: optuna.storages.RDBStorage, name: str, spec: SweepSpec
+) -> tuple[optuna.Study, bool]:
+    """The study, and whether this call created it (the creator enqueues the plan)."""
+    sampler, pruner = sampler_of(spec), pruner_of(spec)
+    try:
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            direction=spec.objective.direction,
+        )
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner), False
+
+
+def open_study(spec: SweepSpec, plan: Plan, storage_url: str, name: str) -> optuna.Study:
+    """Create or join the sweep's study; the plan's runnable trials are enqueued exactly once.
+
+    Grid and random strategies enqueue the plan's feasible trials in its order (random's plan
+    sampled them with the spec's seed already); TPE enqueues nothing and asks its sampler.
+    """
+    storage = open_storage(storage_url)
+    study, created = _create_or_load(storage, name, spec)
+    if not created:
+        waited = 0.0
+        while "enqueued" not in study.user_attrs and waited < ENQUEUE_WAIT_SECONDS:
+            time.sleep(0.5)
+            waited += 0.5
+        if "enqueued" in study.user_attrs:
+            return study
+        # The creator died before finishing: enqueue what is missing (idempotent by params).
+    if spec.strategy != "tpe":
+        order = 0
+        for planned in plan.trials:
+            if planned.feasible:
+                output_dir = spec.output_dir / f"trial-{planned.number:03d}"
+                study.enqueue_trial(
+                    planned.params, user_attrs=_planned_attrs(planned, order, output_dir), skip_if_exists=True
+                )
+                order += 1
+    study.set_user_attr(
+        "infeasible",
+        [
+            {"number": t.number, "params": t.params, "reason": t.reason, "fix": t.fix}
+            for t in plan.trials
+            if not t.feasible
+        ],
+    )
+    study.set_user_attr(
+        "plan",
+        {
+            "card": plan.card,
+            "total_seconds": plan.total_seconds,
+            "makespan_seconds": plan.makespan_seconds,
+            "budget_seconds": plan.budget_seconds,
+            "objective": spec.objective.metric,
+        },
+    )
+    study.set_user_attr("enqueued", True)
+    return study
+
+
+def recover(study: optuna.Study, storage_url: str) -> list[int]:
+    """Fail trials of dead workers, then continue every interrupted or budget-cut trial once.
+
+    Returns the numbers of the continued trials.
+    """
+    storage = study._storage
+    with claim_lock(storage_url):
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = trial.user_attrs.get("worker")
+            if worker is None or _worker_alive(worker, trial.user_attrs.get("heartbeat")):
+                continue
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                    storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
+                    storage.set_trial_user_attr(
+                        trial._trial_id, "reason", f"its worker (pid {worker.get('pid')}) died"
+                    )
+    continued = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        attrs = trial.user_attrs
+        if attrs.get("status") not in RESUMABLE or "continued_as" in attrs or "planned" not in attrs:
+            continue
+        try:
+            optuna.create_study(study_name=f"{study.study_name}.continue-{trial.number}", storage=storage)
+        except optuna.exceptions.DuplicatedStudyError:
+            continue  # another worker continues it
+        params = trial.system_attrs.get("fixed_params", trial.params)
+        keep: dict[str, Any] = {k: attrs[k] for k in ("planned", "order", "output_dir") if k in attrs}
+        study.enqueue_trial(params, user_attrs={**keep, "continues": trial.number})
+        number = next(
+            t.number
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("continues") == trial.number
+        )
+        storage.set_trial_user_attr(trial._trial_id, "continued_as", number)
+        continued.append(trial.number)
+    return continued
+
+
+def waiting(study: optuna.Study) -> list[FrozenTrial]:
+    """WAITING trials in the order to run them: plan order, continuations where their trial was."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return sorted(trials, key=lambda t: (t.user_attrs.get("order", 1 << 30), t.number))
+
+
+def claim(study: optuna.Study, frozen: FrozenTrial, storage_url: str) -> optuna.Trial | None:
+    """Take ``frozen`` for this worker (WAITING -> RUNNING), or None if another worker got it first."""
+    with claim_lock(storage_url):
+        if not study._storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING):
+            return None
+    trial = optuna.Trial(study, frozen._trial_id)
+    trial.set_user_attr("worker", worker_identity())
+    trial.set_user_attr("heartbeat", time.time())
+    trial.set_user_attr("run_id", uuid.uuid4().hex)
+    return trial
+
+
+def delete_study(storage_url: str, name: str) -> None:
+    """Delete a study and its continuation locks (tests and a fresh re-run of a sweep)."""
+    storage = open_storage(storage_url)
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if summary.study_name == name or summary.study_name.startswith(f"{name}.continue-"):
+            optuna.delete_study(study_name=summary.study_name, storage=storage)

@@ -1,0 +1,384 @@
+"""The worker loop: take the next trial that fits the budget, run it, store what happened, repeat.
+
+Any number of these loops, in one process or on many machines, share a study (see ``_study``).
+Each corrects the remaining predictions by what finished trials measured ("learning as it goes"):
+the ratio of measured to predicted seconds over the study's completed trials.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from planner.executor._display import SweepObserver
+from planner.executor._monitor import Deadline, Reporter, TrialLog, TrialStopped
+from planner.executor._results import TrialResult, record_oom, trial_result
+from planner.executor._study import claim, open_study, recover, waiting
+from planner.executor._trial import (
+    TrialOutcome,
+    TrialRun,
+    checkpoint_step,
+    last_checkpoint,
+    release_memory,
+    run_trial,
+    trainer_attempt,
+)
+from planner.schema import Hyperparameters, Plan, PlannedTrial, SweepSpec, TrainingConfig
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
+DIVERGENCE_FACTOR = 4.0
+"""A training loss above this multiple of the trial's first logged loss counts as divergence."""
+
+
+@dataclass
+class SweepRun:
+    """What one worker did: the trials it ran and why it stopped."""
+
+    trials: list[TrialResult]
+    elapsed_seconds: float
+    budget_seconds: float | None
+    left_waiting: int
+    """Trials still waiting in the study when this worker stopped (over its budget)."""
+    learned_ratio: float
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """What a user's training function gets for one trial (see :func:`run_function`)."""
+
+    number: int
+    params: dict[str, Any]
+    config: TrainingConfig
+    """With the micro-batch and accumulation to use (halved/doubled after an OOM)."""
+    hyper: Hyperparameters
+    output_dir: Path
+    """Where to write checkpoints; a continued trial finds its predecessor's here."""
+    resume: bool
+    """True when an interrupted trial continues: load the latest checkpoint in ``output_dir``."""
+
+
+TrainFunction = Callable[[TrialConfig, Reporter], "float | dict[str, float] | None"]
+
+
+def learned_ratio(study: optuna.Study) -> float:
+    """Measured over predicted seconds across the study's uninterrupted completed trials (1 if none)."""
+    measured = predicted = 0.0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        attrs = trial.user_attrs
+        if "continues" in attrs or not attrs.get("predicted_seconds") or not attrs.get("seconds"):
+            continue
+        measured += attrs["seconds"]
+        predicted += attrs["predicted_seconds"]
+    return measured / predicted if predicted > 0 else 1.0
+
+
+def _predicted(frozen: FrozenTrial | None, planned: PlannedTrial) -> float:
+    """A trial's predicted seconds; a continuation's only for the steps it has left."""
+    seconds = planned.time.seconds if planned.time is not None else 0.0
+    if frozen is None or "continues" not in frozen.user_attrs or not planned.optimizer_steps:
+        return seconds
+    done = checkpoint_step(last_checkpoint(Path(frozen.user_attrs["output_dir"])))
+    left = max(0.0, 1.0 - done / planned.optimizer_steps)
+    startup = planned.time.parts.get("startup", 0.0) if planned.time is not None else 0.0
+    return startup + (seconds - startup) * left
+
+
+def _suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
+    """Register the trial's params with Optuna (fixed for enqueued trials, sampled for TPE)."""
+    from planner.sweep import search_distributions
+
+    for name, distribution in search_distributions(spec).items():
+        if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+            trial.suggest_categorical(name, distribution.choices)
+        elif isinstance(distribution, optuna.distributions.IntDistribution):
+            trial.suggest_int(
+                name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
+            )
+        elif isinstance(distribution, optuna.distributions.FloatDistribution):
+            trial.suggest_float(
+                name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
+            )
+    return dict(trial.params)
+
+
+class _Worker:
+    """One worker's loop over a study; see :func:`run_sweep`."""
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        plan: Plan,
+        storage_url: str,
+        study_name: str,
+        deadline: Deadline,
+        observer: SweepObserver,
+        attempt: Callable[..., None],
+        plan_one: Callable[[dict[str, Any]], PlannedTrial] | None,
+        report_to: Sequence[str],
+        callbacks: Sequence[TrainerCallback],
+    ) -> None:
+        self.spec, self.plan, self.storage_url = spec, plan, storage_url
+        self.deadline, self.observer, self.attempt = deadline, observer, attempt
+        self.plan_one, self.report_to, self.callbacks = plan_one, report_to, callbacks
+        self.study = open_study(spec, plan, storage_url, study_name)
+        self.ran: list[TrialResult] = []
+
+    def run(self) -> int:
+        """Run trials until none is left that fits; returns how many are left waiting."""
+        for number in recover(self.study, self.storage_url):
+            self.observer.note(f"trial {number} was interrupted: continuing it from its last checkpoint")
+        ratio = learned_ratio(self.study)
+        queue = waiting(self.study)
+        total = sum(_predicted(t, PlannedTrial.model_validate(t.user_attrs["planned"])) for t in queue)
+        self.observer.sweep_started(self.study.study_name, len(queue), self.deadline_seconds, total * ratio)
+        while True:
+            ratio = learned_ratio(self.study)
+            queue = waiting(self.study)
+            chosen = None
+            for frozen in queue:
+                planned = PlannedTrial.model_validate(frozen.user_attrs["planned"])
+                if _predicted(frozen, planned) * ratio <= self.deadline.remaining():
+                    chosen = frozen, planned
+                    break
+            if chosen is None:
+                if queue:
+                    self.observer.note(
+                        f"{len(queue)} trial(s) left waiting: predicted over the remaining budget "
+                        f"({max(0.0, self.deadline.remaining()):.0f}s); run again with more budget for them"
+                    )
+                    return len(queue)
+                if not self._ask_new():
+                    return 0
+                continue
+            frozen, planned = chosen
+            trial = claim(self.study, frozen, self.storage_url)
+            if trial is not None:
+                after = sum(
+                    _predicted(t, PlannedTrial.model_validate(t.user_attrs["planned"]))
+                    for t in queue
+                    if t.number != frozen.number
+                )
+                self._execute(trial, frozen, planned, ratio, after * ratio)
+
+    @property
+    def deadline_seconds(self) -> float | None:
+        remaining = self.deadline.remaining()
+        return None if remaining == float("inf") else remaining
+
+    def _ask_new(self) -> bool:
+        """TPE: sample one more trial while fewer than ``n_trials`` exist; False when the sweep is done."""
+        if self.spec.strategy != "tpe" or self.plan_one is None:
+            return False
+        roots = [t for t in self.study.get_trials(deepcopy=False) if "continues" not in t.user_attrs]
+        if len(roots) >= (self.spec.n_trials or 0):
+            return False
+        trial = self.study.ask()
+        params = _suggest(trial, self.spec)
+        planned = self.plan_one(params)
+        output_dir = (self.spec.output_dir / f"trial-{trial.number:03d}").resolve()
+        trial.set_user_attr("planned", planned.model_dump(mode="json"))
+        trial.set_user_attr("output_dir", str(output_dir))
+        if not planned.feasible:
+            trial.set_user_attr("status", "infeasible")
+            trial.set_user_attr("reason", f"{planned.reason} (fix: {planned.fix})")
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.observer.trial_finished(trial.number, "infeasible", None, 0.0, planned.reason)
+            return True
+        ratio = learned_ratio(self.study)
+        predicted = _predicted(None, planned) * ratio
+        if predicted > self.deadline.remaining():
+            trial.set_user_attr("status", "over budget")
+            trial.set_user_attr("reason", f"predicted {predicted:.0f}s exceeds the remaining budget")
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.observer.note(f"trial {trial.number} not run: {trial.user_attrs['reason']}")
+            return False
+        frozen = self.study.get_trials(deepcopy=False)[trial.number]
+        self._execute(trial, frozen, planned, ratio, 0.0)
+        return True
+
+    def _execute(
+        self, trial: optuna.Trial, frozen: FrozenTrial, planned: PlannedTrial, ratio: float, after: float
+    ) -> None:
+        attrs = frozen.user_attrs
+        if "micro_batch" in attrs:  # a continuation of a trial that had shrunk its micro-batch
+            planned = planned.model_copy(
+                update={
+                    "config": planned.config.with_changes(
+                        micro_batch=attrs["micro_batch"], gradient_accumulation=attrs["gradient_accumulation"]
+                    )
+                }
+            )
+        params = _suggest(trial, self.spec)
+        predicted = _predicted(frozen, planned)
+        output_dir = Path(attrs.get("output_dir", self.spec.output_dir / f"trial-{trial.number:03d}"))
+        config = planned.config
+        shape = f"{config.micro_batch} x {config.gradient_accumulation}"
+        trial.set_user_attr("status", "running")
+        trial.set_user_attr("predicted_seconds", predicted)
+        self.observer.trial_started(trial.number, params, shape, predicted * ratio, after)
+        reporter = Reporter(
+            trial,
+            self.spec.objective.metric,
+            self.deadline,
+            self.observer,
+            divergence_factor=DIVERGENCE_FACTOR,
+        )
+        time_parts = planned.time.parts if planned.time is not None else {}
+        run = TrialRun(
+            spec=self.spec,
+            planned=planned,
+            output_dir=output_dir,
+            reporter=reporter,
+            resume="continues" in attrs,
+            predicted_eval_seconds=time_parts.get("eval", 0.0) / max(1, planned.eval_passes),
+            predicted_save_seconds=time_parts.get("checkpoints", 0.0) / max(1, planned.checkpoint_saves),
+            report_to=self.report_to,
+            callbacks=self.callbacks,
+        )
+        start = time.monotonic()
+        try:
+            outcome = run_trial(run, self.attempt)
+            error = None
+        except Exception as exc:  # one trial's crash must not end the sweep
+            outcome, error = TrialOutcome(), f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+            release_memory()
+        seconds = time.monotonic() - start
+        self._store(trial, planned, outcome, reporter.log, reporter, seconds, error)
+
+    def _store(
+        self,
+        trial: optuna.Trial,
+        planned: PlannedTrial,
+        outcome: TrialOutcome,
+        log: TrialLog,
+        reporter: Reporter,
+        seconds: float,
+        error: str | None,
+    ) -> None:
+        attrs: dict[str, Any] = {
+            **reporter.attrs(),
+            "seconds": seconds,
+            "micro_batch": outcome.micro_batch,
+            "gradient_accumulation": outcome.gradient_accumulation,
+            "oom": outcome.oom,
+            "peak_memory_bytes": outcome.peak_memory_bytes,
+            "memory_kind": outcome.memory_kind,
+            "training_arguments": outcome.training_arguments,
+        }
+        if outcome.resumed_from_step is not None:
+            attrs["resumed_from_step"] = outcome.resumed_from_step
+        if outcome.oom:
+            record_oom(planned, self.plan.card, outcome.oom)
+        value = outcome.metrics.get(self.spec.objective.metric)
+        state, status, reason = TrialState.COMPLETE, "complete", None
+        if error is not None:
+            state, status, reason = TrialState.FAIL, "failed", error
+        elif outcome.failed is not None:
+            state, status, reason = TrialState.FAIL, "failed", outcome.failed
+        elif log.stopped == "pruned":
+            state, status, reason = TrialState.PRUNED, "pruned", log.reason
+        elif log.stopped is not None:
+            state, status, reason = TrialState.FAIL, log.stopped, log.reason
+        elif value is None:
+            state, status = TrialState.FAIL, "failed"
+            produced = ", ".join(outcome.metrics) or "nothing"
+            reason = f"the objective '{self.spec.objective.metric}' was not produced (got {produced})"
+        attrs.update(status=status, reason=reason, metrics=outcome.metrics)
+        for key, item in attrs.items():
+            trial.set_user_attr(key, item)
+        frozen = self.study.tell(trial, value if state is TrialState.COMPLETE else None, state=state)
+        result = trial_result(frozen)
+        self.ran.append(result)
+        self.observer.trial_finished(trial.number, status, result.value, seconds, reason)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    plan: Plan,
+    *,
+    storage_url: str | None = None,
+    study_name: str | None = None,
+    budget_seconds: float | None = None,
+    observer: SweepObserver | None = None,
+    plan_one: Callable[[dict[str, Any]], PlannedTrial] | None = None,
+    report_to: Sequence[str] = (),
+    callbacks: Sequence[TrainerCallback] = (),
+    attempt: Callable[..., None] = trainer_attempt,
+) -> SweepRun:
+    """Run the plan's trials (or TPE's) through Trainer on this worker, inside the budget.
+
+    ``storage_url`` defaults to the spec's SQLite file, ``study_name`` to the spec's name,
+    ``budget_seconds`` to the spec's budget (counted from this call). ``plan_one`` plans one
+    sampled configuration (TPE). ``callbacks`` are extra ``TrainerCallback`` s for every trial.
+    """
+    # Import Trainer before the clock starts, so the first trial's time is comparable to the others'.
+    import transformers.trainer  # noqa: F401
+
+    start = time.monotonic()
+    budget = budget_seconds if budget_seconds is not None else spec.budget_seconds
+    observer = observer or SweepObserver()
+    worker = _Worker(
+        spec,
+        plan,
+        storage_url or spec.storage_url,
+        study_name or spec.name,
+        Deadline.after(budget),
+        observer,
+        attempt,
+        plan_one,
+        report_to,
+        callbacks,
+    )
+    left = worker.run()
+    elapsed = time.monotonic() - start
+    observer.sweep_finished(elapsed)
+    return SweepRun(worker.ran, elapsed, budget, left, learned_ratio(worker.study))
+
+
+def run_function(
+    spec: SweepSpec,
+    fn: TrainFunction,
+    plan: Plan,
+    **options: Any,
+) -> SweepRun:
+    """Run the sweep with your own training code: ``fn(trial_config, reporter)`` per trial.
+
+    Report metrics with ``reporter.report(step, {...})``: it feeds the pruner and raises
+    :class:`TrialStopped` when the trial is pruned, diverges or runs out of budget (catch it to
+    checkpoint first). Return the objective value, or a dict holding it. Options as :func:`run_sweep`.
+    """
+
+    def attempt(run: TrialRun, outcome: TrialOutcome, resume: bool) -> None:
+        config = run.planned.config.with_changes(
+            micro_batch=outcome.micro_batch, gradient_accumulation=outcome.gradient_accumulation
+        )
+        trial_config = TrialConfig(
+            number=run.reporter.trial.number if run.reporter.trial is not None else 0,
+            params=run.planned.params,
+            config=config,
+            hyper=run.planned.hyper,
+            output_dir=run.output_dir,
+            resume=resume,
+        )
+        try:
+            returned = fn(trial_config, run.reporter)
+        except TrialStopped:
+            returned = None
+        metrics = dict(returned) if isinstance(returned, dict) else {}
+        if isinstance(returned, int | float):
+            metrics[spec.objective.metric] = float(returned)
+        if run.reporter.log.evals and spec.objective.metric not in metrics:
+            metrics.update(run.reporter.log.evals[-1][1])
+        outcome.metrics = metrics
+
+    return run_sweep(spec, plan, attempt=attempt, **options)

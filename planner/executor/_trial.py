@@ -1,0 +1,197 @@
+"""One trial through ``transformers.Trainer``: build, train, evaluate, recover from OOM, release memory.
+
+An out-of-memory error frees everything the attempt held, halves the micro-batch and multiplies the
+accumulation by the same factor (the effective batch, hence the experiment, stays the same), then
+resumes from the trial's last checkpoint, or restarts when there is none.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from planner.executor._monitor import Reporter, rss_bytes
+from planner.executor._recipe import build_model, load_datasets, tokenizer_for, training_arguments
+from planner.schema import PlannedTrial, SweepSpec
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
+
+@dataclass
+class TrialRun:
+    """What the worker hands a trial runner: the planned trial, where it writes, how it reports."""
+
+    spec: SweepSpec
+    planned: PlannedTrial
+    """With the micro-batch and accumulation to start from (already reduced by an earlier OOM)."""
+    output_dir: Path
+    reporter: Reporter
+    resume: bool
+    """Continue from the last checkpoint in ``output_dir`` (an interrupted trial's continuation)."""
+    predicted_eval_seconds: float = 0.0
+    predicted_save_seconds: float = 0.0
+    report_to: Sequence[str] = ()
+    callbacks: Sequence[TrainerCallback] = ()
+
+
+@dataclass
+class TrialOutcome:
+    """How a trial ended: its metrics, its final shape, and any OOM recoveries on the way."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    micro_batch: int = 1
+    gradient_accumulation: int = 1
+    oom: list[dict[str, int]] = field(default_factory=list)
+    """One entry per OOM: micro-batch and accumulation before and after, optimizer step reached."""
+    failed: str | None = None
+    """Why the trial could not finish (OOM at micro-batch 1), else None."""
+    peak_memory_bytes: int = 0
+    memory_kind: str = ""
+    resumed_from_step: int | None = None
+    training_arguments: dict[str, Any] = field(default_factory=dict)
+
+
+class Attempt(Protocol):
+    """One try at a trial with ``outcome``'s micro-batch and accumulation; fills ``outcome.metrics``."""
+
+    def __call__(self, run: TrialRun, outcome: TrialOutcome, resume: bool) -> None: ...
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    """The newest ``checkpoint-N`` directory Trainer left in ``output_dir``."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not output_dir.is_dir():
+        return None
+    found = get_last_checkpoint(str(output_dir))
+    return Path(found) if found else None
+
+
+def checkpoint_step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint is not None else 0
+
+
+def release_memory() -> None:
+    """Return what a finished attempt held: collect cycles, and empty CUDA's cache when there is one."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def smaller_micro_batch(micro_batch: int) -> int | None:
+    """The largest divisor of ``micro_batch`` at most half of it (so accumulation stays whole)."""
+    return next((d for d in range(micro_batch // 2, 0, -1) if micro_batch % d == 0), None)
+
+
+def run_trial(run: TrialRun, attempt: Attempt) -> TrialOutcome:
+    """Run ``attempt`` until it finishes without running out of memory (or fails at micro-batch 1)."""
+    config = run.planned.config
+    outcome = TrialOutcome(micro_batch=config.micro_batch, gradient_accumulation=config.gradient_accumulation)
+    resume = run.resume
+    if resume:
+        outcome.resumed_from_step = checkpoint_step(last_checkpoint(run.output_dir))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    while True:
+        out_of_memory = False
+        try:
+            attempt(run, outcome, resume)
+        except torch.OutOfMemoryError:
+            # Leave the except block before cleaning up: the traceback pins the attempt's frames.
+            out_of_memory = True
+        if not out_of_memory:
+            break
+        release_memory()
+        smaller = smaller_micro_batch(outcome.micro_batch)
+        step = checkpoint_step(last_checkpoint(run.output_dir))
+        if smaller is None:
+            outcome.failed = "out of memory at micro-batch 1"
+            break
+        factor = outcome.micro_batch // smaller
+        outcome.oom.append(
+            {
+                "micro_batch": outcome.micro_batch,
+                "gradient_accumulation": outcome.gradient_accumulation,
+                "new_micro_batch": smaller,
+                "new_gradient_accumulation": outcome.gradient_accumulation * factor,
+                "checkpoint_step": step,
+            }
+        )
+        outcome.micro_batch, outcome.gradient_accumulation = smaller, outcome.gradient_accumulation * factor
+        resume = step > 0
+        run.reporter.log.stopped = None
+    if torch.cuda.is_available():
+        outcome.peak_memory_bytes, outcome.memory_kind = torch.cuda.max_memory_allocated(), "cuda allocated"
+    else:
+        outcome.peak_memory_bytes, outcome.memory_kind = run.reporter.log.peak_rss_bytes, "process RSS"
+    release_memory()
+    return outcome
+
+
+def trainer_attempt(run: TrialRun, outcome: TrialOutcome, resume: bool) -> None:
+    """The built-in recipe: Trainer over the spec's local dataset, as the trial's config says."""
+    import transformers
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from planner.executor._callbacks import BudgetCallback, ReportingCallback
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    spec = run.spec
+    planned = run.planned.model_copy(
+        update={
+            "config": run.planned.config.with_changes(
+                micro_batch=outcome.micro_batch, gradient_accumulation=outcome.gradient_accumulation
+            )
+        }
+    )
+    arguments = training_arguments(spec, planned, run.output_dir, run.report_to)
+    outcome.training_arguments = training_arguments(spec, planned, None, run.report_to)
+    tokenizer = tokenizer_for(spec)
+    train, evaluation = load_datasets(spec, tokenizer, planned.config.seq_len)
+    transformers.set_seed(spec.seed)
+    model = build_model(spec, planned.config)
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(**arguments),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        callbacks=[
+            ReportingCallback(run.reporter),
+            BudgetCallback(
+                run.reporter, eval_seconds=run.predicted_eval_seconds, save_seconds=run.predicted_save_seconds
+            ),
+            *run.callbacks,
+        ],
+    )
+    # The sweep's display shows progress; Trainer's own printing would interleave with it.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    checkpoint = last_checkpoint(run.output_dir) if resume else None
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        metrics: dict[str, float] = dict(result.metrics)
+        log = run.reporter.log
+        if log.stopped is None and evaluation is not None and spec.eval.strategy != "no":
+            evaluated = log.evals[-1][0] if log.evals else -1
+            if evaluated != trainer.state.global_step:
+                # The objective is the metric at the end of training; Trainer's cadence may have
+                # left the last steps unevaluated.
+                final = trainer.evaluate()
+                run.reporter.observe(trainer.state.global_step, final)
+        for _, evaluated_metrics in log.evals[-1:]:
+            metrics.update(evaluated_metrics)
+        outcome.metrics = metrics
+        log.peak_rss_bytes = max(log.peak_rss_bytes, rss_bytes())
+    finally:
+        # Drop every reference to the model and optimizer before the next trial (or retry).
+        trainer.callback_handler.callbacks.clear()
+        del trainer, model
