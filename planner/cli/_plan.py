@@ -1,0 +1,165 @@
+"""``planner plan``: a sweep spec on a card: trials, micro-batch x accumulation, times vs budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from planner.cli._common import emit_json, user_errors_exit_2
+from planner.schema import GIB, Plan, parse_duration
+
+
+def format_duration(seconds: float) -> str:
+    """``1h05m``, ``4m30s`` or ``12s``: how people read sweep times."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+# Short column labels for searched names, so a plan table fits a terminal.
+_LABELS = {
+    "learning_rate": "lr",
+    "effective_batch": "batch",
+    "weight_decay": "wd",
+    "warmup_ratio": "warmup",
+    "gradient_checkpointing": "ckpt",
+    "lora_dropout": "lora drop",
+}
+
+
+def _value(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _budget(value: str | None) -> float | None:
+    from planner.errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError("--budget", str(exc), "e.g. --budget 5h, 90m or 1h30m") from None
+
+
+@click.command("plan")
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--card", required=True, help="Card name (see `planner cards`), 'local' or 'cpu'.")
+@click.option("--budget", help="Wall-clock budget, e.g. 5h or 90m (default: the spec's).")
+@click.option("--workers", type=click.IntRange(min=1), help="Workers/GPUs (default: the spec's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a timeline PNG.")
+@user_errors_exit_2
+def plan_command(
+    spec: Path, card: str, budget: str | None, workers: int | None, as_json: bool, plot: Path | None
+) -> None:
+    """Plan the sweep in SPEC on --card: what fits, each trial's shape and time, and the budget."""
+    from planner.cards import load_card
+    from planner.sweep import load_spec, plan_for_card
+
+    sweep = load_spec(spec)
+    plan = plan_for_card(sweep, load_card(card), workers=workers, budget_seconds=_budget(budget))
+    if plot is not None:
+        plot_timeline(plan, plot)
+    if as_json:
+        emit_json(plan.model_dump(mode="json"))
+    else:
+        print_plan(plan)
+
+
+def print_plan(plan: Plan) -> None:
+    console = Console()
+    data = plan.data
+    console.print(
+        f"[bold]{plan.spec_name}[/] on [bold]{plan.card}[/], {plan.workers} worker(s): "
+        f"{data.train_examples} train / {data.eval_examples} eval examples, "
+        f"~{data.mean_tokens:.0f} tokens each (max {data.max_tokens}; {data.counted_with})"
+    )
+    names = list(dict.fromkeys(name for trial in plan.trials for name in trial.params))
+    labels = [_LABELS.get(name, name) for name in names]
+    headers = ["#", *labels, "micro x acc", "steps", "time", "range", "status"]
+    table = Table(*headers, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for trial in plan.trials:
+        values = [_value(trial.params.get(name, "")) for name in names]
+        if trial.time is None:
+            table.add_row(str(trial.number), *values, "-", "-", "-", "-", "[red]infeasible[/]")
+            continue
+        time = trial.time
+        status = "[green]planned[/]" if trial.status == "planned" else f"[yellow]{trial.status}[/]"
+        table.add_row(
+            str(trial.number),
+            *values,
+            f"{trial.config.micro_batch} x {trial.config.gradient_accumulation}",
+            str(trial.optimizer_steps),
+            format_duration(time.seconds),
+            f"{format_duration(time.low_seconds)}-{format_duration(time.high_seconds)}",
+            status,
+        )
+    console.print(table)
+    console.print(
+        f"Total (one worker): [bold]{format_duration(plan.total_seconds)}[/] "
+        f"({format_duration(plan.total_low_seconds)}-{format_duration(plan.total_high_seconds)}); "
+        f"with {plan.workers} worker(s): {format_duration(plan.makespan_seconds)}."
+    )
+    if plan.budget_seconds is not None:
+        verdict = "[green]fits[/]" if plan.fits_budget else "[red]does not fit[/]"
+        planned = sum(t.status == "planned" for t in plan.trials)
+        console.print(
+            f"Budget {format_duration(plan.budget_seconds)}: the sweep {verdict}; "
+            f"{planned} trial(s) run inside it. "
+            f"Order: {plan.order_rule}."
+        )
+    if plan.successive_halving:
+        rungs = "; ".join(
+            f"{r.trials} trial(s) at {r.fraction:.0%} of the data" for r in plan.successive_halving
+        )
+        console.print(f"Successive halving that fits instead: {rungs} (pruner: successive_halving).")
+    fixes = {(t.reason, t.fix) for t in plan.trials if not t.feasible}
+    for reason, fix in sorted(fixes, key=str):
+        numbers = ", ".join(str(t.number) for t in plan.trials if (t.reason, t.fix) == (reason, fix))
+        console.print(f"[red]Infeasible[/] ({numbers}): {reason}. Fix: {fix}.")
+    sources = sorted({(t.time.source, t.time.note) for t in plan.trials if t.time is not None})
+    for source, note in sources:
+        console.print(f"Step time ({source}): {note}.")
+    peaks = [t.peak_bytes for t in plan.trials if t.peak_bytes is not None]
+    if peaks:
+        console.print(f"Peak memory of planned trials: up to {max(peaks) / GIB:.1f} GiB.")
+    console.print(f"Includes: {'; '.join(plan.includes)}.")
+
+
+def plot_timeline(plan: Plan, path: Path) -> None:
+    """Each planned trial as a bar on its worker's row, with the budget as a vertical line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scheduled = [t for t in plan.trials if t.time is not None and t.start_seconds is not None]
+    figure, axes = plt.subplots(figsize=(9, 1.2 + 0.5 * plan.workers))
+    hours = 3600.0 if plan.makespan_seconds > 3 * 3600 else 60.0
+    unit = "hours" if hours == 3600.0 else "minutes"
+    for trial in scheduled:
+        assert trial.time is not None and trial.start_seconds is not None
+        start, width = trial.start_seconds / hours, trial.time.seconds / hours
+        axes.barh(trial.worker or 0, width, left=start, edgecolor="black", alpha=0.7)
+        axes.text(
+            start + width / 2, trial.worker or 0, str(trial.number), ha="center", va="center", fontsize=8
+        )
+    if plan.budget_seconds is not None:
+        axes.axvline(plan.budget_seconds / hours, color="red", linestyle="--", label="budget")
+        axes.legend(loc="lower right")
+    axes.set_yticks(range(plan.workers), [f"worker {w}" for w in range(plan.workers)])
+    axes.set_xlabel(unit)
+    axes.set_title(f"{plan.spec_name} on {plan.card}: predicted timeline")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,231 @@
+"""``plan_sweep``: every trial's micro-batch x accumulation, feasibility and time, against a budget."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from planner.data import LengthProfile, count_data
+from planner.errors import PlannerError
+from planner.estimator import Estimator, suggest_fixes
+from planner.schema import GIB, Card, Hyperparameters, Method, Plan, PlannedTrial, SweepSpec, TrainingConfig
+from planner.sweep._budget import ORDER_RULE, halving_schedule, schedule
+from planner.sweep._space import expand_trials
+from planner.timing import ProfileLookup, StepTimeModel, count_work, trial_time
+
+INCLUDES = [
+    "memory: the estimator's linear fit of shallow fake-tensor traces at each trial's micro-batch",
+    "time: start-up, forward+backward per micro-batch, optimizer steps, eval passes, checkpoint saves",
+    "interval: from the step-time source (measured p10-p90, calibrated spread, or default ±MFU range)",
+]
+
+
+def largest_divisor_at_most(number: int, limit: int) -> int:
+    """The largest divisor of ``number`` that is at most ``limit`` (0 when limit < 1)."""
+    return max((d for d in range(1, min(number, limit) + 1) if number % d == 0), default=0)
+
+
+class _Shapes:
+    """Memory answers per config shape (micro-batch and accumulation aside), computed once."""
+
+    def __init__(self, card: Card) -> None:
+        self.card = card
+        self._estimators: dict[TrainingConfig, Estimator] = {}
+        self._max: dict[TrainingConfig, int] = {}
+        self._fix: dict[TrainingConfig, str] = {}
+
+    @staticmethod
+    def _shape(config: TrainingConfig) -> TrainingConfig:
+        return config.with_changes(micro_batch=1, gradient_accumulation=1)
+
+    def estimator(self, config: TrainingConfig) -> Estimator:
+        shape = self._shape(config)
+        if shape not in self._estimators:
+            self._estimators[shape] = Estimator(shape, self.card)
+        return self._estimators[shape]
+
+    def max_micro_batch(self, config: TrainingConfig) -> int:
+        shape = self._shape(config)
+        if shape not in self._max:
+            self._max[shape] = self.estimator(shape).max_micro_batch(confirm=False)
+        return self._max[shape]
+
+    def fix(self, config: TrainingConfig) -> str:
+        """The cheapest change that makes ``config`` fit at micro-batch 1, with what it allows."""
+        shape = self._shape(config)
+        if shape not in self._fix:
+            fixes = suggest_fixes(shape, self.card)
+            self._fix[shape] = (
+                f"{fixes[0].change} (max micro-batch {fixes[0].max_micro_batch})"
+                if fixes
+                else "a larger card"
+            )
+        return self._fix[shape]
+
+
+def _infeasible(
+    number: int, params: dict[str, Any], config: TrainingConfig, hyper: Hyperparameters, reason: str, fix: str
+) -> PlannedTrial:
+    return PlannedTrial(
+        number=number,
+        params=params,
+        config=config,
+        hyper=hyper,
+        feasible=False,
+        reason=reason,
+        fix=fix,
+        status="infeasible",
+    )
+
+
+def _shape_trial(
+    spec: SweepSpec, shapes: _Shapes, number: int, params: dict[str, Any]
+) -> PlannedTrial | tuple[TrainingConfig, Hyperparameters, int]:
+    """Choose micro-batch x accumulation, or say why the trial cannot run."""
+    config, hyper = spec.trial(params)
+    try:
+        best = shapes.max_micro_batch(config)
+    except PlannerError as exc:  # e.g. bf16 searched on a card without it
+        return _infeasible(number, params, config, hyper, exc.problem, exc.fix)
+    effective = hyper.effective_batch
+    if best == 0:
+        need = shapes.estimator(config).estimate(1, trace=False).peak_bytes
+        available = shapes.card.available_bytes / GIB
+        reason = f"needs {need / GIB:.1f} GiB at micro-batch 1; {shapes.card.name} has {available:.1f} GiB"
+        return _infeasible(number, params, config, hyper, reason, shapes.fix(config))
+    if spec.micro_batch == "auto":
+        micro = largest_divisor_at_most(effective, best)
+    else:
+        micro = spec.micro_batch
+        if effective % micro:
+            divisor = largest_divisor_at_most(effective, min(micro, best))
+            return _infeasible(
+                number,
+                params,
+                config,
+                hyper,
+                f"micro-batch {micro} does not divide effective batch {effective}",
+                f"micro_batch: {divisor} (or auto)",
+            )
+        if micro > best:
+            return _infeasible(
+                number,
+                params,
+                config,
+                hyper,
+                f"micro-batch {micro} does not fit (max {best} on {shapes.card.name})",
+                f"micro_batch: {largest_divisor_at_most(effective, best)} (or auto)",
+            )
+    return config.with_changes(micro_batch=micro, gradient_accumulation=effective // micro), hyper, micro
+
+
+def _time_trial(
+    spec: SweepSpec,
+    shapes: _Shapes,
+    steps: StepTimeModel,
+    lengths: LengthProfile,
+    eval_examples: int,
+    number: int,
+    params: dict[str, Any],
+    config: TrainingConfig,
+    hyper: Hyperparameters,
+) -> PlannedTrial:
+    micro = config.micro_batch
+    estimate = shapes.estimator(config).estimate(micro, trace=False)
+    parts = estimate.breakdown
+    # A checkpoint holds what trains (all weights for full fine-tuning, else the adapters) and
+    # the optimizer state; trainable weights are as large as their gradients.
+    saved = (parts.weights if config.method is Method.FULL else parts.gradients) + parts.optimizer_state
+    work = count_work(
+        hyper,
+        micro_batch=micro,
+        accumulation=config.gradient_accumulation,
+        rows=lengths.sequences,
+        eval_examples=eval_examples,
+        eval_spec=spec.eval,
+        checkpoint_every_steps=spec.checkpoint_every_steps,
+        checkpoint_bytes=saved,
+        load_bytes=parts.weights if spec.init == "pretrained" else 0,
+    )
+    step = steps.times(config, micro, lengths.padded_length(micro))
+    return PlannedTrial(
+        number=number,
+        params=params,
+        config=config,
+        hyper=hyper,
+        feasible=True,
+        peak_bytes=estimate.peak_bytes,
+        optimizer_steps=work.optimizer_steps,
+        eval_passes=work.eval_passes,
+        checkpoint_saves=work.checkpoint_saves,
+        time=trial_time(work, step),
+    )
+
+
+def plan_sweep(
+    spec: SweepSpec,
+    card: Card,
+    *,
+    workers: int | None = None,
+    budget_seconds: float | None = None,
+    profiles: ProfileLookup | None = None,
+) -> Plan:
+    """Plan ``spec`` on ``card``: shapes, feasibility, predicted times, and what fits the budget.
+
+    ``workers`` and ``budget_seconds`` override the spec's. ``profiles`` supplies measured step
+    times (default: none, so times come from the roofline).
+    """
+    workers = workers or spec.workers
+    budget = budget_seconds if budget_seconds is not None else spec.budget_seconds
+    stats, lengths = count_data(spec)
+    shapes = _Shapes(card)
+    steps = StepTimeModel(card, profiles)
+    trials: list[PlannedTrial] = []
+    for number, params in enumerate(expand_trials(spec)):
+        shaped = _shape_trial(spec, shapes, number, params)
+        if isinstance(shaped, PlannedTrial):
+            trials.append(shaped)
+        else:
+            config, hyper, _ = shaped
+            trials.append(
+                _time_trial(spec, shapes, steps, lengths, stats.eval_examples, number, params, config, hyper)
+            )
+
+    timed = sorted(
+        ((t, t.time) for t in trials if t.time is not None),
+        key=lambda pair: (pair[1].seconds, pair[0].number),
+    )
+    durations = [time.seconds for _, time in timed]
+    slots, _ = schedule(durations, workers, budget)
+    _, makespan = schedule(durations, workers, None)
+    ordered = [
+        t.model_copy(update={"start_seconds": s.start, "worker": s.worker})
+        if s is not None
+        else t.model_copy(update={"status": "over budget"})
+        for (t, _), s in zip(timed, slots, strict=True)
+    ]
+    ordered.sort(key=lambda t: (t.status != "planned", t.start_seconds or 0.0, t.number))
+    ordered += [t for t in trials if not t.feasible]
+
+    fits = None if budget is None else makespan <= budget
+    halving = None
+    if budget is not None and not fits and timed:
+        fixed = statistics.mean(time.parts["startup"] + time.parts["checkpoints"] for _, time in timed)
+        scaled = statistics.mean(time.parts["train"] + time.parts["eval"] for _, time in timed)
+        halving = halving_schedule(len(timed), fixed, scaled, workers, budget)
+    return Plan(
+        spec_name=spec.name,
+        card=card.name,
+        workers=workers,
+        data=stats,
+        trials=ordered,
+        total_seconds=sum(durations),
+        total_low_seconds=sum(time.low_seconds for _, time in timed),
+        total_high_seconds=sum(time.high_seconds for _, time in timed),
+        makespan_seconds=makespan,
+        budget_seconds=budget,
+        fits_budget=fits,
+        order_rule=ORDER_RULE,
+        successive_halving=halving,
+        includes=INCLUDES,
+    )

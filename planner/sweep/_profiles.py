@@ -1,0 +1,50 @@
+"""Measured step times for planning: the profile store, measuring what is missing on this machine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from planner.schema import Card, Plan, Profile, SweepSpec, TrainingConfig
+from planner.sweep._plan import plan_sweep
+from planner.timing import ProfileLookup
+
+
+class MeasuringProfiles:
+    """Profiles from a store; on the host card a missing profile is measured on the spot and saved.
+
+    Only the machine the planner runs on can be measured, so this applies to the ``cpu`` card;
+    for a GPU card the user runs ``planner profile`` on that GPU.
+    """
+
+    def __init__(self, store: ProfileLookup, card: Card, measure: Callable[[TrainingConfig], Profile] | None):
+        self.store = store
+        self.card = card
+        self.measure = measure
+
+    def find(self, config: TrainingConfig, card: str) -> Profile | None:
+        found = self.store.find(config, card)
+        if found is None and self.measure is not None and card == self.card.name:
+            found = self.measure(config)
+        return found
+
+    def for_card(self, card: str) -> list[Profile]:
+        return self.store.for_card(card)
+
+
+def plan_for_card(
+    spec: SweepSpec, card: Card, *, workers: int | None = None, budget_seconds: float | None = None
+) -> Plan:
+    """:func:`plan_sweep` with the measured profiles on disk; on the host, missing ones are measured."""
+    from planner.profiler._store import ProfileStore
+
+    store = ProfileStore()
+
+    def measure(config: TrainingConfig) -> Profile:
+        from planner.profiler import profile_config
+
+        profile = profile_config(config, card, [config.micro_batch])
+        store.save(profile)
+        return profile
+
+    profiles = MeasuringProfiles(store, card, measure if card.kind == "cpu" else None)
+    return plan_sweep(spec, card, workers=workers, budget_seconds=budget_seconds, profiles=profiles)

@@ -1,0 +1,184 @@
+"""Seconds of one micro-step, optimizer step and eval forward: measured, calibrated or default.
+
+A measured profile of this exact config on this card wins. Otherwise the roofline over the traced
+step (see :mod:`planner.timing._roofline`) is scaled by a factor fitted from the card's measured
+profiles (``calibrated``), or taken at the documented default efficiencies (``default``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from planner.errors import ProfileError
+from planner.estimator import sdpa_backend
+from planner.estimator._fit import shallow_depths
+from planner.estimator._trace import CudaTarget, num_layers, truncated_config
+from planner.models import load_model_config
+from planner.schema import Card, Precision, Profile, TimeSource, TrainingConfig
+from planner.timing._counter import CostedTracer, PhaseCosts
+from planner.timing._roofline import (
+    BANDWIDTH_EFFICIENCY,
+    DEFAULT_RELATIVE_INTERVAL,
+    GEMM_EFFICIENCY,
+    RooflineStep,
+    roofline_available,
+    roofline_step,
+)
+
+# A measured step time still misses what varies between runs of a whole trial (data order,
+# thermal state, other processes): widen its own p10-p90 spread by this much on each side.
+MEASURED_MARGIN = 0.05
+# Calibration from other configs on the card leaves per-config differences (shapes, kernels).
+CALIBRATED_MARGIN = 0.15
+# At most this many of a card's profiles are re-traced to calibrate (each costs a shallow trace).
+CALIBRATION_PROFILES = 3
+
+
+class ProfileLookup(Protocol):
+    """Where measured profiles come from (``planner.profiler.ProfileStore`` in practice)."""
+
+    def find(self, config: TrainingConfig, card: str) -> Profile | None: ...
+
+    def for_card(self, card: str) -> list[Profile]: ...
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Seconds of the pieces a trial repeats, at one micro-batch and padded length."""
+
+    micro_step: float
+    """Forward + backward of one micro-batch."""
+    optimizer: float
+    eval_forward: float
+    """One no-grad forward of an eval micro-batch."""
+    source: TimeSource
+    relative_interval: tuple[float, float]
+    """Multipliers giving the low and high end of what a real step may take."""
+    note: str
+
+
+def _affine(points: list[tuple[float, float]], x: float) -> float:
+    """A line through the two measured points nearest ``x`` (proportional with one point)."""
+    points = sorted(points)
+    if len(points) == 1:
+        ((x0, y0),) = points
+        return y0 * x / x0
+    nearest = sorted(sorted(points, key=lambda p: abs(p[0] - x))[:2])
+    (x0, y0), (x1, y1) = nearest
+    return max(y0 + (y1 - y0) / (x1 - x0) * (x - x0), 1e-9)
+
+
+def _config_shape(config: TrainingConfig) -> TrainingConfig:
+    """The config without what does not change a single micro-step's cost."""
+    return config.with_changes(micro_batch=1, gradient_accumulation=1)
+
+
+class StepTimeModel:
+    """Step times for configs on one card, caching the shallow traces the roofline needs."""
+
+    def __init__(self, card: Card, profiles: ProfileLookup | None = None) -> None:
+        self.card = card
+        self.profiles = profiles
+        self._shallow: dict[tuple[TrainingConfig, int], dict[int, dict[str, PhaseCosts]]] = {}
+        self._tracers: dict[tuple[TrainingConfig, int], CostedTracer] = {}
+        self._scale: tuple[float, tuple[float, float], str] | None = None
+
+    # -- roofline -------------------------------------------------------------------------------
+    def roofline(self, config: TrainingConfig, micro_batch: int) -> RooflineStep:
+        """Roofline seconds of a full-depth step at default efficiencies (no calibration)."""
+        hf_config = load_model_config(config.model)
+        shape = _config_shape(config)
+        key = (shape, micro_batch)
+        if key not in self._shallow:
+            depth = num_layers(hf_config)
+            depths = [d for d in shallow_depths(hf_config) if d < depth] or [depth]
+            self._shallow[key] = {d: self._tracer(shape, hf_config, d).costs(micro_batch) for d in depths}
+        return roofline_step(self._shallow[key], num_layers(hf_config), self.card, config)
+
+    def _tracer(self, shape: TrainingConfig, hf_config: Any, depth: int) -> CostedTracer:
+        """One built shallow model per config and depth, traced at every micro-batch asked."""
+        if (shape, depth) not in self._tracers:
+            head_dim = (
+                getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+            )
+            half = shape.precision is not Precision.FP32
+            cuda = CudaTarget(sdpa_backend=sdpa_backend(self.card, half, head_dim))
+            self._tracers[(shape, depth)] = CostedTracer(truncated_config(hf_config, depth), shape, cuda=cuda)
+        return self._tracers[(shape, depth)]
+
+    def _calibration(self) -> tuple[float, tuple[float, float], str]:
+        """(scale, relative interval, note): measured/roofline over the card's CUDA profiles."""
+        if self._scale is None:
+            profiles = [
+                p
+                for p in (self.profiles.for_card(self.card.name) if self.profiles else [])
+                if p.device == "cuda"
+            ]
+            ratios = []
+            for profile in profiles[:CALIBRATION_PROFILES]:
+                config = TrainingConfig(
+                    model=profile.key.model,
+                    method=profile.key.method,
+                    precision=profile.key.precision,
+                    optimizer=profile.key.optimizer,
+                    gradient_checkpointing=profile.key.gradient_checkpointing,
+                    seq_len=profile.key.seq_len,
+                )
+                for measurement in profile.measurements:
+                    predicted = self.roofline(config, measurement.micro_batch).micro_step
+                    ratios.append(measurement.forward_backward_seconds / predicted)
+            if ratios:
+                scale = statistics.median(ratios)
+                low = min(ratios) / scale * (1 - CALIBRATED_MARGIN)
+                high = max(ratios) / scale * (1 + CALIBRATED_MARGIN)
+                note = f"roofline x {scale:.2f}, fitted to {len(ratios)} measured step(s) on {self.card.name}"
+                self._scale = (scale, (low, high), note)
+            else:
+                note = (
+                    f"roofline at default efficiencies (GEMM {GEMM_EFFICIENCY:.0%} of dense peak, "
+                    f"bandwidth {BANDWIDTH_EFFICIENCY:.0%}); `planner profile` on this card calibrates it"
+                )
+                self._scale = (1.0, DEFAULT_RELATIVE_INTERVAL, note)
+        return self._scale
+
+    # -- answers --------------------------------------------------------------------------------
+    def times(self, config: TrainingConfig, micro_batch: int, padded_length: float) -> StepTimes:
+        """Step times at ``micro_batch`` rows padded to ``padded_length`` tokens."""
+        # Work scales with the tokens in the micro-batch: m rows of length L cost what
+        # m * L / seq_len full rows cost (attention's quadratic part is small next to the matmuls).
+        rows = micro_batch * min(padded_length, config.seq_len) / config.seq_len
+        profile = self.profiles.find(config, self.card.name) if self.profiles else None
+        if profile is not None:
+            fb = _affine([(m.micro_batch, m.forward_backward_seconds) for m in profile.measurements], rows)
+            ev = _affine([(m.micro_batch, m.eval_forward_seconds) for m in profile.measurements], rows)
+            nearest = min(profile.measurements, key=lambda m: abs(m.micro_batch - rows))
+            low = nearest.forward_backward_p10_seconds / nearest.forward_backward_seconds - MEASURED_MARGIN
+            high = nearest.forward_backward_p90_seconds / nearest.forward_backward_seconds + MEASURED_MARGIN
+            return StepTimes(
+                micro_step=fb,
+                optimizer=profile.optimizer_seconds,
+                eval_forward=ev,
+                source="measured",
+                relative_interval=(low, high),
+                note=f"measured on {profile.device_name} ({profile.created[:10]})",
+            )
+        if not roofline_available(self.card, config):
+            device = "cpu" if self.card.kind == "cpu" else "cuda"
+            raise ProfileError(
+                "card",
+                f"{self.card.name} has no datasheet throughput and no measured profile of this config",
+                f"run `planner profile {config.model} --device {device}` first",
+            )
+        scale, interval, note = self._calibration()
+        step = self.roofline(config, micro_batch)
+        fraction = rows / micro_batch
+        return StepTimes(
+            micro_step=step.micro_step * scale * fraction,
+            optimizer=step.optimizer * scale,
+            eval_forward=step.forward * scale * fraction,
+            source="calibrated" if scale != 1.0 or interval != DEFAULT_RELATIVE_INTERVAL else "default",
+            relative_interval=interval,
+            note=note,
+        )
