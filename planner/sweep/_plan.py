@@ -6,8 +6,9 @@ import statistics
 from typing import Any
 
 from planner.data import LengthProfile, count_data
-from planner.errors import PlannerError
+from planner.errors import ConfigError, UnknownModelError
 from planner.estimator import Estimator, suggest_fixes
+from planner.models import load_model_config
 from planner.schema import GIB, Card, Hyperparameters, Method, Plan, PlannedTrial, SweepSpec, TrainingConfig
 from planner.sweep._budget import ORDER_RULE, halving_schedule, schedule
 from planner.sweep._space import expand_trials
@@ -85,7 +86,7 @@ def _shape_trial(
     config, hyper = spec.trial(params)
     try:
         best = shapes.max_micro_batch(config)
-    except PlannerError as exc:  # e.g. bf16 searched on a card without it
+    except ConfigError as exc:  # e.g. bf16 searched on a card without it
         return _infeasible(number, params, config, hyper, exc.problem, exc.fix)
     effective = hyper.effective_batch
     if best == 0:
@@ -175,6 +176,10 @@ def plan_sweep(
     ``workers`` and ``budget_seconds`` override the spec's. ``profiles`` supplies measured step
     times (default: none, so times come from the roofline).
     """
+    try:
+        load_model_config(spec.base.model)
+    except UnknownModelError as exc:
+        raise UnknownModelError("base.model", exc.problem, exc.fix) from None
     workers = workers or spec.workers
     budget = budget_seconds if budget_seconds is not None else spec.budget_seconds
     stats, lengths = count_data(spec)

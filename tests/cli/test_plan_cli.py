@@ -1,0 +1,76 @@
+"""``planner plan`` from the command line: the table, JSON, the timeline, and bad specs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from planner.cli import cli
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args))
+
+
+def write_spec(tmp_path: Path, model: str, **fields: Any) -> Path:
+    spec = {
+        "name": "t",
+        "base": {"model": model, "precision": "bf16", "seq_len": 64},
+        "data": {"counts": {"train_examples": 64, "mean_tokens": 40, "eval_examples": 8}},
+        "search": {"learning_rate": [1e-4, 1e-3], "effective_batch": [2, 4]},
+        **fields,
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_plan_table_json_and_timeline(tiny_models: dict[str, str], tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, tiny_models["llama"], budget="1h")
+    result = run("plan", str(spec), "--card", "rtx-4090")
+    assert result.exit_code == 0, result.output
+    assert "micro x acc" in result.output and "Budget 1h00m: the sweep fits" in result.output
+    plot = tmp_path / "timeline.png"
+    result = run("plan", str(spec), "--card", "rtx-4090", "--workers", "2", "--json", "--plot", str(plot))
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["workers"] == 2 and len(plan["trials"]) == 4
+    assert plot.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "raw", "message"),
+    [
+        ({}, "base: [unclosed", "not valid YAML"),
+        ({"search": {"colour": [1]}}, None, "cannot search over 'colour'"),
+        ({"search": {"learning_rate": {"low": 1e-5, "high": 1e-3}}}, None, "grid search needs lists"),
+        ({"strategy": "random"}, None, "needs n_trials"),
+        ({"budget": "soon"}, None, "not a duration"),
+        ({"data": {"train": "missing.jsonl"}}, None, "does not exist"),
+        ({"base": {"model": "no/such-model"}}, None, "no/such-model"),
+        ({"search": {"effective_batch": [0]}}, None, "effective_batch"),
+    ],
+)
+def test_bad_specs_get_one_line_and_exit_2(
+    tiny_models: dict[str, str], tmp_path: Path, fields: dict[str, Any], raw: str | None, message: str
+) -> None:
+    spec = write_spec(tmp_path, tiny_models["llama"], **fields)
+    if raw is not None:
+        spec.write_text(raw)
+    result = run("plan", str(spec), "--card", "rtx-4090")
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_spec_and_bad_budget_option(tiny_models: dict[str, str], tmp_path: Path) -> None:
+    result = run("plan", str(tmp_path / "nope.yaml"), "--card", "rtx-4090")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    spec = write_spec(tmp_path, tiny_models["llama"])
+    result = run("plan", str(spec), "--card", "rtx-4090", "--budget", "-5m")
+    assert result.exit_code == 2 and "--budget" in result.output

@@ -1,0 +1,149 @@
+"""plan_sweep: shapes, feasibility, totals and the budget, as properties over many specs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from planner.schema import Plan, SweepSpec
+from planner.sweep import halving_schedule, largest_divisor_at_most, plan_sweep, schedule
+from tests.conftest import make_card
+
+# A card small enough that the tiny Llama's larger micro-batches do not fit at seq 256.
+CARD = make_card(520)
+
+
+def spec_of(model: str, **fields: Any) -> SweepSpec:
+    raw: dict[str, Any] = {
+        "base": {"model": model, "precision": "fp32", "seq_len": 256},
+        "data": {"counts": {"train_examples": 200, "mean_tokens": 100, "eval_examples": 20}},
+        "search": {"learning_rate": [1e-4, 1e-3], "effective_batch": [4, 12, 64]},
+        **fields,
+    }
+    return SweepSpec.model_validate(raw)
+
+
+def check_plan(plan: Plan, card_bytes: int) -> None:
+    """The invariants every plan must hold."""
+    for trial in plan.trials:
+        if trial.feasible:
+            assert trial.time is not None and trial.peak_bytes is not None
+            assert (
+                trial.config.micro_batch * trial.config.gradient_accumulation == trial.hyper.effective_batch
+            )
+            assert trial.peak_bytes <= card_bytes
+            assert trial.time.low_seconds <= trial.time.seconds <= trial.time.high_seconds
+            assert trial.time.seconds == pytest.approx(sum(trial.time.parts.values()))
+        else:
+            assert trial.reason and trial.fix and trial.status == "infeasible"
+    timed = [t.time for t in plan.trials if t.time is not None]
+    assert plan.total_seconds == pytest.approx(sum(t.seconds for t in timed))
+    assert plan.total_low_seconds == pytest.approx(sum(t.low_seconds for t in timed))
+    assert plan.makespan_seconds <= plan.total_seconds + 1e-9
+    assert plan.makespan_seconds >= plan.total_seconds / plan.workers - 1e-9
+    if plan.budget_seconds is not None:
+        ends = [t.start_seconds + t.time.seconds for t in plan.trials if t.status == "planned" and t.time]  # type: ignore[operator]
+        assert all(end <= plan.budget_seconds + 1e-9 for end in ends)
+        assert plan.fits_budget == (plan.makespan_seconds <= plan.budget_seconds)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batches=st.lists(
+        st.sampled_from([1, 2, 3, 4, 6, 8, 12, 16, 64, 128]), min_size=1, max_size=4, unique=True
+    ),
+    micro=st.sampled_from(["auto", 1, 2, 4, 32]),
+    workers=st.integers(1, 3),
+    budget=st.one_of(st.none(), st.floats(1.0, 1e4)),
+    epochs=st.floats(0.3, 3.0),
+)
+def test_plan_invariants(
+    tiny_models: dict[str, str],
+    batches: list[int],
+    micro: Any,
+    workers: int,
+    budget: float | None,
+    epochs: float,
+) -> None:
+    spec = spec_of(
+        tiny_models["llama"],
+        search={"effective_batch": batches},
+        micro_batch=micro,
+        training={"epochs": epochs},
+    )
+    plan = plan_sweep(spec, CARD, workers=workers, budget_seconds=budget)
+    assert len(plan.trials) == len(batches)
+    check_plan(plan, CARD.available_bytes)
+
+
+def test_auto_micro_batch_is_the_largest_fitting_divisor(tiny_models: dict[str, str]) -> None:
+    plan = plan_sweep(spec_of(tiny_models["llama"]), CARD)
+    from planner.estimator import Estimator
+
+    best = Estimator(spec_of(tiny_models["llama"]).base, CARD).max_micro_batch(confirm=False)
+    assert 1 <= best < 64, "the test card must cut the micro-batch"
+    for trial in plan.trials:
+        assert trial.config.micro_batch == largest_divisor_at_most(trial.hyper.effective_batch, best)
+
+
+def test_fixed_micro_batch_not_dividing_is_infeasible_with_a_fix(
+    tiny_models: dict[str, str],
+) -> None:
+    plan = plan_sweep(spec_of(tiny_models["llama"], micro_batch=8), CARD)
+    not_dividing = [t for t in plan.trials if t.hyper.effective_batch == 12]
+    assert not_dividing and all(not t.feasible for t in not_dividing)
+    assert "does not divide" in (not_dividing[0].reason or "")
+    assert "micro_batch" in (not_dividing[0].fix or "")
+
+
+def test_too_big_for_the_card_is_infeasible_with_a_fix(
+    tiny_models: dict[str, str],
+) -> None:
+    card = make_card(40)  # not even micro-batch 1 of full fine-tuning fits
+    plan = plan_sweep(spec_of(tiny_models["llama"], search={"method": ["full", "qlora"]}), card)
+    full = next(t for t in plan.trials if t.params["method"] == "full")
+    assert not full.feasible and "micro-batch 1" in (full.reason or "")
+    assert full.fix
+
+
+def test_budget_keeps_the_shortest_trials_first(tiny_models: dict[str, str]) -> None:
+    spec = spec_of(tiny_models["llama"])
+    full = plan_sweep(spec, CARD)
+    budget = full.total_seconds * 0.5
+    cut = plan_sweep(spec, CARD, budget_seconds=budget)
+    planned = [t for t in cut.trials if t.status == "planned"]
+    over = [t for t in cut.trials if t.status == "over budget"]
+    assert planned and over and cut.fits_budget is False
+    assert max(t.time.seconds for t in planned) <= min(t.time.seconds for t in over)  # type: ignore[union-attr]
+    assert cut.successive_halving is None or sum(r.seconds for r in cut.successive_halving) <= budget
+
+
+def test_schedule_puts_each_trial_on_the_earliest_free_worker() -> None:
+    slots, makespan = schedule([3.0, 1.0, 1.0, 1.0], workers=2, budget=None)
+    assert [(s.start, s.worker) for s in slots if s] == [(0.0, 0), (0.0, 1), (1.0, 1), (2.0, 1)]
+    assert makespan == 3.0
+    slots, _ = schedule([3.0, 1.0], workers=1, budget=3.5)
+    assert slots[1] is None
+
+
+def test_halving_schedule_fits_or_says_none() -> None:
+    rungs = halving_schedule(27, fixed_seconds=1.0, scaled_seconds=100.0, workers=1, budget=1000.0)
+    assert rungs is not None and rungs[0].trials == 27 and rungs[0].fraction < 1.0
+    assert sum(r.seconds for r in rungs) <= 1000.0
+    assert halving_schedule(27, fixed_seconds=100.0, scaled_seconds=100.0, workers=1, budget=10.0) is None
+
+
+def test_random_strategy_samples_n_trials_reproducibly(tiny_models: dict[str, str]) -> None:
+    spec = spec_of(
+        tiny_models["llama"],
+        strategy="random",
+        n_trials=4,
+        search={"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}, "effective_batch": [4, 8]},
+    )
+    first = plan_sweep(spec, CARD)
+    again = plan_sweep(spec, CARD)
+    assert len(first.trials) == 4
+    assert sorted(str(t.params) for t in first.trials) == sorted(str(t.params) for t in again.trials)
