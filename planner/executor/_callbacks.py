@@ -39,7 +39,15 @@ class ReportingCallback(TrainerCallback):
         logs: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        if logs and "loss" in logs and self.reporter.observe(state.global_step, {"loss": logs["loss"]}):
+        if (
+            logs
+            and "loss" in logs
+            and self.reporter.observe(state.global_step, {"loss": logs["loss"]})
+            in (
+                "pruned",
+                "diverged",
+            )
+        ):
             self._stop_now(control)
 
     def on_evaluate(

@@ -76,7 +76,7 @@ def _finite(value: float | None) -> float | None:
 
 
 def trial_result(frozen: FrozenTrial) -> TrialResult:
-    attrs = frozen.user_attrs
+    attrs = {**frozen.user_attrs.get("result", {}), **frozen.user_attrs}
     planned = PlannedTrial.model_validate(attrs["planned"]) if "planned" in attrs else None
     status = attrs.get("status") or frozen.state.name.lower()
     return TrialResult(

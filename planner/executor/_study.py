@@ -22,7 +22,6 @@ import fcntl
 import os
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -217,6 +216,11 @@ def recover(study: optuna.Study, storage_url: str) -> list[int]:
             continue  # another worker continues it
         params = trial.system_attrs.get("fixed_params", trial.params)
         keep: dict[str, Any] = {k: attrs[k] for k in ("planned", "order", "output_dir") if k in attrs}
+        result = attrs.get("result", {})
+        if "micro_batch" in result:  # continue with the shape an OOM left it at
+            keep.update(
+                micro_batch=result["micro_batch"], gradient_accumulation=result["gradient_accumulation"]
+            )
         study.enqueue_trial(params, user_attrs={**keep, "continues": trial.number})
         number = next(
             t.number
@@ -242,7 +246,6 @@ def claim(study: optuna.Study, frozen: FrozenTrial, storage_url: str) -> optuna.
     trial = optuna.Trial(study, frozen._trial_id)
     trial.set_user_attr("worker", worker_identity())
     trial.set_user_attr("heartbeat", time.time())
-    trial.set_user_attr("run_id", uuid.uuid4().hex)
     return trial
 
 

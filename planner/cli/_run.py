@@ -1,0 +1,215 @@
+"""``planner run``, ``planner results``, ``planner report``: run a sweep inside a budget and read it back."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from planner.cli._common import emit_json, user_errors_exit_2
+from planner.errors import ConfigError
+from planner.schema import GIB, parse_duration
+
+
+def _budget(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError("--budget", str(exc), "e.g. --budget 5h, 90m or 1h30m") from None
+
+
+def _gpus(value: str | None) -> list[str]:
+    if value is None:
+        return []
+    gpus = [part.strip() for part in value.split(",") if part.strip()]
+    if not gpus or not all(part.isdigit() for part in gpus):
+        raise ConfigError("--gpus", f"'{value}' is not a list of GPU indices", "e.g. --gpus 0,1,2,3")
+    return gpus
+
+
+def _default_card() -> str:
+    """This machine's GPU when there is one, else the host CPU."""
+    from planner.cards import load_card
+    from planner.errors import DeviceError
+
+    try:
+        load_card("local")
+    except DeviceError:
+        return "cpu"
+    return "local"
+
+
+def _study_of(spec_path: Path | None, storage: str | None, study: str | None) -> tuple[str, str]:
+    """Storage URL and study name: from the options, else the spec's defaults."""
+    if spec_path is not None:
+        from planner.sweep import load_spec
+
+        spec = load_spec(spec_path)
+        return storage or spec.storage_url, study or spec.name
+    if storage is None or study is None:
+        raise ConfigError("spec", "no spec given", "pass SPEC, or both --storage and --study")
+    return storage, study
+
+
+@click.command("run")
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--card", help="Card to plan for (default: this machine's GPU if any, else cpu).")
+@click.option("--budget", help="Wall-clock budget for this run, e.g. 5h or 90m (default: the spec's).")
+@click.option("--storage", help="Optuna storage URL (default: a SQLite file next to the spec).")
+@click.option("--study", help="Study name (default: the spec's name).")
+@click.option("--gpus", help="Start one worker per GPU of this host, e.g. 0,1,2,3.")
+@click.option("--report-to", default="", help="Trainer integrations to log to, e.g. wandb,tensorboard.")
+@click.option("--json", "as_json", is_flag=True, help="No live display; print this worker's trials as JSON.")
+@user_errors_exit_2
+def run_command(
+    spec: Path,
+    card: str | None,
+    budget: str | None,
+    storage: str | None,
+    study: str | None,
+    gpus: str | None,
+    report_to: str,
+    as_json: bool,
+) -> None:
+    """Run the sweep in SPEC: the planned trials that fit the budget, resumable after any crash."""
+    from planner.cards import load_card
+    from planner.executor import LiveObserver, PlainObserver, SweepObserver, run_sweep, run_workers
+    from planner.sweep import load_spec, plan_for_card
+
+    sweep = load_spec(spec)
+    seconds = _budget(budget)
+    card_name = card or _default_card()
+    devices = _gpus(gpus)
+    if devices:
+        arguments = [str(spec), "--card", card_name, "--storage", storage or sweep.storage_url]
+        arguments += ["--study", study or sweep.name, "--report-to", report_to]
+        arguments += [*(["--budget", budget] if budget else []), *(["--json"] if as_json else [])]
+        sys.exit(run_workers(devices, arguments))
+    target = load_card(card_name)
+    plan = plan_for_card(sweep, target, budget_seconds=seconds)
+
+    def plan_one(params: dict[str, Any]) -> Any:
+        single = sweep.model_copy(update={"search": {k: [v] for k, v in params.items()}, "strategy": "grid"})
+        return plan_for_card(single, target).trials[0]
+
+    observer: SweepObserver
+    if as_json:
+        observer = SweepObserver()
+    elif sys.stdout.isatty():
+        observer = LiveObserver()
+    else:
+        observer = PlainObserver(sys.stdout)
+    run = run_sweep(
+        sweep,
+        plan,
+        storage_url=storage,
+        study_name=study,
+        budget_seconds=seconds,
+        observer=observer,
+        plan_one=plan_one,
+        report_to=[part for part in report_to.split(",") if part],
+    )
+    if as_json:
+        emit_json(
+            {
+                "trials": [t.model_dump(mode="json", exclude={"losses"}) for t in run.trials],
+                "elapsed_seconds": run.elapsed_seconds,
+                "budget_seconds": run.budget_seconds,
+                "left_waiting": run.left_waiting,
+                "learned_ratio": run.learned_ratio,
+                "predicted_total_seconds": plan.total_seconds,
+            }
+        )
+
+
+@click.command("results")
+@click.argument("spec", required=False, type=click.Path(path_type=Path))
+@click.option("--storage", help="Optuna storage URL (default: the spec's SQLite file).")
+@click.option("--study", help="Study name (default: the spec's name).")
+@click.option(
+    "--export",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the best trial's TrainingArguments as .yaml or .json.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print every trial as JSON.")
+@user_errors_exit_2
+def results_command(
+    spec: Path | None, storage: str | None, study: str | None, export: Path | None, as_json: bool
+) -> None:
+    """Every trial of the sweep (run, waiting, infeasible) and the best configuration."""
+    from planner.executor import export_best, load_results
+
+    results = load_results(*_study_of(spec, storage, study))
+    if export is not None:
+        export_best(results, export)
+    if as_json:
+        emit_json(results.model_dump(mode="json"))
+        return
+    console = Console()
+    table = Table(
+        "trial",
+        "params",
+        "status",
+        results.objective or "value",
+        "micro x accum",
+        "time / predicted",
+        "peak GiB",
+        "note",
+        title=f"{results.study} ({results.direction})",
+    )
+    for trial in results.trials:
+        shape = f"{trial.micro_batch} x {trial.gradient_accumulation}" if trial.micro_batch else "-"
+        time = (
+            f"{trial.seconds:.1f}s / {trial.predicted_seconds:.1f}s"
+            if trial.seconds and trial.predicted_seconds
+            else "-"
+        )
+        notes = [trial.reason or ""]
+        if trial.oom:
+            notes.append(f"OOM: micro {trial.oom[0]['micro_batch']} -> {trial.micro_batch}")
+        if trial.continues is not None:
+            notes.append(f"continues #{trial.continues}")
+        if trial.fix:
+            notes.append(f"fix: {trial.fix}")
+        table.add_row(
+            f"[bold]{trial.number}[/]" if trial.number == results.best else str(trial.number),
+            " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()),
+            trial.status,
+            f"{trial.value:.4g}" if trial.value is not None else "-",
+            shape,
+            time,
+            f"{trial.peak_memory_bytes / GIB:.2f}" if trial.peak_memory_bytes else "-",
+            "; ".join(n for n in notes if n),
+        )
+    console.print(table)
+    if results.best is not None:
+        console.print(f"Best: trial {results.best}" + (f", exported to {export}" if export else ""))
+
+
+@click.command("report")
+@click.argument("spec", required=False, type=click.Path(path_type=Path))
+@click.option("--storage", help="Optuna storage URL (default: the spec's SQLite file).")
+@click.option("--study", help="Study name (default: the spec's name).")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory for PNGs."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
+@user_errors_exit_2
+def report_command(
+    spec: Path | None, storage: str | None, study: str | None, out: Path, as_json: bool
+) -> None:
+    """PNG plots of the sweep: loss curves, predicted vs measured time, and memory per trial."""
+    from planner.executor import load_results, write_report
+
+    paths = write_report(load_results(*_study_of(spec, storage, study)), out)
+    if as_json:
+        emit_json({"written": [str(p) for p in paths]})
+    else:
+        for path in paths:
+            click.echo(f"wrote {path}")
