@@ -6,6 +6,7 @@ import click
 
 from planner.cli._catalog import cards_command, models_command
 from planner.cli._fit import fit_command
+from planner.cli._profile import profile_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,6 +18,7 @@ def cli() -> None:
 cli.add_command(fit_command)
 cli.add_command(cards_command)
 cli.add_command(models_command)
+cli.add_command(profile_command)
 
 
 def main() -> None:

@@ -87,18 +87,34 @@ def training_fields(model: str, options: dict[str, Any]) -> dict[str, Any]:
 @click.option(
     "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of memory vs micro-batch."
 )
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A `planner profile` file of this config on this card (default: the stored one, if any).",
+)
 @user_errors_exit_2
 def fit_command(
-    model: str, card: str, micro_batches: str | None, as_json: bool, plot: Path | None, **options: Any
+    model: str,
+    card: str,
+    micro_batches: str | None,
+    as_json: bool,
+    plot: Path | None,
+    profile_path: Path | None,
+    **options: Any,
 ) -> None:
-    """Does MODEL fit on --card, and what is the largest micro-batch? No GPU needed."""
+    """Does MODEL fit on --card, and what is the largest micro-batch? No GPU needed.
+
+    Profiles from `planner profile` calibrate the CUDA overheads, and their measured figures are
+    shown beside the predicted ones.
+    """
     from planner.cards import load_card
-    from planner.estimator import fit
+    from planner.profiler import fit_with_profiles
     from planner.schema import TrainingConfig
 
     sizes = parse_sizes(micro_batches, "micro-batch")
     config = TrainingConfig.model_validate(training_fields(model, options))
-    report = fit(config, load_card(card), sizes)
+    report = fit_with_profiles(config, load_card(card), sizes, profile=profile_path)
     if plot is not None:
         plot_fit(report, plot)
     if as_json:
@@ -150,8 +166,34 @@ def print_fit(report: FitReport) -> None:
             console.print(fixes)
         else:
             console.print("No single change tried makes it fit: a bigger card or several GPUs are needed.")
+    if report.measured:
+        print_measured(console, report)
     console.print(f"Includes: {'; '.join(report.at_max.includes)}.")
     console.print(f"Expected error: {report.at_max.expected_error}.")
+
+
+def print_measured(console: Console, report: FitReport) -> None:
+    """The profile's measured micro-batches beside the prediction for them."""
+    table = Table(
+        "micro-batch",
+        "predicted GiB",
+        "measured GiB",
+        "error",
+        "fwd+bwd s",
+        "tokens/s",
+        title=f"Measured on {report.card} ({report.profile})",
+    )
+    for row in report.measured:
+        measured = row.measured_peak_bytes
+        table.add_row(
+            str(row.micro_batch),
+            _gib(row.predicted_peak_bytes),
+            "-" if measured is None else _gib(measured),
+            "-" if row.error is None else f"{row.error:+.1%}",
+            f"{row.forward_backward_seconds:.4f}",
+            f"{row.tokens_per_second:,.0f}",
+        )
+    console.print(table)
 
 
 def plot_fit(report: FitReport, path: Path) -> None:

@@ -7,9 +7,11 @@ card; a measured profile then replaces them (see :func:`overhead_for`).
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from planner.schema import MIB, Card
+from planner.schema import MIB, Card, Profile
 
 # CUDA context of a PyTorch process with lazy module loading (the default since CUDA 11.7):
 # driver state, the runtime and the kernels loaded so far. Reported between ~300 and ~600 MiB across
@@ -92,3 +94,39 @@ def sdpa_backend(card: Card, half_precision: bool, head_dim: int) -> str:
     if head_dim <= 256:
         return "efficient"
     return "math"
+
+
+def overhead_from_profiles(card: Card, profiles: Iterable[Profile]) -> CudaOverhead | None:
+    """Context and fragmentation measured by ``planner profile`` on ``card``; None without CUDA profiles.
+
+    Context is NVML used minus reserved at the same instant (the median over profiles: it depends on
+    the driver and libraries, not the config). Fragmentation is reserved over allocated at the peak,
+    minus one; the largest seen is kept, since underestimating it is what turns a fit into an OOM.
+    The cuBLAS workspace keeps its per-architecture figure: it is inside the measured allocated bytes.
+    """
+    if card.kind == "cpu":
+        return None
+    # The same file can arrive twice (from the store and from --profile): count it once.
+    unique = {(p.key, p.created, p.device_name): p for p in profiles if p.device == "cuda"}
+    cuda = list(unique.values())
+    contexts = [p.context_bytes for p in cuda if p.context_bytes is not None]
+    ratios = [
+        m.peak_reserved_bytes / m.peak_allocated_bytes - 1.0
+        for p in cuda
+        for m in p.measurements
+        if m.peak_reserved_bytes is not None and m.peak_allocated_bytes
+    ]
+    if not contexts or not ratios:
+        return None
+    default = default_overhead(card)
+    return CudaOverhead(
+        context_bytes=int(statistics.median(contexts)),
+        workspace_bytes=default.workspace_bytes,
+        fragmentation=max(0.0, max(ratios)),
+        source=f"{len(cuda)} measured profile(s) of {card.name}",
+    )
+
+
+def overhead_for(card: Card, profiles: Iterable[Profile] = ()) -> CudaOverhead:
+    """The overheads the estimator should use on ``card``: calibrated from profiles, else defaults."""
+    return overhead_from_profiles(card, profiles) or default_overhead(card)

@@ -3,7 +3,14 @@
 from planner.schema._card import GIB, MIB, Card, Throughput
 from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstimate
 from planner.schema._plan import DataStats, HalvingRung, Plan, PlannedTrial, TimeEstimate, TimeSource
-from planner.schema._profile import Profile, ProfileKey, StepMeasurement
+from planner.schema._profile import (
+    MaxBatchSearch,
+    MeasuredRow,
+    ProbeResult,
+    Profile,
+    ProfileKey,
+    StepMeasurement,
+)
 from planner.schema._sweep import (
     CONFIG_NAMES,
     HYPERPARAMETER_NAMES,
@@ -36,6 +43,8 @@ __all__ = [
     "HalvingRung",
     "Hyperparameters",
     "LoraSettings",
+    "MaxBatchSearch",
+    "MeasuredRow",
     "MemoryBreakdown",
     "MemoryEstimate",
     "Method",
@@ -44,6 +53,7 @@ __all__ = [
     "Plan",
     "PlannedTrial",
     "Precision",
+    "ProbeResult",
     "Profile",
     "ProfileKey",
     "Range",

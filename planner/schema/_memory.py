@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt
 
+from planner.schema._profile import MeasuredRow
 from planner.schema._training import TrainingConfig
 
 
@@ -97,3 +98,7 @@ class FitReport(BaseModel):
     fixes: list[Fix]
     calibration: str
     """Where the CUDA overhead figures came from: a measured profile of this card, or defaults."""
+    measured: list[MeasuredRow] = []
+    """Micro-batches ``planner profile`` measured for this config on this card, next to the prediction."""
+    profile: str | None = None
+    """The measured profile those figures come from (a file path)."""

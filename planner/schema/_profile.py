@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from planner.schema._training import Method, OptimizerName, Precision, TrainingConfig
 
@@ -30,9 +30,12 @@ class ProfileKey(BaseModel):
     seq_len: PositiveInt
     lora_r: PositiveInt | None
     """None for full fine-tuning."""
+    lora_target_modules: str | None = None
+    """``all-linear`` or the sorted, comma-joined module names; None for full fine-tuning."""
 
     @classmethod
     def of(cls, config: TrainingConfig, card: str) -> ProfileKey:
+        targets = config.lora.target_modules
         return cls(
             card=card,
             model=config.model,
@@ -42,6 +45,13 @@ class ProfileKey(BaseModel):
             gradient_checkpointing=config.gradient_checkpointing,
             seq_len=config.seq_len,
             lora_r=None if config.method is Method.FULL else config.lora.r,
+            lora_target_modules=(
+                None
+                if config.method is Method.FULL
+                else targets
+                if isinstance(targets, str)
+                else ",".join(sorted(targets))
+            ),
         )
 
 
@@ -72,6 +82,41 @@ class StepMeasurement(BaseModel):
     live_peak_bytes: NonNegativeInt | None = None
     """CPU only: peak of live tensor bytes, what the estimator's trace predicts before CUDA terms."""
 
+    @property
+    def device_bytes(self) -> int | None:
+        """What the estimator's ``peak_bytes`` predicts: NVML used on CUDA, live tensor bytes on CPU."""
+        return self.nvml_used_bytes if self.nvml_used_bytes is not None else self.live_peak_bytes
+
+
+class ProbeResult(BaseModel):
+    """One probe of the max-micro-batch finder: a step sequence reaching the run's peak at one size."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    micro_batch: PositiveInt
+    fits: bool
+    peak_bytes: NonNegativeInt | None
+    """Measured device bytes (NVML used on CUDA, live tensor bytes on CPU); None after an OOM."""
+    outcome: Literal["fits", "out of memory", "over the card's memory"]
+    seconds: NonNegativeFloat
+
+
+class MaxBatchSearch(BaseModel):
+    """What the finder answered, from which prediction, with how many probes and how long."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_micro_batch: NonNegativeInt
+    """0 when not even micro-batch 1 fits."""
+    predicted: NonNegativeInt
+    """The estimator's max micro-batch the search started from."""
+    probes: list[ProbeResult]
+    seconds: NonNegativeFloat
+
+    @property
+    def probe_count(self) -> int:
+        return len(self.probes)
+
 
 class Profile(BaseModel):
     """One config measured on one device: a measurement per micro-batch, plus what was found."""
@@ -90,6 +135,14 @@ class Profile(BaseModel):
     """CUDA only: NVML used minus reserved, the process's context and libraries."""
     created: str
     """ISO timestamp."""
+    gradient_accumulation: PositiveInt = 1
+    """Accumulation the memory was measured with (2 or more keeps a micro-batch's gradients alive)."""
+    out_of_memory: list[PositiveInt] = []
+    """Micro-batches asked for that ran out of memory (no measurement for them)."""
+    search: MaxBatchSearch | None = None
+    """The finder's probes when it ran; ``max_micro_batch`` is its answer."""
+    seconds: NonNegativeFloat | None = None
+    """Wall-clock of the whole profile (model build, estimator, steps, probes): its cost."""
 
     def measurement(self, micro_batch: int) -> StepMeasurement | None:
         return next((m for m in self.measurements if m.micro_batch == micro_batch), None)
@@ -129,3 +182,18 @@ class Profile(BaseModel):
         """The optimizer step does not depend on the micro-batch: the median over measurements."""
         values = sorted(m.optimizer_seconds for m in self.measurements)
         return values[len(values) // 2]
+
+
+class MeasuredRow(BaseModel):
+    """A measured micro-batch next to the estimator's prediction for it (shown by ``planner fit``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    micro_batch: PositiveInt
+    predicted_peak_bytes: NonNegativeInt
+    measured_peak_bytes: NonNegativeInt | None
+    """NVML used on CUDA, live tensor bytes on CPU: what ``predicted_peak_bytes`` predicts."""
+    error: float | None
+    """(predicted - measured) / measured; positive when the estimate is conservative."""
+    forward_backward_seconds: PositiveFloat
+    tokens_per_second: PositiveFloat

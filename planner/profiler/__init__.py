@@ -1,0 +1,38 @@
+"""Measure on the real device: step times and peak memory per micro-batch, the true max micro-batch,
+and the profiles that calibrate the estimator and give the planner its step times.
+
+Profiles are stored as JSON under ``profiles/measured/`` of the working directory, or under
+``$VRAM_PLANNER_MEASURED`` when set (see :class:`ProfileStore`).
+"""
+
+from planner.profiler._calibration import calibrated_overhead, fit_with_profiles, measured_rows
+from planner.profiler._device import device_card, local_device, profile_card_name, resolve_device
+from planner.profiler._finder import Prediction, find_max_micro_batch, search_max_micro_batch
+from planner.profiler._profile import default_micro_batches, profile_config
+from planner.profiler._runner import ProbeMemory, StepRunner, training_flops_per_token
+from planner.profiler._simulate import OutOfMemoryAbove
+from planner.profiler._store import MEASURED_ENV, ProfileStore, library_versions, load_profile, measured_dir
+
+__all__ = [
+    "MEASURED_ENV",
+    "OutOfMemoryAbove",
+    "Prediction",
+    "ProbeMemory",
+    "ProfileStore",
+    "StepRunner",
+    "calibrated_overhead",
+    "default_micro_batches",
+    "device_card",
+    "find_max_micro_batch",
+    "fit_with_profiles",
+    "library_versions",
+    "load_profile",
+    "local_device",
+    "measured_dir",
+    "measured_rows",
+    "profile_card_name",
+    "profile_config",
+    "resolve_device",
+    "search_max_micro_batch",
+    "training_flops_per_token",
+]

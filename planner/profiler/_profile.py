@@ -1,0 +1,119 @@
+"""``profile_config``: measure a config on this machine's device, per micro-batch, into a Profile."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import torch
+
+from planner.errors import ConfigError
+from planner.estimator._fit import Estimator
+from planner.profiler._calibration import calibrated_overhead
+from planner.profiler._device import device_name, profile_card_name, resolve_device
+from planner.profiler._finder import Prediction, runner_probe, search_max_micro_batch
+from planner.profiler._runner import ProbeMemory, StepRunner
+from planner.profiler._store import library_versions
+from planner.schema import Card, Profile, ProfileKey, StepMeasurement, TrainingConfig
+
+Progress = Callable[[str], None]
+
+# On the CPU a profile is a quick local check (tests, tiny sweeps): cap the sizes it times.
+CPU_MAX_MICRO_BATCH = 8
+CPU_MAX_TOKENS = 4096
+DEFAULT_STEPS = 5
+DEFAULT_WARMUP = 2
+
+
+def default_micro_batches(max_micro_batch: int, device: torch.device, seq_len: int) -> list[int]:
+    """1, half the max and the max: the line through them gives step time at any size between.
+
+    On the CPU the max is capped to ``CPU_MAX_MICRO_BATCH`` and ``CPU_MAX_TOKENS`` per micro-batch.
+    """
+    top = max(1, max_micro_batch)
+    if device.type == "cpu":
+        top = min(top, CPU_MAX_MICRO_BATCH, max(1, CPU_MAX_TOKENS // seq_len))
+    return sorted({1, max(1, top // 2), top})
+
+
+def profile_config(
+    config: TrainingConfig,
+    card: Card,
+    micro_batches: list[int] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+    steps: int = DEFAULT_STEPS,
+    warmup: int = DEFAULT_WARMUP,
+    find_max: bool = False,
+) -> Profile:
+    """Run real training steps of ``config`` on ``card``'s device and return what they measured.
+
+    Per micro-batch (default: points the estimator picks, see :func:`default_micro_batches`): step
+    times (median, p10, p90 of ``steps`` after ``warmup``), optimizer and eval-forward times,
+    tokens/s, achieved TFLOP/s and MFU, and peak memory (CUDA: allocated, reserved, NVML; CPU: live
+    tensor bytes). A size that runs out of memory is listed in ``out_of_memory``. ``find_max`` runs
+    the max-micro-batch finder first and profiles around its answer. Nothing is saved here.
+    """
+    if steps < 1 or warmup < 0:
+        raise ConfigError(
+            "steps", f"need at least 1 timed step and no negative warm-up, got {steps}", "e.g. 5"
+        )
+    if micro_batches is not None and (not micro_batches or any(m <= 0 for m in micro_batches)):
+        raise ConfigError(
+            "micro-batch", f"sizes must be positive integers, got {micro_batches}", "e.g. 1,2,4"
+        )
+    start = time.perf_counter()
+    say = progress or (lambda _message: None)
+    target = resolve_device(device, card)
+    # The estimator is asked only for what it decides: the default sizes, the finder's start.
+    estimator = (
+        Estimator(config, card, calibrated_overhead(card)) if find_max or micro_batches is None else None
+    )
+    say(f"building {config.model} on {target.type}")
+    runner = StepRunner(config, target)
+    try:
+        search = None
+        if estimator is not None and find_max:
+            say("estimating the max micro-batch")
+            prediction = Prediction.of(estimator)
+            search = search_max_micro_batch(prediction, runner_probe(runner, prediction), say)
+        sizes = micro_batches or []
+        if estimator is not None and micro_batches is None:
+            say("estimating the max micro-batch")
+            top = search.max_micro_batch if search is not None else estimator.max_micro_batch()
+            sizes = default_micro_batches(top, target, config.seq_len)
+        measured: list[tuple[StepMeasurement, ProbeMemory]] = []
+        out_of_memory = []
+        for done, size in enumerate(sizes):
+            say(f"micro-batch {size} ({done + 1}/{len(sizes)}): {warmup} warm-up + {steps} timed steps")
+            result = runner.attempt(lambda m: runner.measure(m, steps=steps, warmup=warmup, card=card), size)
+            if result is None:
+                out_of_memory.append(size)
+            else:
+                measured.append(result)
+    finally:
+        runner.close()
+    if not measured:
+        raise ConfigError(
+            "micro-batch",
+            f"every micro-batch asked ({', '.join(map(str, sizes))}) ran out of memory on {card.name}",
+            "ask for smaller sizes, or turn on gradient checkpointing",
+        )
+    contexts = [memory.context for _, memory in measured if memory.context is not None]
+    return Profile(
+        key=ProfileKey.of(config, profile_card_name(card)),
+        device="cuda" if target.type == "cuda" else "cpu",
+        device_name=device_name(target, card),
+        versions=library_versions(),
+        measurements=[measurement for measurement, _ in measured],
+        max_micro_batch=None if search is None else search.max_micro_batch,
+        context_bytes=int(statistics.median(contexts)) if contexts else None,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        gradient_accumulation=config.gradient_accumulation,
+        out_of_memory=out_of_memory,
+        search=search,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,77 @@
+"""Real steps on the CPU: timings, the live-bytes peak the estimator predicts, FLOPs, bitsandbytes paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from planner.cards import host_card
+from planner.errors import DeviceError
+from planner.estimator import Estimator
+from planner.profiler import StepRunner, default_micro_batches, profile_config, training_flops_per_token
+from planner.schema import TrainingConfig
+
+
+def test_measurement_times_and_live_peak_match_the_host_estimate(tiny_models: dict[str, str]):
+    config = TrainingConfig(model=tiny_models["llama"], precision="fp32", seq_len=16, gradient_accumulation=2)
+    runner = StepRunner(config, "cpu")
+    measurement, memory = runner.measure(3, steps=3, warmup=0, card=host_card())
+    runner.close()
+    assert measurement.micro_batch == 3
+    assert (
+        measurement.forward_backward_p10_seconds
+        <= measurement.forward_backward_seconds
+        <= measurement.forward_backward_p90_seconds
+    )
+    assert measurement.optimizer_seconds > 0 and measurement.eval_forward_seconds > 0
+    assert measurement.tokens_per_second > 0 and measurement.achieved_tflops
+    # No datasheet figure and no CUDA memory on the host.
+    assert measurement.mfu is None and measurement.peak_reserved_bytes is None
+    predicted = Estimator(config, host_card()).estimate(3).peak_bytes
+    assert measurement.live_peak_bytes == memory.live
+    assert abs(predicted - memory.live) <= 0.02 * memory.live, (predicted, memory.live)
+
+
+def test_flops_count_weight_gradients_only_for_trained_weights(tiny_models: dict[str, str]):
+    full = StepRunner(TrainingConfig(model=tiny_models["gpt2"], precision="fp32", seq_len=16), "cpu")
+    lora = StepRunner(
+        TrainingConfig(model=tiny_models["gpt2"], method="lora", precision="fp32", seq_len=16), "cpu"
+    )
+    # GPT-2 tiny: 2 layers of width 64 (Conv1D qkv, proj, 4x MLP) and a 512-token tied head.
+    matmul = 2 * (64 * 192 + 64 * 64 + 64 * 256 + 256 * 64) + 64 * 512
+    attention = 4 * 2 * 16 * 64
+    assert full.flops_per_token == 6 * matmul + 3 * attention
+    # LoRA trains only the adapters: the base's weight gradients (2N) are not computed.
+    assert 4 * matmul + 3 * attention < lora.flops_per_token < full.flops_per_token
+    assert training_flops_per_token(full.setup.model, full.hf_config, 32) > full.flops_per_token
+
+
+def test_qlora_with_8bit_optimizer_profiles_on_cpu_including_eval(tiny_models: dict[str, str]):
+    # bitsandbytes' 4-bit layers and 8-bit AdamW both run on the CPU; the eval forward must not
+    # repack the 4-bit weights under the training steps that follow it.
+    config = TrainingConfig(
+        model=tiny_models["llama"], method="qlora", precision="bf16", optimizer="adamw_8bit", seq_len=16
+    )
+    profile = profile_config(config, host_card(), [2], steps=2, warmup=1)
+    (measurement,) = profile.measurements
+    assert measurement.live_peak_bytes and measurement.eval_forward_seconds > 0
+    assert profile.key.method.value == "qlora" and profile.device == "cpu"
+
+
+def test_a_bitsandbytes_failure_on_the_device_is_a_device_error(
+    tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch
+):
+    def no_kernel(*args: object, **kwargs: object) -> None:
+        raise NotImplementedError("8-bit optimizer kernels need CUDA\nmore detail")
+
+    monkeypatch.setattr("planner.estimator._trace.build_training_setup", no_kernel)
+    config = TrainingConfig(model=tiny_models["llama"], optimizer="paged_adamw_8bit", seq_len=16)
+    with pytest.raises(DeviceError, match="bitsandbytes cannot run full/paged_adamw_8bit on cpu"):
+        StepRunner(config, "cpu")
+
+
+def test_default_sizes_are_one_half_and_max_capped_on_cpu():
+    assert default_micro_batches(40, torch.device("cuda"), 512) == [1, 20, 40]
+    assert default_micro_batches(40, torch.device("cpu"), 32) == [1, 4, 8]
+    assert default_micro_batches(40, torch.device("cpu"), 2048) == [1, 2]
+    assert default_micro_batches(0, torch.device("cuda"), 512) == [1]
