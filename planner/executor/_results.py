@@ -98,7 +98,6 @@ def trial_result(frozen: FrozenTrial) -> TrialResult:
         memory_kind=attrs.get("memory_kind"),
         oom=attrs.get("oom", []),
         continues=attrs.get("continues"),
-        continued_as=attrs.get("continued_as"),
         resumed_from_step=attrs.get("resumed_from_step"),
         steps_done=attrs.get("steps_done"),
         losses=[(int(s), float(v)) for s, v in attrs.get("losses", [])],
@@ -111,6 +110,9 @@ def trial_result(frozen: FrozenTrial) -> TrialResult:
 def sweep_results(study: optuna.Study) -> SweepResults:
     """All trials of ``study`` (run or waiting), the plan's infeasible ones appended."""
     trials = [trial_result(t) for t in study.get_trials(deepcopy=False)]
+    continued_as = {t.continues: t.number for t in trials if t.continues is not None}
+    for trial in trials:
+        trial.continued_as = continued_as.get(trial.number)
     next_number = len(trials)
     for offset, entry in enumerate(study.user_attrs.get("infeasible", [])):
         trials.append(

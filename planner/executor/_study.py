@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import os
 import socket
 import time
@@ -70,10 +71,15 @@ def _worker_alive(worker: dict[str, Any], heartbeat: float | None) -> bool:
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage; SQLite waits for its lock instead of failing under several workers."""
     engine_kwargs: dict[str, Any] = {}
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; use psycopg2 when that is what exists.
+        url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 120}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        # Two workers creating a fresh SQLite file's tables at once would collide: serialise.
+        with claim_lock(url):
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except Exception as exc:  # SQLAlchemy raises many kinds; the user's URL is at fault in each
         raise ConfigError(
             "storage",
@@ -191,6 +197,9 @@ def open_study(spec: SweepSpec, plan: Plan, storage_url: str, name: str) -> optu
 def recover(study: optuna.Study, storage_url: str) -> list[int]:
     """Fail trials of dead workers, then continue every interrupted or budget-cut trial once.
 
+    The lock study ``<study>.continue-<n>`` is what says trial n has been continued (a finished
+    trial's attrs cannot change); the continuation carries ``continues: n``.
+
     Returns the numbers of the continued trials.
     """
     storage = study._storage
@@ -199,16 +208,17 @@ def recover(study: optuna.Study, storage_url: str) -> list[int]:
             worker = trial.user_attrs.get("worker")
             if worker is None or _worker_alive(worker, trial.user_attrs.get("heartbeat")):
                 continue
+            # Marked first: a finished trial's attrs can no longer change.
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                    storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
-                    storage.set_trial_user_attr(
-                        trial._trial_id, "reason", f"its worker (pid {worker.get('pid')}) died"
-                    )
+                storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
+                storage.set_trial_user_attr(
+                    trial._trial_id, "reason", f"its worker (pid {worker.get('pid')}) died"
+                )
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     continued = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         attrs = trial.user_attrs
-        if attrs.get("status") not in RESUMABLE or "continued_as" in attrs or "planned" not in attrs:
+        if attrs.get("status") not in RESUMABLE or "planned" not in attrs:
             continue
         try:
             optuna.create_study(study_name=f"{study.study_name}.continue-{trial.number}", storage=storage)
@@ -222,12 +232,6 @@ def recover(study: optuna.Study, storage_url: str) -> list[int]:
                 micro_batch=result["micro_batch"], gradient_accumulation=result["gradient_accumulation"]
             )
         study.enqueue_trial(params, user_attrs={**keep, "continues": trial.number})
-        number = next(
-            t.number
-            for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("continues") == trial.number
-        )
-        storage.set_trial_user_attr(trial._trial_id, "continued_as", number)
         continued.append(trial.number)
     return continued
 

@@ -143,9 +143,10 @@ def test_budget_cuts_a_running_trial_with_a_checkpoint(tmp_path: Path, tiny_mode
     spec = load_spec(
         write_spec(tmp_path, tiny_model_dir, train=32, search={"learning_rate": [1e-3, 2e-3, 3e-3]})
     )
-    plan = hand_plan(spec, seconds=5.0, micro_batch=4)
+    # Predictions generous enough that the first trial fits even on a loaded machine.
+    plan = hand_plan(spec, seconds=10.0, micro_batch=4)
     budget = 0.6 * plan.total_seconds
-    run = run_sweep(spec, plan, budget_seconds=budget, callbacks=[SlowAfterFirstTrial(1.0)])
+    run = run_sweep(spec, plan, budget_seconds=budget, callbacks=[SlowAfterFirstTrial(2.0)])
     assert run.elapsed_seconds <= budget * 1.02
     first, cut = run.trials
     assert first.status == "complete" and first.value is not None
