@@ -5,16 +5,30 @@ identical layers make every byte count linear in depth, and for a fixed sequence
 byte count is linear in micro-batch. Four cheap traces of a one- and two-layer copy (micro-batch
 1 and 2) give both slopes; the predicted maximum is then confirmed (and corrected) by tracing the
 full-depth model at that micro-batch.
+
+Traces are kept per traced step (see :func:`step_traces`), so asking again about the same config,
+at any micro-batch, on any card with the same CUDA kernels, traces nothing new. :func:`fit` runs
+the full-depth trace and the fixes in a forked helper process beside its own probes (see
+:class:`_Helper`): the machine it answers on may have only two cores and ten seconds.
 """
 
 from __future__ import annotations
 
+import gc
 import math
-from dataclasses import fields
+import multiprocessing
+import os
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, fields
+from multiprocessing.connection import Connection
 from typing import Any
 
-from planner.errors import ConfigError
+from planner.errors import ConfigError, PlannerError
 from planner.estimator._cuda import CudaOverhead, default_overhead, sdpa_backend
+from planner.estimator._setup import import_bitsandbytes, import_peft, model_class
 from planner.estimator._trace import CudaTarget, StepTrace, StepTracer, num_layers, truncated_config
 from planner.models import load_model_config
 from planner.schema import (
@@ -33,6 +47,8 @@ from planner.schema import (
 # per-sample cost is tiny next to the card.
 MAX_MICRO_BATCH = 4096
 _CONFIRM_ROUNDS = 4
+# Traced steps kept per process (see ``step_traces``); each holds at most one built full-depth model.
+_KEPT_STEPS = 8
 
 INCLUDES = [
     "weights (with 4-bit quant state), gradients, optimizer state",
@@ -114,8 +130,144 @@ def shallow_depths(hf_config: Any) -> tuple[int, int]:
     return period, 2 * period
 
 
+def probe_depths(hf_config: Any) -> list[int]:
+    """The depths the linear fit probes: :func:`shallow_depths`, or up to the model's own depth.
+
+    A model no deeper than the probes is probed as itself (and shallower), so its fit is exact.
+    """
+    depth = num_layers(hf_config)
+    shallow = shallow_depths(hf_config)
+    if depth > shallow[1]:
+        return list(shallow)
+    return [d for d in shallow if d < depth] + [depth]
+
+
+class StepTraces:
+    """What has been traced of one training step: shallow probes, their fit, full-depth traces.
+
+    Built models are kept, so another micro-batch costs one more trace and no build. The probes
+    are taken in stages, each only when the previous one leaves the answer open: bytes resident
+    between steps (no trace), then the peak at micro-batch 1, then at micro-batch 2.
+    """
+
+    def __init__(self, config: TrainingConfig, cuda: CudaTarget | None) -> None:
+        self.config = config
+        self.cuda = cuda
+        self.hf_config = load_model_config(config.model)
+        self.depth = num_layers(self.hf_config)
+        self.depths = probe_depths(self.hf_config)
+        self.resident: dict[int, int] = {}
+        """depth -> bytes live between steps."""
+        self.probes: dict[tuple[int, int], StepTrace] = {}
+        """(depth, micro-batch) -> trace."""
+        self.full: dict[int, StepTrace] = {}
+        """micro-batch -> full-depth trace."""
+        self._tracers: dict[int, StepTracer] = {}
+        self._linear: LinearPeak | None = None
+
+    def tracer(self, depth: int) -> StepTracer:
+        """The built setup at ``depth`` (the full-depth one is kept, shallow ones until fitted)."""
+        if depth not in self._tracers:
+            hf_config = self.hf_config if depth == self.depth else truncated_config(self.hf_config, depth)
+            self._tracers[depth] = StepTracer(hf_config, self.config, cuda=self.cuda)
+            self.resident[depth] = self._tracers[depth].resident_bytes
+        return self._tracers[depth]
+
+    def probe(self, depth: int, micro_batch: int) -> StepTrace:
+        if (depth, micro_batch) not in self.probes:
+            if depth == self.depth and micro_batch in self.full:
+                self.probes[(depth, micro_batch)] = self.full[micro_batch]
+            else:
+                self.probes[(depth, micro_batch)] = self.tracer(depth).trace(micro_batch)
+        return self.probes[(depth, micro_batch)]
+
+    def full_trace(self, micro_batch: int) -> StepTrace:
+        if micro_batch not in self.full:
+            if (self.depth, micro_batch) in self.probes:
+                self.full[micro_batch] = self.probes[(self.depth, micro_batch)]
+            else:
+                self.full[micro_batch] = self.tracer(self.depth).trace(micro_batch)
+        return self.full[micro_batch]
+
+    def _at_full_depth(self, values: dict[int, float]) -> float:
+        """Linear in depth through the probed depths, evaluated at the model's depth."""
+        low, high = min(values), max(values)
+        if low == high:
+            return values[low]
+        return values[low] + (values[high] - values[low]) * (self.depth - low) / (high - low)
+
+    def resident_bytes(self) -> float:
+        """Bytes live between steps at full depth (weights, quant state, optimizer state)."""
+        for depth in self.depths:
+            if depth not in self.resident:
+                self.tracer(depth)
+        return self._at_full_depth({d: float(self.resident[d]) for d in self.depths})
+
+    def peak_at_one(self) -> float:
+        """The full-depth peak at micro-batch 1, from the probes at micro-batch 1 alone."""
+        return self._at_full_depth({d: float(self.probe(d, 1).peak) for d in self.depths})
+
+    @property
+    def linear(self) -> LinearPeak:
+        if self._linear is None:
+            probes = {(d, m): self.probe(d, m) for d in self.depths for m in (1, 2)}
+            self._linear = LinearPeak(probes, self.depth)
+            # The probes' models are done with; full-depth traces still reuse the full one.
+            self._tracers = {d: t for d, t in self._tracers.items() if d == self.depth}
+        return self._linear
+
+    def taken(self) -> TakenTraces:
+        """The traces alone, without the built models (what crosses from the helper process)."""
+        return TakenTraces(resident=self.resident, probes=self.probes, full=self.full)
+
+    def absorb(self, taken: TakenTraces) -> None:
+        """Add traces of this same step taken elsewhere (see :class:`_Helper`)."""
+        self.resident = {**taken.resident, **self.resident}
+        self.probes = {**taken.probes, **self.probes}
+        self.full = {**taken.full, **self.full}
+
+
+@dataclass(frozen=True)
+class TakenTraces:
+    """The traces of a :class:`StepTraces`, as plain data."""
+
+    resident: dict[int, int]
+    probes: dict[tuple[int, int], StepTrace]
+    full: dict[int, StepTrace]
+
+
+_STEPS: OrderedDict[tuple[str, CudaTarget | None], StepTraces] = OrderedDict()
+
+
+def _step_config(config: TrainingConfig) -> TrainingConfig:
+    """``config`` as far as its traced step goes: all but the micro-batch, the traced variable.
+
+    Accumulation matters only as "one micro-batch, or a second one on top of the first one's
+    gradients" (see :class:`StepTracer`).
+    """
+    return config.with_changes(micro_batch=1, gradient_accumulation=min(config.gradient_accumulation, 2))
+
+
+def step_traces(config: TrainingConfig, cuda: CudaTarget | None) -> StepTraces:
+    """The process-wide traces of ``config``'s step, kept for the last ``_KEPT_STEPS`` steps asked.
+
+    Keyed by the step's config (as JSON: a list of LoRA targets is unhashable) and ``cuda``, the
+    only way a card or its overheads change a trace. Every :class:`Estimator` of the same step
+    shares them, so a sweep asking the same config's max micro-batch again, at another
+    micro-batch or accumulation, or on another card with the same kernels, traces nothing new.
+    """
+    step = _step_config(config)
+    key = (step.model_dump_json(), cuda)
+    if key not in _STEPS:
+        _STEPS[key] = StepTraces(step, cuda)
+        while len(_STEPS) > _KEPT_STEPS:
+            _STEPS.popitem(last=False)
+    _STEPS.move_to_end(key)
+    return _STEPS[key]
+
+
 class Estimator:
-    """Memory answers for one config on one card; caches the traces it has taken."""
+    """Memory answers for one config on one card; its traces are shared through :func:`step_traces`."""
 
     def __init__(self, config: TrainingConfig, card: Card, overhead: CudaOverhead | None = None) -> None:
         check_card_supports(config, card)
@@ -131,35 +283,40 @@ class Estimator:
         self.cuda = (
             None if card.kind == "cpu" else CudaTarget(sdpa_backend=sdpa_backend(card, half, head_dim))
         )
-        self._full_traces: dict[int, StepTrace] = {}
-        self._full_tracer: StepTracer | None = None
-        self._linear: LinearPeak | None = None
+        self.traces = step_traces(config, self.cuda)
+        self._helper: _Helper | None = None
+        self._pending: dict[int, int] = {}
+        """micro-batch -> helper task tracing it at full depth."""
 
     # -- traces ---------------------------------------------------------------------------------
     def full_trace(self, micro_batch: int) -> StepTrace:
-        if micro_batch not in self._full_traces:
-            if self._full_tracer is None:
-                self._full_tracer = StepTracer(self.hf_config, self.config, cuda=self.cuda)
-            self._full_traces[micro_batch] = self._full_tracer.trace(micro_batch)
-        return self._full_traces[micro_batch]
+        if micro_batch not in self.traces.full:
+            if self._helper is not None:
+                self.prefetch(micro_batch)
+                self.traces.full[micro_batch] = self._helper.result(self._pending.pop(micro_batch))
+            else:
+                self.traces.full_trace(micro_batch)
+        return self.traces.full[micro_batch]
+
+    def prefetch(self, micro_batch: int) -> None:
+        """Have the helper start the full-depth trace at ``micro_batch`` (no-op without one)."""
+        if self._helper is None or micro_batch in self.traces.full or micro_batch in self._pending:
+            return
+        self._pending[micro_batch] = self._helper.submit(_full_trace, self.config, self.cuda, micro_batch)
 
     @property
     def linear(self) -> LinearPeak:
-        if self._linear is None:
-            depth = num_layers(self.hf_config)
-            # A model no deeper than the probes is probed as itself, at its one depth.
-            depths = [d for d in shallow_depths(self.hf_config) if d < depth] or [depth]
-            probes = {}
-            for layers in depths:
-                tracer = StepTracer(truncated_config(self.hf_config, layers), self.config, cuda=self.cuda)
-                probes.update({(layers, m): tracer.trace(m) for m in (1, 2)})
-            self._linear = LinearPeak(probes, depth)
-        return self._linear
+        return self.traces.linear
 
     # -- answers --------------------------------------------------------------------------------
     @property
     def allocated_limit(self) -> int:
         return self.overhead.allocated_limit(self.card.available_bytes)
+
+    @property
+    def _tensor_limit(self) -> int:
+        """Most live tensor bytes the step may peak at: the allocated limit less cuBLAS workspace."""
+        return self.allocated_limit - self.overhead.workspace_bytes
 
     def _allocated(self, tensor_bytes: float) -> int:
         return math.ceil(tensor_bytes) + self.overhead.workspace_bytes
@@ -199,28 +356,39 @@ class Estimator:
 
     def max_micro_batch(self, *, confirm: bool = True) -> int:
         """The largest micro-batch that fits: linear prediction, then full-depth traces to confirm."""
-        limit = self.allocated_limit - self.overhead.workspace_bytes
-        best = self.linear.max_micro_batch(limit)
+        limit = self._tensor_limit
+        best = self._predicted_max(limit)
         if not confirm:
             return best
-        slope = max(self.linear.per_sample(), 1.0)
         for _ in range(_CONFIRM_ROUNDS):
             if best == 0:
                 trace_one = self.full_trace(1).peak
                 return 1 if trace_one <= limit else 0
+            slope = max(self.linear.per_sample(), 1.0)
             peak = self.full_trace(best).peak
             if peak > limit:
                 best = max(0, best - max(1, math.ceil((peak - limit) / slope)))
             elif peak + slope <= limit and best < MAX_MICRO_BATCH:
                 step = max(1, math.floor((limit - peak) / slope))
-                if best + step in self._full_traces:
+                if best + step in self.traces.full:
                     return best
                 best += step
             else:
                 return best
-        return (
-            best if best in self._full_traces and self._full_traces[best].peak <= limit else max(0, best - 1)
-        )
+        full = self.traces.full
+        return best if best in full and full[best].peak <= limit else max(0, best - 1)
+
+    def _predicted_max(self, limit: int) -> int:
+        """The linear fit's max micro-batch, stopping early at a stage that already says 0.
+
+        Bytes resident between steps are a floor under the peak, and the fit's peak at micro-batch
+        1 is the depth extrapolation of the probes at micro-batch 1, so a config that cannot fit
+        is known without the micro-batch-2 probes (or without any trace). The margin of one byte
+        keeps the early answer on the same side of the limit as the fit's own arithmetic.
+        """
+        if self.traces.resident_bytes() > limit + 1 or self.traces.peak_at_one() > limit + 1:
+            return 0
+        return self.linear.max_micro_batch(limit)
 
 
 def _fix_candidates(config: TrainingConfig) -> list[tuple[str, dict[str, Any]]]:
@@ -250,13 +418,21 @@ def _fix_candidates(config: TrainingConfig) -> list[tuple[str, dict[str, Any]]]:
 def suggest_fixes(config: TrainingConfig, card: Card, overhead: CudaOverhead | None = None) -> list[Fix]:
     """Every candidate change that makes ``config`` fit, with the max micro-batch it would allow.
 
-    Each is answered from the linear fit alone (four shallow traces), not confirmed at full depth.
-    A shorter sequence is offered last, halving down to 128 tokens.
+    Each is answered from the linear fit alone (at most four shallow traces), not confirmed at full
+    depth. A shorter sequence is offered last, halving down to 128 tokens.
     """
+    with _Helper.fork(worth_it=True) as helper:
+        return _suggest_fixes(config, card, overhead, helper)
+
+
+def _suggest_fixes(
+    config: TrainingConfig, card: Card, overhead: CudaOverhead | None, helper: _Helper | None
+) -> list[Fix]:
+    candidates = [(change, config.with_changes(**changed)) for change, changed in _fix_candidates(config)]
+    answers = _share(helper, [(_fix_answer, (candidate, card, overhead)) for _, candidate in candidates])
     fixes = []
-    for change, fields_changed in _fix_candidates(config):
-        candidate = config.with_changes(**fields_changed)
-        best = Estimator(candidate, card, overhead).max_micro_batch(confirm=False)
+    for (change, candidate), (best, traces) in zip(candidates, answers, strict=True):
+        Estimator(candidate, card, overhead).traces.absorb(traces)
         if best >= 1:
             fixes.append(Fix(change=change, config=candidate, max_micro_batch=best))
     seq_len = config.seq_len // 2
@@ -269,6 +445,12 @@ def suggest_fixes(config: TrainingConfig, card: Card, overhead: CudaOverhead | N
             )
         seq_len //= 2
     return fixes
+
+
+def _fix_answer(config: TrainingConfig, card: Card, overhead: CudaOverhead | None) -> tuple[int, TakenTraces]:
+    """A fix candidate's predicted max micro-batch, and the traces behind it (for the asking process)."""
+    estimator = Estimator(config, card, overhead)
+    return estimator.max_micro_batch(confirm=False), estimator.traces.taken()
 
 
 def default_micro_batches(max_micro_batch: int) -> list[int]:
@@ -294,11 +476,36 @@ def fit(
     micro-batch (confirmed by a full-depth trace), its breakdown, and fixes when nothing fits.
     """
     estimator = Estimator(config, card, overhead)
-    best = estimator.max_micro_batch()
-    at_max = estimator.estimate(max(best, 1))
+    traces = estimator.traces
+    # A helper pays off when a full-depth model is still to be built beside the shallow probes.
+    worth_it = not traces.full and traces.depth not in traces.depths
+    if worth_it:
+        _import_what_builds(config, estimator.hf_config)  # here, once: the copy inherits them
+    with _Helper.fork(worth_it=worth_it) as helper:
+        estimator._helper = helper
+        if helper is not None:
+            helper.submit(_build_full_depth, config, estimator.cuda)
+        predicted = estimator.max_micro_batch(confirm=False)
+        estimator.prefetch(max(predicted, 1))
+        fixes = []
+        if predicted == 0:
+            # An early "cannot fit" skipped probes the rows still need: the helper takes them after
+            # the full-depth trace, and both processes share the fixes meanwhile.
+            if helper is None:
+                fixes = _suggest_fixes(config, card, estimator.overhead, None)
+            else:
+                line = helper.submit(_probed, config, estimator.cuda)
+                fixes = _suggest_fixes(config, card, estimator.overhead, helper)
+                traces.absorb(helper.result(line))
+        best = estimator.max_micro_batch()
+        if best:
+            fixes = []
+        elif predicted:
+            fixes = _suggest_fixes(config, card, estimator.overhead, helper)
+        at_max = estimator.estimate(max(best, 1))
+        estimator._helper = None
     sizes = micro_batches or default_micro_batches(best)
-    rows = [estimator.estimate(m, trace=m in estimator._full_traces) for m in sizes]
-    fixes = suggest_fixes(config, card, estimator.overhead) if best == 0 else []
+    rows = [estimator.estimate(m, trace=m in traces.full) for m in sizes]
     return FitReport(
         config=config,
         card=card.name,
@@ -315,3 +522,178 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Predicted peak memory of ``config`` at its own micro-batch, traced at full depth."""
     return Estimator(config, card, overhead).estimate(config.micro_batch)
+
+
+# -- a second process ---------------------------------------------------------------------------
+def _import_what_builds(config: TrainingConfig, hf_config: Any) -> None:
+    """Import the model class and adapter libraries a build of ``config`` needs."""
+    model_class(hf_config)
+    if config.method is not Method.FULL:
+        import_peft()
+    if config.optimizer in (OptimizerName.ADAMW_8BIT, OptimizerName.PAGED_ADAMW_8BIT):
+        import_bitsandbytes()
+
+
+def _build_full_depth(config: TrainingConfig, cuda: CudaTarget | None) -> None:
+    """Build the full-depth model, to be traced by the next :func:`_full_trace` in this process."""
+    traces = step_traces(config, cuda)
+    traces.tracer(traces.depth)
+
+
+def _full_trace(config: TrainingConfig, cuda: CudaTarget | None, micro_batch: int) -> StepTrace:
+    return step_traces(config, cuda).full_trace(micro_batch)
+
+
+def _probed(config: TrainingConfig, cuda: CudaTarget | None) -> TakenTraces:
+    """The traces behind ``config``'s linear fit, for the asking process to absorb."""
+    traces = step_traces(config, cuda)
+    _ = traces.linear  # fitting takes the probes
+    return traces.taken()
+
+
+class _Helper:
+    """A forked copy of this process that runs tasks beside it, so a fit uses two cores.
+
+    A task is a module-level function and picklable arguments; the copy runs tasks in the order
+    sent and answers in that order. It starts with everything this process had imported and
+    traced, and keeps what it traces itself (:func:`step_traces`) between tasks. Should it die,
+    the tasks it still owed are run here instead.
+    """
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("fork")
+        self._conn, child_end = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child_end,), daemon=True)
+        # The copy's garbage collector leaves what it inherits alone (Python's advice for fork):
+        # its collections skip this whole heap, and touch none of its pages.
+        gc.freeze()
+        try:
+            self._process.start()
+        finally:
+            gc.unfreeze()
+        child_end.close()
+        self._tasks: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+        self._answers: dict[int, tuple[str, Any]] = {}
+        self._sent = 0
+        self._received = 0
+
+    @classmethod
+    @contextmanager
+    def fork(cls, *, worth_it: bool) -> Iterator[_Helper | None]:
+        """A helper while the block runs, or None on one core, without ``fork``, or when not ``worth_it``."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if not worth_it or cores < 2 or "fork" not in multiprocessing.get_all_start_methods():
+            yield None
+            return
+        helper = cls()
+        try:
+            yield helper
+        finally:
+            helper.close()
+
+    @property
+    def busy(self) -> int:
+        """Tasks sent and not answered yet."""
+        return self._sent - self._received
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> int:
+        """Send a task; returns its id for :meth:`result`."""
+        task = self._sent
+        self._tasks[task] = (function, args)
+        self._sent += 1
+        # Should the copy be gone, the task runs here when its answer is asked for.
+        with suppress(OSError):
+            self._conn.send((function, args))
+        return task
+
+    def poll(self) -> None:
+        """Take in the answers that have arrived, without waiting."""
+        while self.busy and self._conn.poll():
+            self._receive()
+
+    def result(self, task: int) -> Any:
+        """The task's return value (waiting for it), or its exception raised here."""
+        while task not in self._answers:
+            self._receive()
+        self._tasks.pop(task)
+        return _unwrap(self._answers.pop(task))
+
+    def _receive(self) -> None:
+        try:
+            answer = self._conn.recv()
+        except (EOFError, OSError):
+            answer = _run(*self._tasks[self._received])
+        self._answers[self._received] = answer
+        self._received += 1
+
+    def close(self) -> None:
+        if self.busy:
+            # Leaving early (an error here): nothing will read what it is still tracing.
+            self._process.terminate()
+        else:
+            with suppress(OSError):
+                self._conn.send(None)
+        self._process.join()
+        self._conn.close()
+
+
+def _serve(conn: Connection) -> None:
+    """The helper's loop: run each task received, send back its answer; stop on None or EOF."""
+    import torch
+
+    # Traces allocate nothing; real ops in a forked child must not wait on the parent's thread pool.
+    torch.set_num_threads(1)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        conn.send(_run(*task))
+
+
+def _run(function: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
+    try:
+        return "ok", function(*args)
+    except PlannerError as exc:
+        # PlannerError does not survive pickling (its constructor takes three arguments).
+        return "user-error", (type(exc), exc.field, exc.problem, exc.fix)
+    except Exception:
+        return "error", traceback.format_exc()
+
+
+def _unwrap(answer: tuple[str, Any]) -> Any:
+    status, value = answer
+    if status == "ok":
+        return value
+    if status == "user-error":
+        error_type, field, problem, fix = value
+        raise error_type(field, problem, fix)
+    raise RuntimeError(f"the trace helper process failed:\n{value}")
+
+
+def _share(helper: _Helper | None, tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+    """Run independent tasks on both processes: the helper from the front, this one from the back.
+
+    The helper is kept one task ahead (a task running, one queued), so it never waits on this
+    process; this one takes tasks from the back until the two meet.
+    """
+    if helper is None:
+        return [function(*args) for function, args in tasks]
+    results: list[Any] = [None] * len(tasks)
+    sent: dict[int, int] = {}
+    front, back = 0, len(tasks)
+    while front < back:
+        helper.poll()
+        while helper.busy < 2 and front < back:
+            function, args = tasks[front]
+            sent[front] = helper.submit(function, *args)
+            front += 1
+        if front < back:
+            back -= 1
+            function, args = tasks[back]
+            results[back] = function(*args)
+    for index, task in sent.items():
+        results[index] = helper.result(task)
+    return results

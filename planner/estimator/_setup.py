@@ -9,8 +9,11 @@ bitsandbytes' NF4 layout with double quantization, and the optimizer classes Tra
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -125,9 +128,7 @@ def build_training_setup(
         model.train()
         if config.method is Method.QLORA:
             _quantize_to_nf4(model, _HALF.get(config.precision, torch.float32))
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(
+            model = import_peft().prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=config.gradient_checkpointing
             )
         if config.method in (Method.LORA, Method.QLORA):
@@ -172,8 +173,7 @@ def make_optimizer(
     if name is OptimizerName.ADAMW:
         return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
     if name in (OptimizerName.ADAMW_8BIT, OptimizerName.PAGED_ADAMW_8BIT):
-        import bitsandbytes as bnb
-
+        bnb = import_bitsandbytes()
         paged = name is OptimizerName.PAGED_ADAMW_8BIT and not paged_as_unpaged
         return bnb.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, optim_bits=8, is_paged=paged)
     if name is OptimizerName.SGD:
@@ -181,6 +181,45 @@ def make_optimizer(
     from transformers.optimization import Adafactor
 
     return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False)
+
+
+def import_bitsandbytes() -> ModuleType:
+    """``import bitsandbytes``, with its import-time ``torch.compile`` calls deferred to first use.
+
+    bitsandbytes wraps four CPU kernels in ``torch.compile`` at import, and creating a compiled
+    function imports ``torch._inductor`` (~1 s, a tenth of the ``planner fit`` budget) although
+    a fake trace never calls them. Each wrapper compiles on its first call instead, as
+    ``torch.compile`` itself would; compile errors still reach bitsandbytes' own fallback there.
+    peft imports bitsandbytes whenever it is installed, so this runs before any peft import.
+    """
+    if "bitsandbytes" in sys.modules:
+        return sys.modules["bitsandbytes"]
+    compile_now = torch.compile
+
+    def compile_later(model: Any = None, **options: Any) -> Any:
+        if model is None:
+            return functools.partial(compile_later, **options)
+        compiled: list[Callable[..., Any]] = []
+
+        @functools.wraps(model)
+        def first_call_compiles(*args: Any, **kwargs: Any) -> Any:
+            if not compiled:
+                compiled.append(compile_now(model, **options))
+            return compiled[0](*args, **kwargs)
+
+        return first_call_compiles
+
+    with patched(torch, "compile", compile_later):
+        import bitsandbytes
+    return bitsandbytes
+
+
+def import_peft() -> ModuleType:
+    """``import peft`` after :func:`import_bitsandbytes` (peft imports bitsandbytes on its own)."""
+    import_bitsandbytes()
+    import peft
+
+    return peft
 
 
 def _in(mode: Any | None) -> contextlib.AbstractContextManager[Any]:
@@ -194,7 +233,7 @@ def _quantize_to_nf4(model: nn.Module, compute_dtype: torch.dtype) -> None:
     (blocksize 64, double-quantized absmax: ``BitsAndBytesConfig(bnb_4bit_use_double_quant=True)``),
     so the layout is the real one; under fake mode it is computed without touching data.
     """
-    import bitsandbytes as bnb
+    bnb = import_bitsandbytes()
     import bitsandbytes.functional as bnbf
 
     with torch.device("cpu"):
@@ -254,6 +293,7 @@ def _materialise_quant_states(model: nn.Module, states: dict[str, Any]) -> None:
 
 
 def _add_lora(model: nn.Module, config: TrainingConfig, task: str) -> nn.Module:
+    import_peft()
     from peft import LoraConfig, TaskType, get_peft_model
 
     peft_task = {"causal-lm": TaskType.CAUSAL_LM, "sequence-classification": TaskType.SEQ_CLS}.get(task)

@@ -89,6 +89,8 @@ class StepTracer:
             self.setup.loss_head.register_forward_pre_hook(lambda *_: setattr(self.tracker, "phase", "loss"))
         with self._tracing():
             _create_optimizer_state(self.setup)
+        self.resident_bytes = self.tracker.live_bytes
+        """Bytes live between steps (weights, quant state, optimizer state): a floor under every peak."""
 
     def _tracing(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
