@@ -6,7 +6,9 @@ import click
 
 from planner.cli._catalog import cards_command, models_command
 from planner.cli._fit import fit_command
+from planner.cli._plan import plan_command
 from planner.cli._profile import profile_command
+from planner.cli._run import report_command, results_command, run_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,9 +18,13 @@ def cli() -> None:
 
 
 cli.add_command(fit_command)
+cli.add_command(plan_command)
 cli.add_command(cards_command)
 cli.add_command(models_command)
 cli.add_command(profile_command)
+cli.add_command(run_command)
+cli.add_command(results_command)
+cli.add_command(report_command)
 
 
 def main() -> None:

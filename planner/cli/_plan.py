@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.cli._common import emit_json, user_errors_exit_2
-from planner.schema import GIB, Plan, parse_duration
+from planner.schema import GIB, MIB, Plan, parse_duration
 
 
 def format_duration(seconds: float) -> str:
@@ -132,7 +132,9 @@ def print_plan(plan: Plan) -> None:
         console.print(f"Step time ({source}): {note}.")
     peaks = [t.peak_bytes for t in plan.trials if t.peak_bytes is not None]
     if peaks:
-        console.print(f"Peak memory of planned trials: up to {max(peaks) / GIB:.1f} GiB.")
+        peak = max(peaks)
+        size = f"{peak / GIB:.1f} GiB" if peak >= GIB / 10 else f"{peak / MIB:.0f} MiB"
+        console.print(f"Peak memory of planned trials: up to {size}.")
     console.print(f"Includes: {'; '.join(plan.includes)}.")
 
 

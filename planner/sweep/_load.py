@@ -33,7 +33,7 @@ def load_spec(path: Path | str) -> SweepSpec:
         # "../tiny-llama" means next to the spec, wherever the command runs from.
         local = spec_dir / base["model"]
         if local.is_dir():
-            raw["base"] = {**base, "model": str(local)}
+            raw["base"] = {**base, "model": str(local.resolve())}
     try:
         return SweepSpec.model_validate({**raw, "spec_dir": spec_dir})
     except ValidationError as exc:

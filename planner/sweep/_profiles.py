@@ -35,14 +35,14 @@ def plan_for_card(
     spec: SweepSpec, card: Card, *, workers: int | None = None, budget_seconds: float | None = None
 ) -> Plan:
     """:func:`plan_sweep` with the measured profiles on disk; on the host, missing ones are measured."""
-    from planner.profiler._store import ProfileStore
+    from planner.profiler import ProfileStore, profile_config
 
     store = ProfileStore()
 
     def measure(config: TrainingConfig) -> Profile:
-        from planner.profiler import profile_config
-
-        profile = profile_config(config, card, [config.micro_batch])
+        # Two sizes give the fixed per-step cost and the per-row slope, so rows shorter than
+        # seq_len (dynamic padding) interpolate instead of scaling proportionally.
+        profile = profile_config(config, card, sorted({1, config.micro_batch}))
         store.save(profile)
         return profile
 
