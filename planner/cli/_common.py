@@ -16,6 +16,7 @@ import click
 from pydantic import ValidationError
 
 from planner.errors import ConfigError, PlannerError, from_validation_error
+from planner.schema import parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,3 +55,13 @@ def parse_sizes(value: str | None, field: str) -> list[int] | None:
     if not sizes or any(size <= 0 for size in sizes):
         raise ConfigError(field, f"sizes must be positive integers, got '{value}'", "e.g. 1,2,4")
     return sizes
+
+
+def parse_budget(value: str | None) -> float | None:
+    """Seconds in a ``--budget`` such as 5h, 90m or 1h30m, or a ConfigError naming the option."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError("--budget", str(exc), "e.g. --budget 5h, 90m or 1h30m") from None

@@ -9,8 +9,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli._common import emit_json, user_errors_exit_2
-from planner.schema import GIB, MIB, Plan, parse_duration
+from planner.cli._common import emit_json, parse_budget, user_errors_exit_2
+from planner.schema import GIB, MIB, Plan
 
 
 def format_duration(seconds: float) -> str:
@@ -40,17 +40,6 @@ def _value(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _budget(value: str | None) -> float | None:
-    from planner.errors import ConfigError
-
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise ConfigError("--budget", str(exc), "e.g. --budget 5h, 90m or 1h30m") from None
-
-
 @click.command("plan")
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("--card", required=True, help="Card name (see `planner cards`), 'local' or 'cpu'.")
@@ -67,7 +56,7 @@ def plan_command(
     from planner.sweep import load_spec, plan_for_card
 
     sweep = load_spec(spec)
-    plan = plan_for_card(sweep, load_card(card), workers=workers, budget_seconds=_budget(budget))
+    plan = plan_for_card(sweep, load_card(card), workers=workers, budget_seconds=parse_budget(budget))
     if plot is not None:
         plot_timeline(plan, plot)
     if as_json:
