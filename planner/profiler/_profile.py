@@ -55,7 +55,8 @@ def profile_config(
     times (median, p10, p90 of ``steps`` after ``warmup``), optimizer and eval-forward times,
     tokens/s, achieved TFLOP/s and MFU, and peak memory (CUDA: allocated, reserved, NVML; CPU: live
     tensor bytes). A size that runs out of memory is listed in ``out_of_memory``. ``find_max`` runs
-    the max-micro-batch finder first and profiles around its answer. Nothing is saved here.
+    the max-micro-batch finder first (on the CPU within half the available memory) and profiles
+    around its answer. Nothing is saved here.
     """
     if steps < 1 or warmup < 0:
         raise ConfigError(
@@ -78,7 +79,13 @@ def profile_config(
         search = None
         if estimator is not None and find_max:
             say("estimating the max micro-batch")
-            prediction = Prediction.of(estimator)
+            finder = estimator
+            if target.type == "cpu":
+                # A failed CPU allocation kills the process instead of raising: keep the probes
+                # to half the host's available memory.
+                half = card.model_copy(update={"free_bytes": card.available_bytes // 2})
+                finder = Estimator(config, half, estimator.overhead)
+            prediction = Prediction.of(finder)
             search = search_max_micro_batch(prediction, runner_probe(runner, prediction), say)
         sizes = micro_batches or []
         if estimator is not None and micro_batches is None:

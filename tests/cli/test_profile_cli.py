@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY_CONFIGS, write_model
 
+from planner.cards import host_card
 from planner.cli import cli
+from planner.estimator import Estimator
+from planner.schema import TrainingConfig
 
 TINY = ["--precision", "fp32", "--seq-len", "16"]
 
@@ -75,6 +79,26 @@ def test_text_output_shows_the_table_and_where_it_saved(tiny_models: dict[str, s
     assert result.exit_code == 0, result.output
     assert "tokens/s" in result.stdout and "Profile saved" in result.stdout
     assert str(tmp_path) in result.stdout.replace("\n", "")
+
+
+def test_find_max_on_the_host_then_profiles_up_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Four layers: the estimator's linear fit is exact from there. The host card gets room for
+    # four micro-batches within the half of its memory the CPU finder keeps to.
+    model = str(write_model(tmp_path / "llama4", {**TINY_CONFIGS["llama"], "num_hidden_layers": 4}))
+    line = Estimator(TrainingConfig(model=model, precision="fp32", seq_len=64), host_card())
+    budget = line.estimate(4).peak_bytes + line.estimate(5).peak_bytes
+    monkeypatch.setattr(
+        "planner.profiler.device_card", lambda _device: host_card().model_copy(update={"free_bytes": budget})
+    )
+    result = run(
+        "profile", model, "--precision", "fp32", "--seq-len", "64", "--find-max", "--steps", "1",
+        "--warmup", "0", "--out", str(tmp_path / "out"), "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    profile = json.loads(result.stdout)["profile"]
+    assert profile["max_micro_batch"] == 4
+    assert [p["micro_batch"] for p in profile["search"]["probes"]] == [4, 5]
+    assert [m["micro_batch"] for m in profile["measurements"]] == [1, 2, 4]
 
 
 @pytest.mark.parametrize(

@@ -75,3 +75,16 @@ def test_default_sizes_are_one_half_and_max_capped_on_cpu():
     assert default_micro_batches(40, torch.device("cpu"), 32) == [1, 4, 8]
     assert default_micro_batches(40, torch.device("cpu"), 2048) == [1, 2]
     assert default_micro_batches(0, torch.device("cuda"), 512) == [1]
+
+
+def test_the_device_must_be_the_cards(tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch):
+    from planner.cards import load_card
+
+    config = TrainingConfig(model=tiny_models["llama"], seq_len=16)
+    with pytest.raises(DeviceError, match="cannot measure card 'rtx-4090'"):
+        profile_config(config, load_card("rtx-4090"), [1], device="cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="no CUDA device"):
+        profile_config(config, load_card("rtx-4090"), [1])
+    with pytest.raises(DeviceError, match="unknown device 'tpu'"):
+        profile_config(config, host_card(), [1], device="tpu")
