@@ -61,8 +61,7 @@ def _error(predicted: int, measured: int | None) -> float | None:
 def validate(spec: tuple[str, str, str, str, bool, int, list[int]], card: Any, device: Any) -> dict[str, Any]:
     """One config: each micro-batch's predicted vs measured memory, and the max micro-batch."""
     from planner.estimator import Estimator
-    from planner.profiler import Prediction, StepRunner
-    from planner.profiler._finder import runner_probe, search_max_micro_batch
+    from planner.profiler import Prediction, StepRunner, runner_probe, search_max_micro_batch
     from planner.schema import TrainingConfig
 
     name, model, method, precision, checkpointing, seq_len, sizes = spec

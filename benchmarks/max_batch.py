@@ -179,7 +179,7 @@ def survives(runner: Any, batch: int, steps: int) -> bool:
 
 def true_max(runner: Any, prediction: Any, answer: int) -> int | None:
     """The largest size within 2 of ``answer`` that fits, if the ones below it fit and the one above not."""
-    from planner.profiler._finder import runner_probe
+    from planner.profiler import runner_probe
 
     probe = runner_probe(runner, prediction)
     fits = {size: probe(size).fits for size in range(max(1, answer - 2), answer + 3)}

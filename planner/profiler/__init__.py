@@ -7,7 +7,7 @@ Profiles are stored as JSON under ``profiles/measured/`` of the working director
 
 from planner.profiler._calibration import calibrated_overhead, fit_with_profiles, measured_rows
 from planner.profiler._device import device_card, local_device, profile_card_name, resolve_device
-from planner.profiler._finder import Prediction, find_max_micro_batch, search_max_micro_batch
+from planner.profiler._finder import Prediction, find_max_micro_batch, runner_probe, search_max_micro_batch
 from planner.profiler._profile import default_micro_batches, profile_config
 from planner.profiler._runner import ProbeMemory, StepRunner, training_flops_per_token
 from planner.profiler._simulate import OutOfMemoryAbove
@@ -33,6 +33,7 @@ __all__ = [
     "profile_card_name",
     "profile_config",
     "resolve_device",
+    "runner_probe",
     "search_max_micro_batch",
     "training_flops_per_token",
 ]

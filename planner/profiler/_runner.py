@@ -9,6 +9,7 @@ gradient accumulation a second micro-batch runs with the first one's gradients a
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -120,7 +121,7 @@ class StepRunner:
         times = []
         for _ in range(min(self.config.gradient_accumulation, 2)):
             batch = self._batch(micro_batch)
-            times.append(self._timed(lambda batch=batch: self._forward_backward(batch)))  # type: ignore[misc]
+            times.append(self._timed(functools.partial(self._forward_backward, batch)))
             del batch
         return times, self._timed(self._optimizer_step)
 
