@@ -97,20 +97,25 @@ def _run_sweep(spec: Path) -> float:
     """Wall-clock of `planner run` on a scratch copy of the spec's folder and its model."""
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / spec.parent.name
-        shutil.copytree(spec.parent, copy)
+        # Only the spec and its data: a study or runs left beside it would make a resumed, shorter run.
+        shutil.copytree(spec.parent, copy, ignore=shutil.ignore_patterns("*.db*", "*-runs", "*.lock"))
         model = ROOT / "examples" / "tiny-llama"
         shutil.copytree(model, Path(scratch) / model.name)
         planner = shutil.which("planner") or str(Path(sys.executable).parent / "planner")
         env = {**os.environ, "VRAM_PLANNER_MEASURED": str(Path(scratch) / "measured")}
         start = time.perf_counter()
-        subprocess.run(
+        done = subprocess.run(
             [planner, "run", str(copy / spec.name), "--card", "cpu", "--json"],
             check=True,
             capture_output=True,
             cwd=scratch,
             env=env,
         )
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        trials = json.loads(done.stdout)["trials"]
+        if not trials:
+            sys.exit("planner run ran no trial: the sweep time would be meaningless")
+        return seconds
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from planner.estimator._fit import Estimator
 from planner.profiler._calibration import calibrated_overhead
 from planner.profiler._device import device_name, profile_card_name, resolve_device
 from planner.profiler._finder import Prediction, runner_probe, search_max_micro_batch
-from planner.profiler._runner import ProbeMemory, StepRunner
+from planner.profiler._runner import StepRunner
 from planner.profiler._store import library_versions
 from planner.schema import Card, Profile, ProfileKey, StepMeasurement, TrainingConfig
 
@@ -92,7 +92,7 @@ def profile_config(
             say("estimating the max micro-batch")
             top = search.max_micro_batch if search is not None else estimator.max_micro_batch()
             sizes = default_micro_batches(top, target, config.seq_len)
-        measured: list[tuple[StepMeasurement, ProbeMemory]] = []
+        measured: list[StepMeasurement] = []
         out_of_memory = []
         for done, size in enumerate(sizes):
             say(f"micro-batch {size} ({done + 1}/{len(sizes)}): {warmup} warm-up + {steps} timed steps")
@@ -109,13 +109,13 @@ def profile_config(
             f"every micro-batch asked ({', '.join(map(str, sizes))}) ran out of memory on {card.name}",
             "ask for smaller sizes, or turn on gradient checkpointing",
         )
-    contexts = [memory.context for _, memory in measured if memory.context is not None]
+    contexts = [m.context_bytes for m in measured if m.context_bytes is not None]
     return Profile(
         key=ProfileKey.of(config, profile_card_name(card)),
         device="cuda" if target.type == "cuda" else "cpu",
         device_name=device_name(target, card),
         versions=library_versions(),
-        measurements=[measurement for measurement, _ in measured],
+        measurements=measured,
         max_micro_batch=None if search is None else search.max_micro_batch,
         context_bytes=int(statistics.median(contexts)) if contexts else None,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

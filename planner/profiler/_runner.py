@@ -168,9 +168,7 @@ class StepRunner:
         )
 
     # -- a measurement ----------------------------------------------------------------------------
-    def measure(
-        self, micro_batch: int, *, steps: int, warmup: int, card: Card
-    ) -> tuple[StepMeasurement, ProbeMemory]:
+    def measure(self, micro_batch: int, *, steps: int, warmup: int, card: Card) -> StepMeasurement:
         """Memory, then ``warmup`` untimed and ``steps`` timed steps and a few eval forwards."""
         memory = self.probe(micro_batch)
         for _ in range(warmup):
@@ -188,7 +186,7 @@ class StepRunner:
         tokens_per_second = micro_batch * self.config.seq_len * accumulation / (accumulation * fb + opt)
         achieved = self.flops_per_token * tokens_per_second / 1e12
         peak = datasheet_tflops(card, self.config.precision)
-        measurement = StepMeasurement(
+        return StepMeasurement(
             micro_batch=micro_batch,
             forward_backward_seconds=fb,
             forward_backward_p10_seconds=percentile(forward_backward, 0.1),
@@ -202,8 +200,8 @@ class StepRunner:
             peak_reserved_bytes=memory.reserved,
             nvml_used_bytes=memory.nvml_used,
             live_peak_bytes=memory.live,
+            context_bytes=memory.context,
         )
-        return measurement, memory
 
     # -- out of memory ----------------------------------------------------------------------------
     def attempt(self, action: Callable[[int], T], micro_batch: int) -> T | None:

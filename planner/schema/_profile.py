@@ -81,6 +81,8 @@ class StepMeasurement(BaseModel):
     nvml_used_bytes: NonNegativeInt | None = None
     live_peak_bytes: NonNegativeInt | None = None
     """CPU only: peak of live tensor bytes, what the estimator's trace predicts before CUDA terms."""
+    context_bytes: NonNegativeInt | None = None
+    """CUDA only: NVML used minus reserved at the same instant (context, cuBLAS/cuDNN handles)."""
 
     @property
     def device_bytes(self) -> int | None:
