@@ -116,14 +116,16 @@ def overhead_from_profiles(card: Card, profiles: Iterable[Profile]) -> CudaOverh
         for m in p.measurements
         if m.peak_reserved_bytes is not None and m.peak_allocated_bytes
     ]
-    if not contexts or not ratios:
+    if not ratios:
         return None
     default = default_overhead(card)
+    # Without NVML's per-process figure (some containers) only fragmentation is measured.
     return CudaOverhead(
-        context_bytes=int(statistics.median(contexts)),
+        context_bytes=int(statistics.median(contexts)) if contexts else default.context_bytes,
         workspace_bytes=default.workspace_bytes,
         fragmentation=max(0.0, max(ratios)),
-        source=f"{len(cuda)} measured profile(s) of {card.name}",
+        source=f"{len(cuda)} measured profile(s) of {card.name}"
+        + ("" if contexts else " (fragmentation only: NVML could not read the process)"),
     )
 
 

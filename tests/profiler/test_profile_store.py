@@ -128,6 +128,16 @@ def test_cuda_profiles_calibrate_context_and_fragmentation(tmp_path: Path, confi
     assert "calibrated" in calibrated.expected_error
 
 
+def test_without_nvml_only_fragmentation_is_calibrated(tmp_path: Path, config: TrainingConfig):
+    card = make_card(24_000)
+    store = ProfileStore(tmp_path)
+    store.save(_profile(config, card.name, context=None, memory=(10 * GIB, 11 * GIB)))
+    overhead = calibrated_overhead(card, store)
+    assert overhead is not None and "fragmentation only" in overhead.source
+    assert overhead.context_bytes == default_overhead(card).context_bytes
+    assert overhead.fragmentation == pytest.approx(0.1)
+
+
 def test_the_host_has_no_cuda_terms_to_calibrate(tmp_path: Path, config: TrainingConfig):
     store = ProfileStore(tmp_path)
     store.save(_profile(config, "cpu", device="cpu"))
