@@ -7,7 +7,7 @@ from typing import Any
 
 from planner.data import LengthProfile, count_data
 from planner.errors import ConfigError, UnknownModelError
-from planner.estimator import Estimator, suggest_fixes
+from planner.estimator import CudaOverhead, Estimator, suggest_fixes
 from planner.models import load_model_config
 from planner.schema import GIB, Card, Hyperparameters, Method, Plan, PlannedTrial, SweepSpec, TrainingConfig
 from planner.sweep._budget import ORDER_RULE, halving_schedule, schedule
@@ -29,8 +29,9 @@ def largest_divisor_at_most(number: int, limit: int) -> int:
 class _Shapes:
     """Memory answers per config shape (micro-batch and accumulation aside), computed once."""
 
-    def __init__(self, card: Card) -> None:
+    def __init__(self, card: Card, overhead: CudaOverhead | None) -> None:
         self.card = card
+        self.overhead = overhead
         self._estimators: dict[TrainingConfig, Estimator] = {}
         self._max: dict[TrainingConfig, int] = {}
         self._fix: dict[TrainingConfig, str] = {}
@@ -42,7 +43,7 @@ class _Shapes:
     def estimator(self, config: TrainingConfig) -> Estimator:
         shape = self._shape(config)
         if shape not in self._estimators:
-            self._estimators[shape] = Estimator(shape, self.card)
+            self._estimators[shape] = Estimator(shape, self.card, self.overhead)
         return self._estimators[shape]
 
     def max_micro_batch(self, config: TrainingConfig) -> int:
@@ -55,7 +56,7 @@ class _Shapes:
         """The cheapest change that makes ``config`` fit at micro-batch 1, with what it allows."""
         shape = self._shape(config)
         if shape not in self._fix:
-            fixes = suggest_fixes(shape, self.card)
+            fixes = suggest_fixes(shape, self.card, self.overhead)
             self._fix[shape] = (
                 f"{fixes[0].change} (max micro-batch {fixes[0].max_micro_batch})"
                 if fixes
@@ -170,11 +171,13 @@ def plan_sweep(
     workers: int | None = None,
     budget_seconds: float | None = None,
     profiles: ProfileLookup | None = None,
+    overhead: CudaOverhead | None = None,
 ) -> Plan:
     """Plan ``spec`` on ``card``: shapes, feasibility, predicted times, and what fits the budget.
 
     ``workers`` and ``budget_seconds`` override the spec's. ``profiles`` supplies measured step
-    times (default: none, so times come from the roofline).
+    times (default: none, so times come from the roofline); ``overhead`` the card's calibrated CUDA
+    overheads for the memory answers (default: the estimator's documented defaults).
     """
     try:
         load_model_config(spec.base.model)
@@ -183,7 +186,7 @@ def plan_sweep(
     workers = workers or spec.workers
     budget = budget_seconds if budget_seconds is not None else spec.budget_seconds
     stats, lengths = count_data(spec)
-    shapes = _Shapes(card)
+    shapes = _Shapes(card, overhead)
     steps = StepTimeModel(card, profiles)
     trials: list[PlannedTrial] = []
     for number, params in enumerate(expand_trials(spec)):

@@ -34,8 +34,9 @@ class MeasuringProfiles:
 def plan_for_card(
     spec: SweepSpec, card: Card, *, workers: int | None = None, budget_seconds: float | None = None
 ) -> Plan:
-    """:func:`plan_sweep` with the measured profiles on disk; on the host, missing ones are measured."""
-    from planner.profiler import ProfileStore, profile_config
+    """:func:`plan_sweep` with the measured profiles on disk: step times, and CUDA overheads calibrated
+    from the card's profiles; on the host, missing profiles are measured."""
+    from planner.profiler import ProfileStore, calibrated_overhead, profile_config
 
     store = ProfileStore()
 
@@ -47,4 +48,11 @@ def plan_for_card(
         return profile
 
     profiles = MeasuringProfiles(store, card, measure if card.kind == "cpu" else None)
-    return plan_sweep(spec, card, workers=workers, budget_seconds=budget_seconds, profiles=profiles)
+    return plan_sweep(
+        spec,
+        card,
+        workers=workers,
+        budget_seconds=budget_seconds,
+        profiles=profiles,
+        overhead=calibrated_overhead(card, store),
+    )
