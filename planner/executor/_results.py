@@ -17,7 +17,6 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict
 
 from planner.errors import ConfigError
-from planner.profiles import profiles_dir
 from planner.schema import PlannedTrial, ProfileKey
 
 
@@ -177,8 +176,10 @@ def export_best(results: SweepResults, path: Path) -> dict[str, Any]:
 
 
 def oom_log_path() -> Path:
-    """Where OOM recoveries are recorded for the memory model: ``profiles/measured/oom.jsonl``."""
-    return profiles_dir() / "measured" / "oom.jsonl"
+    """Where OOM recoveries are recorded for the memory model: ``oom.jsonl`` beside the profiles."""
+    from planner.profiler import measured_dir
+
+    return measured_dir() / "oom.jsonl"
 
 
 def record_oom(planned: PlannedTrial, card: str, events: list[dict[str, int]]) -> None:

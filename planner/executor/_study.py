@@ -44,8 +44,13 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def worker_identity() -> dict[str, Any]:
-    """This process as a trial's ``worker`` attr: host, PID and its start time (PIDs get reused)."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid())}
+    """This process as a trial's ``worker`` attr: host, PID, its start time (PIDs get reused), GPUs."""
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": _process_start(os.getpid()),
+        "devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
 
 
 def _process_start(pid: int) -> str | None:

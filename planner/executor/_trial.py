@@ -8,6 +8,7 @@ resumes from the trial's last checkpoint, or restarts when there is none.
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,13 +65,27 @@ class Attempt(Protocol):
 
 
 def last_checkpoint(output_dir: Path) -> Path | None:
-    """The newest ``checkpoint-N`` directory Trainer left in ``output_dir``."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete ``checkpoint-N`` directory Trainer left in ``output_dir``.
 
+    Trainer writes ``trainer_state.json`` last; a checkpoint without a readable one was cut short
+    (``kill -9`` during the save) and is skipped, so the trial resumes from the one before it.
+    """
     if not output_dir.is_dir():
         return None
-    found = get_last_checkpoint(str(output_dir))
-    return Path(found) if found else None
+    complete = []
+    for path in output_dir.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and _complete(path):
+            complete.append((int(step), path))
+    return max(complete)[1] if complete else None
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def checkpoint_step(checkpoint: Path | None) -> int:

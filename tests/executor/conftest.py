@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from planner.schema import Hyperparameters, Plan, PlannedTrial, SweepSpec, TimeEstimate, TrainingConfig
 from tests.conftest import TINY_CONFIGS, write_model
 
 WORDS = ["alpha", "beta", "gamma", "delta", "red", "blue", "green", "one", "two", "three", "is", "the", "and"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_and_own_measurements(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One intra-op thread, and measurements (OOM records, profiles) kept out of the repository.
+
+    On a shared 2-core machine a second thread waits for a busy core at every parallel region:
+    the tiny models' steps then take ~10x longer, and vary with the neighbours' load.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VRAM_PLANNER_MEASURED", str(tmp_path_factory.mktemp("measured")))
+        patch.setenv("OMP_NUM_THREADS", "1")  # for worker processes started from the tests
+        yield
+    torch.set_num_threads(threads)
 
 
 def write_tokenizer(directory: Path) -> None:
@@ -79,7 +97,7 @@ def hand_plan(spec: SweepSpec, *, seconds: float = 5.0, micro_batch: int | None 
         config, hyper = spec.trial(params)
         effective = hyper.effective_batch
         micro = micro_batch if micro_batch is not None and effective % micro_batch == 0 else effective
-        trials.append(_planned(number, params, config, hyper, micro, seconds))
+        trials.append(planned_trial(number, params, config, hyper, micro, seconds))
     total = seconds * len(trials)
     return Plan(
         spec_name=spec.name,
@@ -104,7 +122,7 @@ def hand_plan(spec: SweepSpec, *, seconds: float = 5.0, micro_batch: int | None 
     )
 
 
-def _planned(
+def planned_trial(
     number: int,
     params: dict[str, Any],
     config: TrainingConfig,
@@ -112,6 +130,7 @@ def _planned(
     micro: int,
     seconds: float,
 ) -> PlannedTrial:
+    """A feasible trial at micro-batch ``micro`` predicted to take ``seconds`` (8 optimizer steps)."""
     time = TimeEstimate(
         seconds=seconds,
         low_seconds=seconds,

@@ -1,69 +1,98 @@
-"""Real worker processes: kill -9 mid-trial then rerun, and two workers sharing SQLite and PostgreSQL."""
+"""Real worker processes: kill -9 mid-trial then rerun, and two workers sharing SQLite and PostgreSQL.
+
+Workers are forked from the test process, which has imported torch and transformers already: a
+fresh interpreter would spend ~5 s importing them per worker. Each fork is a separate process with
+its own PID, storage connection and Trainer, which is what these tests are about.
+"""
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from transformers import TrainerCallback
 
-from planner.executor import delete_study, load_results, open_storage
+from planner.executor import delete_study, load_results, open_storage, run_sweep
+from planner.schema import Plan, SweepSpec
 from planner.sweep import load_spec
 from tests.executor.conftest import hand_plan, write_spec
 
-REPO = Path(__file__).resolve().parents[2]
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+FORK = multiprocessing.get_context("fork")
 
 
-def _worker(spec: Path, plan: Path, storage: str, study: str, *extra: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "tests.executor._worker", str(spec), str(plan), storage, study, *extra]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+class SlowSteps(TrainerCallback):
+    """Every optimizer step takes ``seconds`` longer: a window to kill a worker mid-trial, or for
+    the other worker to take its share."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+        time.sleep(self.seconds)
 
 
-def _finish(process: subprocess.Popen[bytes], timeout: float = 240) -> None:
-    _, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err.decode()[-3000:]
-
-
-def _setup(
-    tmp_path: Path, model_dir: Path, learning_rates: list[float], micro_batch: int = 4
-) -> tuple[Path, Path]:
-    spec_path = write_spec(
-        tmp_path, model_dir, train=32, search={"learning_rate": learning_rates}, checkpoint_every_steps=2
+def _setup(tmp_path: Path, model_dir: Path, learning_rates: list[float]) -> tuple[SweepSpec, Plan]:
+    """Trials of 4 optimizer steps (16 examples, micro-batch 4), a checkpoint every 2."""
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            model_dir,
+            train=16,
+            eval_examples=4,
+            search={"learning_rate": learning_rates},
+            checkpoint_every_steps=2,
+        )
     )
-    plan_path = tmp_path / "plan.json"
-    plan_path.write_text(hand_plan(load_spec(spec_path), micro_batch=micro_batch).model_dump_json())
-    return spec_path, plan_path
+    return spec, hand_plan(spec, micro_batch=4)
+
+
+def _fork(target: Callable[[], object]) -> multiprocessing.process.BaseProcess:
+    # Connections of storages the test process no longer uses must not be closed from a child
+    # (a PostgreSQL socket is shared after fork): collect them here first.
+    gc.collect()
+    process = FORK.Process(target=target, daemon=True)
+    process.start()
+    return process
+
+
+def _finish(process: multiprocessing.process.BaseProcess, timeout: float = 120) -> None:
+    process.join(timeout)
+    assert process.exitcode == 0, f"worker exit code {process.exitcode} (its traceback is in stderr)"
 
 
 def test_kill_9_mid_trial_then_rerun_loses_nothing_and_runs_nothing_twice(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    spec_path, plan_path = _setup(tmp_path, tiny_model_dir, [1e-3, 2e-3, 3e-3])
-    spec = load_spec(spec_path)
+    spec, plan = _setup(tmp_path, tiny_model_dir, [1e-3, 2e-3, 3e-3])
     storage, name = spec.storage_url, spec.name
-    worker = _worker(spec_path, plan_path, storage, name, "--step-seconds", "0.3")
-    # Kill it once the second trial has a checkpoint: mid-trial, with one trial finished.
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if list((spec.output_dir / "trial-001").glob("checkpoint-*")):
-            break
-        assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
-        time.sleep(0.1)
+    worker = _fork(lambda: run_sweep(spec, plan, callbacks=[SlowSteps(0.3)]))
+    # Kill it once the second trial has a complete checkpoint (Trainer writes trainer_state.json
+    # last): mid-trial, with one trial finished and two steps left in this one.
+    saved = spec.output_dir / "trial-001" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.monotonic() + 120
+    while not saved.exists():
+        assert worker.is_alive() and time.monotonic() < deadline, f"worker exit code {worker.exitcode}"
+        time.sleep(0.02)
+    assert worker.pid is not None
     os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
+    worker.join()
     before = {r.number: r for r in load_results(storage, name).trials}
     assert before[0].status == "complete" and before[1].status == "running"
 
-    _finish(_worker(spec_path, plan_path, storage, name))
+    rerun = run_sweep(spec, plan)  # this process: the killed worker's PID is gone
+    assert [t.params["learning_rate"] for t in rerun.trials] == [2e-3, 3e-3]
     after = load_results(storage, name)
     by_number = {r.number: r for r in after.trials}
     assert by_number[0].model_dump() == before[0].model_dump()  # the finished trial is untouched
@@ -71,8 +100,10 @@ def test_kill_9_mid_trial_then_rerun_loses_nothing_and_runs_nothing_twice(
     continuation = by_number[by_number[1].continued_as]
     assert continuation.continues == 1 and continuation.status == "complete"
     assert (continuation.resumed_from_step or 0) >= 2  # resumed from its checkpoint, not restarted
+    assert continuation.steps_done == 4
     completed = Counter(r.params["learning_rate"] for r in after.trials if r.state == "COMPLETE")
     assert completed == {1e-3: 1, 2e-3: 1, 3e-3: 1}
+    assert run_sweep(spec, plan).trials == []  # and a third run has nothing left to do
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -80,16 +111,18 @@ def test_two_workers_split_the_trials_without_duplicates(
     tmp_path: Path, tiny_model_dir: Path, backend: str
 ) -> None:
     learning_rates = [1e-3, 2e-3, 3e-3, 4e-3]
-    spec_path, plan_path = _setup(tmp_path, tiny_model_dir, learning_rates)
-    storage = load_spec(spec_path).storage_url if backend == "sqlite" else POSTGRES
+    spec, plan = _setup(tmp_path, tiny_model_dir, learning_rates)
+    storage = spec.storage_url if backend == "sqlite" else POSTGRES
     name = f"two-workers-{uuid.uuid4().hex[:8]}"
-    go = tmp_path / "go"
+    go = FORK.Event()
+
+    def work() -> None:
+        go.wait()  # both start together
+        run_sweep(spec, plan, storage_url=storage, study_name=name, callbacks=[SlowSteps(0.1)])
+
     try:
-        workers = [
-            _worker(spec_path, plan_path, storage, name, "--step-seconds", "0.15", "--wait", str(go))
-            for _ in range(2)
-        ]
-        go.touch()
+        workers = [_fork(work) for _ in range(2)]
+        go.set()
         for worker in workers:
             _finish(worker)
         trials = optuna.load_study(study_name=name, storage=open_storage(storage)).get_trials()

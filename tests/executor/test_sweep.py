@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,18 @@ import yaml
 from transformers import TrainerCallback
 
 from planner.estimator._tracker import LiveBytesTracker
-from planner.executor import TrialStopped, export_best, load_results, oom_records, run_function, run_sweep
+from planner.executor import (
+    Deadline,
+    TrialStopped,
+    export_best,
+    load_results,
+    oom_records,
+    run_function,
+    run_sweep,
+)
+from planner.schema import PlannedTrial
 from planner.sweep import load_spec
-from tests.executor.conftest import hand_plan, write_spec
-
-
-@pytest.fixture(autouse=True)
-def _oom_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # OOM records go to profiles/measured/ normally; keep the tests' out of the repository.
-    monkeypatch.setattr("planner.executor._results.oom_log_path", lambda: tmp_path / "oom.jsonl")
+from tests.executor.conftest import hand_plan, planned_trial, write_spec
 
 
 class InjectOOM(TrainerCallback):
@@ -124,38 +128,111 @@ def test_nan_loss_stops_the_trial_and_the_sweep_goes_on(tmp_path: Path, tiny_mod
     assert healthy.status == "complete" and healthy.value is not None
 
 
-class SlowAfterFirstTrial(TrainerCallback):
-    """Every optimizer step of the second and later trials takes ``seconds`` longer than predicted."""
+class PaceSteps(TrainerCallback):
+    """Optimizer steps start no faster than a pace: ``first`` seconds apart in the first trial;
+    later trials take ``share`` of the budget left when they start per step.
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    Pacing (sleeping only what compute did not already take) keeps each trial's length the
+    test's choice, not the machine's load; the later trials' pace makes the budget's cut land
+    mid-trial whatever the first trial measured.
+    """
+
+    def __init__(self, first: float, share: float, deadline: Callable[[], float]) -> None:
+        self.first, self.share, self.deadline = first, share, deadline
         self.trials = 0
+        self.begin = self.pace = 0.0
 
     def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
         self.trials += 1
+        self.begin = time.monotonic()
+        self.pace = self.first if self.trials == 1 else self.share * (self.deadline() - self.begin)
 
-    def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
-        if self.trials >= 2:
-            time.sleep(self.seconds)
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        time.sleep(max(0.0, self.begin + state.global_step * self.pace - time.monotonic()))
 
 
-def test_budget_cuts_a_running_trial_with_a_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_budget_cuts_a_running_trial_with_a_checkpoint(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = load_spec(
         write_spec(tmp_path, tiny_model_dir, train=32, search={"learning_rate": [1e-3, 2e-3, 3e-3]})
     )
-    # Predictions generous enough that the first trial fits even on a loaded machine.
-    plan = hand_plan(spec, seconds=10.0, micro_batch=4)
+    plan = hand_plan(spec, seconds=4.0, micro_batch=4)  # 3 trials of 8 optimizer steps
     budget = 0.6 * plan.total_seconds
-    run = run_sweep(spec, plan, budget_seconds=budget, callbacks=[SlowAfterFirstTrial(2.0)])
+    deadlines: list[Deadline] = []
+    after = Deadline.after
+    monkeypatch.setattr(Deadline, "after", lambda seconds: deadlines.append(after(seconds)) or deadlines[-1])
+    # By construction, whatever the machine's load: the first trial lasts >= 1.4 s (8 steps paced
+    # 0.2 s apart), and the executor corrects the others' predictions by what it measured. The
+    # second fits the R ~ 5.5 s left and starts; its steps are paced R/6 apart, so at the end of
+    # step 6 (5 paces in) one more step would pass the deadline: it is cut at step 5 or 6 of 8,
+    # leaving ~R/6 < 1 s, less than the third trial's corrected prediction (>= 1.4 s): that waits.
+    pace = PaceSteps(first=0.2, share=1 / 6, deadline=lambda: deadlines[0].at or math.inf)
+    run = run_sweep(spec, plan, budget_seconds=budget, callbacks=[pace])
     assert run.elapsed_seconds <= budget * 1.02
     first, cut = run.trials
     assert first.status == "complete" and first.value is not None
     assert cut.state == "FAIL" and cut.status == "budget"
+    assert cut.reason is not None and "inside the budget" in cut.reason
     assert 0 < (cut.steps_done or 0) < 8
-    assert list(Path(spec.output_dir / f"trial-{cut.number:03d}").glob("checkpoint-*"))
+    checkpoint = spec.output_dir / f"trial-{cut.number:03d}" / f"checkpoint-{cut.steps_done}"
+    assert (checkpoint / "trainer_state.json").is_file()  # saved where it stopped
     assert run.left_waiting == 1
     stored = load_results(spec.storage_url, spec.name)
     assert [t.status for t in stored.trials] == ["complete", "budget", "waiting"]
+
+    # The next run continues the cut trial from its checkpoint, then runs the waiting one.
+    again = run_sweep(spec, plan)
+    continued, last = again.trials
+    assert continued.continues == cut.number and continued.resumed_from_step == cut.steps_done
+    assert continued.status == "complete" and last.status == "complete"
+    assert continued.steps_done == 8
+
+
+def test_tpe_runs_sampled_trials_and_prunes_those_that_cannot_fit(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            tiny_model_dir,
+            train=8,
+            eval_examples=4,
+            search={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "effective_batch": [4, 8]},
+            strategy="tpe",
+            n_trials=5,
+        )
+    )
+    planned: list[dict[str, Any]] = []
+
+    def plan_one(params: dict[str, Any]) -> PlannedTrial:
+        # The planner's answer for one sampled config: effective batch 8 "cannot fit".
+        planned.append(params)
+        config, hyper = spec.trial(params)
+        trial = planned_trial(len(planned) - 1, params, config, hyper, micro=4, seconds=1.0)
+        if params["effective_batch"] == 4:
+            return trial
+        return trial.model_copy(
+            update={"feasible": False, "reason": "needs 9.1 GiB at micro-batch 1", "fix": "seq_len <= 16"}
+        )
+
+    run = run_sweep(spec, hand_plan(spec), plan_one=plan_one)
+    stored = load_results(spec.storage_url, spec.name)
+    assert len(stored.trials) == 5 and [t.params for t in stored.trials] == planned
+    assert len({t.params["learning_rate"] for t in stored.trials}) == 5  # sampled, not a grid
+    assert all(1e-4 <= t.params["learning_rate"] <= 1e-2 for t in stored.trials)
+    ran = [t for t in stored.trials if t.params["effective_batch"] == 4]
+    cannot_fit = [t for t in stored.trials if t.params["effective_batch"] == 8]
+    assert ran and cannot_fit  # seed 0 samples both
+    assert [t.number for t in run.trials] == [t.number for t in ran]
+    for trial in ran:
+        assert trial.status == "complete" and trial.value is not None and trial.steps_done == 2
+    for trial in cannot_fit:
+        assert trial.state == "PRUNED" and trial.status == "infeasible"
+        assert trial.reason == "needs 9.1 GiB at micro-batch 1 (fix: seq_len <= 16)"
+        assert trial.seconds is None and not trial.losses  # never ran
+        assert not (spec.output_dir / f"trial-{trial.number:03d}").exists()
+    assert stored.best in {t.number for t in ran}
 
 
 def test_run_function_feeds_the_pruner(tmp_path: Path, tiny_model_dir: Path) -> None:
