@@ -10,18 +10,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli._common import emit_json, user_errors_exit_2
+from planner.cli._common import emit_json, parse_budget, user_errors_exit_2
 from planner.errors import ConfigError
-from planner.schema import GIB, parse_duration
-
-
-def _budget(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise ConfigError("--budget", str(exc), "e.g. --budget 5h, 90m or 1h30m") from None
+from planner.schema import GIB, Plan
 
 
 def _gpus(value: str | None) -> list[str]:
@@ -57,6 +48,24 @@ def _study_of(spec_path: Path | None, storage: str | None, study: str | None) ->
     return storage, study
 
 
+def _read_plan(path: Path, spec_name: str) -> Plan:
+    """A plan written by ``planner plan --json`` for this spec."""
+    from pydantic import ValidationError
+
+    try:
+        plan = Plan.model_validate_json(path.read_text())
+    except (OSError, ValidationError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) else "not a plan written by `planner plan --json`"
+        raise ConfigError(
+            "--plan", f"cannot read '{path}': {problem}", "write it with planner plan --json"
+        ) from None
+    if plan.spec_name != spec_name:
+        raise ConfigError(
+            "--plan", f"'{path}' plans the sweep '{plan.spec_name}', not '{spec_name}'", "plan this spec"
+        )
+    return plan
+
+
 @click.command("run")
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("--card", help="Card to plan for (default: this machine's GPU if any, else cpu).")
@@ -64,6 +73,12 @@ def _study_of(spec_path: Path | None, storage: str | None, study: str | None) ->
 @click.option("--storage", help="Optuna storage URL (default: a SQLite file next to the spec).")
 @click.option("--study", help="Study name (default: the spec's name).")
 @click.option("--gpus", help="Start one worker per GPU of this host, e.g. 0,1,2,3.")
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Run this plan (from `planner plan --json`) instead of planning again.",
+)
 @click.option("--report-to", default="", help="Trainer integrations to log to, e.g. wandb,tensorboard.")
 @click.option("--json", "as_json", is_flag=True, help="No live display; print this worker's trials as JSON.")
 @user_errors_exit_2
@@ -74,25 +89,41 @@ def run_command(
     storage: str | None,
     study: str | None,
     gpus: str | None,
+    plan_path: Path | None,
     report_to: str,
     as_json: bool,
 ) -> None:
     """Run the sweep in SPEC: the planned trials that fit the budget, resumable after any crash."""
     from planner.cards import load_card
-    from planner.executor import LiveObserver, PlainObserver, SweepObserver, run_sweep, run_workers
+    from planner.executor import (
+        LiveObserver,
+        PlainObserver,
+        SweepObserver,
+        open_storage,
+        open_study,
+        run_sweep,
+    )
     from planner.sweep import load_spec, plan_for_card
 
     sweep = load_spec(spec)
-    seconds = _budget(budget)
-    card_name = card or _default_card()
+    seconds = parse_budget(budget)
     devices = _gpus(gpus)
-    if devices:
-        arguments = [str(spec), "--card", card_name, "--storage", storage or sweep.storage_url]
-        arguments += ["--study", study or sweep.name, "--report-to", report_to]
-        arguments += [*(["--budget", budget] if budget else []), *(["--json"] if as_json else [])]
-        sys.exit(run_workers(devices, arguments))
+    card_name = card or _default_card()
     target = load_card(card_name)
-    plan = plan_for_card(sweep, target, budget_seconds=seconds)
+    storage_url = storage or sweep.storage_url
+    open_storage(storage_url)  # a bad URL fails now, not after planning
+    if plan_path is not None:
+        plan = _read_plan(plan_path, sweep.name)
+    else:
+        plan = plan_for_card(sweep, target, budget_seconds=seconds)
+    if devices:
+        name = study or sweep.name
+        # The study and its queue exist before the workers start: they all begin by claiming.
+        open_study(sweep, plan, storage_url, name)
+        arguments = [str(spec), "--card", card_name, "--storage", storage_url, "--study", name]
+        arguments += ["--report-to", report_to, *(["--budget", budget] if budget else [])]
+        arguments += ["--json"] if as_json else []
+        sys.exit(_run_on_gpus(devices, arguments, plan))
 
     def plan_one(params: dict[str, Any]) -> Any:
         single = sweep.model_copy(update={"search": {k: [v] for k, v in params.items()}, "strategy": "grid"})
@@ -108,7 +139,7 @@ def run_command(
     run = run_sweep(
         sweep,
         plan,
-        storage_url=storage,
+        storage_url=storage_url,
         study_name=study,
         budget_seconds=seconds,
         observer=observer,
@@ -126,6 +157,18 @@ def run_command(
                 "predicted_total_seconds": plan.total_seconds,
             }
         )
+
+
+def _run_on_gpus(devices: list[str], arguments: list[str], plan: Plan) -> int:
+    """One worker per GPU, all running the plan made here (planned once, not once per worker)."""
+    import tempfile
+
+    from planner.executor import run_workers
+
+    with tempfile.TemporaryDirectory(prefix="planner-run-") as directory:
+        path = Path(directory) / "plan.json"
+        path.write_text(plan.model_dump_json())
+        return run_workers(devices, [*arguments, "--plan", str(path)])
 
 
 @click.command("results")

@@ -16,7 +16,7 @@ from planner.executor._results import (
     oom_records,
     sweep_results,
 )
-from planner.executor._study import delete_study, open_storage
+from planner.executor._study import delete_study, open_storage, open_study
 from planner.executor._sweep import (
     DIVERGENCE_FACTOR,
     SweepRun,
@@ -49,6 +49,7 @@ __all__ = [
     "oom_log_path",
     "oom_records",
     "open_storage",
+    "open_study",
     "run_function",
     "run_sweep",
     "run_workers",

@@ -76,19 +76,27 @@ def _worker_alive(worker: dict[str, Any], heartbeat: float | None) -> bool:
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage; SQLite waits for its lock instead of failing under several workers."""
     engine_kwargs: dict[str, Any] = {}
+    given = url
     if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
         # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; use psycopg2 when that is what exists.
         url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 120}
+    # What RDBStorage imports lazily (~0.5 s) is imported before the lock, not while others wait.
+    for module in ("alembic.command", "alembic.migration", "alembic.script", "optuna.storages._rdb.models"):
+        importlib.import_module(module)
+
     try:
         # Two workers creating a fresh SQLite file's tables at once would collide: serialise.
         with claim_lock(url):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except Exception as exc:  # SQLAlchemy raises many kinds; the user's URL is at fault in each
+        # The driver's own error (SQLAlchemy wraps it as .orig), first line: errors are one line.
+        cause = getattr(exc, "orig", None) or exc
+        detail = (str(cause).strip().splitlines() or [""])[0]
         raise ConfigError(
             "storage",
-            f"cannot open '{url}' ({type(exc).__name__}: {exc})",
+            f"cannot open '{given}' ({type(cause).__name__}: {detail})",
             "give a reachable SQLAlchemy URL, e.g. sqlite:///sweep.db or postgresql://user@host/db",
         ) from None
 
@@ -163,8 +171,8 @@ def open_study(spec: SweepSpec, plan: Plan, storage_url: str, name: str) -> optu
     if not created:
         waited = 0.0
         while "enqueued" not in study.user_attrs and waited < ENQUEUE_WAIT_SECONDS:
-            time.sleep(0.5)
-            waited += 0.5
+            time.sleep(0.05)  # one small read each: workers started together start claiming together
+            waited += 0.05
         if "enqueued" in study.user_attrs:
             return study
         # The creator died before finishing: enqueue what is missing (idempotent by params).

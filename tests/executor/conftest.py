@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections.abc import Iterator
@@ -18,20 +19,35 @@ from tests.conftest import TINY_CONFIGS, write_model
 WORDS = ["alpha", "beta", "gamma", "delta", "red", "blue", "green", "one", "two", "three", "is", "the", "and"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_and_own_measurements(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One intra-op thread, and measurements (OOM records, profiles) kept out of the repository.
+@contextlib.contextmanager
+def one_thread_and_own_measurements(measured: Path) -> Iterator[None]:
+    """One intra-op thread, and measurements (OOM records, profiles) written under ``measured``.
 
     On a shared 2-core machine a second thread waits for a busy core at every parallel region:
     the tiny models' steps then take ~10x longer, and vary with the neighbours' load.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VRAM_PLANNER_MEASURED", str(tmp_path_factory.mktemp("measured")))
-        patch.setenv("OMP_NUM_THREADS", "1")  # for worker processes started from the tests
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("VRAM_PLANNER_MEASURED", str(measured))
+            patch.setenv("OMP_NUM_THREADS", "1")  # for worker processes started from the tests
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_and_own_measurements(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with one_thread_and_own_measurements(tmp_path_factory.mktemp("measured")):
         yield
-    torch.set_num_threads(threads)
+
+
+def tiny_model(directory: Path) -> Path:
+    """The tiny Llama's config and a word-level tokenizer in ``directory``."""
+    write_model(directory, TINY_CONFIGS["llama"])
+    write_tokenizer(directory)
+    return directory
 
 
 def write_tokenizer(directory: Path) -> None:
@@ -55,9 +71,7 @@ def _sentence(rng: random.Random) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = write_model(tmp_path_factory.mktemp("executor") / "tiny-llama", TINY_CONFIGS["llama"])
-    write_tokenizer(directory)
-    return directory
+    return tiny_model(tmp_path_factory.mktemp("executor") / "tiny-llama")
 
 
 def write_spec(
