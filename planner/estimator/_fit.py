@@ -18,6 +18,7 @@ import gc
 import math
 import multiprocessing
 import os
+import signal
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -487,15 +488,13 @@ def fit(
             helper.submit(_build_full_depth, config, estimator.cuda)
         predicted = estimator.max_micro_batch(confirm=False)
         estimator.prefetch(max(predicted, 1))
-        fixes = []
+        fixes: list[Fix] = []
         if predicted == 0:
-            # An early "cannot fit" skipped probes the rows still need: the helper takes them after
-            # the full-depth trace, and both processes share the fixes meanwhile.
-            if helper is None:
-                fixes = _suggest_fixes(config, card, estimator.overhead, None)
-            else:
-                line = helper.submit(_probed, config, estimator.cuda)
-                fixes = _suggest_fixes(config, card, estimator.overhead, helper)
+            # An early "cannot fit" skipped probes the rows still need: the helper queues them
+            # after its full-depth trace, and both processes share the fixes meanwhile.
+            line = helper.submit(_probed, config, estimator.cuda) if helper is not None else None
+            fixes = _suggest_fixes(config, card, estimator.overhead, helper)
+            if helper is not None and line is not None:
                 traces.absorb(helper.result(line))
         best = estimator.max_micro_batch()
         if best:
@@ -564,13 +563,7 @@ class _Helper:
         context = multiprocessing.get_context("fork")
         self._conn, child_end = context.Pipe()
         self._process = context.Process(target=_serve, args=(child_end,), daemon=True)
-        # The copy's garbage collector leaves what it inherits alone (Python's advice for fork):
-        # its collections skip this whole heap, and touch none of its pages.
-        gc.freeze()
-        try:
-            self._process.start()
-        finally:
-            gc.unfreeze()
+        self._process.start()
         child_end.close()
         self._tasks: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
         self._answers: dict[int, tuple[str, Any]] = {}
@@ -585,11 +578,12 @@ class _Helper:
         if not worth_it or cores < 2 or "fork" not in multiprocessing.get_all_start_methods():
             yield None
             return
-        helper = cls()
-        try:
-            yield helper
-        finally:
-            helper.close()
+        with _heap_frozen():
+            helper = cls()
+            try:
+                yield helper
+            finally:
+                helper.close()
 
     @property
     def busy(self) -> int:
@@ -637,12 +631,33 @@ class _Helper:
         self._conn.close()
 
 
+@contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """Keep the garbage collector off every object that exists now, for the block's duration.
+
+    A multi-second trace triggers full collections, each walking the whole heap of torch and
+    transformers; frozen, they skip it. A forked copy keeps it frozen for life, which is Python's
+    advice for fork (its collections then touch none of the pages it shares). Garbage among the
+    frozen objects waits for the block's end. A heap someone else froze is left as it is.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _serve(conn: Connection) -> None:
     """The helper's loop: run each task received, send back its answer; stop on None or EOF."""
     import torch
 
     # Traces allocate nothing; real ops in a forked child must not wait on the parent's thread pool.
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the parent handles it and ends this copy.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
             task = conn.recv()
@@ -676,8 +691,8 @@ def _unwrap(answer: tuple[str, Any]) -> Any:
 def _share(helper: _Helper | None, tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
     """Run independent tasks on both processes: the helper from the front, this one from the back.
 
-    The helper is kept one task ahead (a task running, one queued), so it never waits on this
-    process; this one takes tasks from the back until the two meet.
+    The helper is kept a task ahead (one running, one queued), so it seldom waits on this process;
+    this one takes tasks from the back until the two meet. Results come back in task order.
     """
     if helper is None:
         return [function(*args) for function, args in tasks]

@@ -143,7 +143,10 @@ def build_training_setup(
                 for name, module in model.named_modules()
                 if hasattr(module.weight if isinstance(module, nn.Linear) else None, "quant_state")
             }
-            model = model.to_empty(device="cpu")
+            # ``to_empty(device="cpu")``, but each tensor made from its layout alone: under fake
+            # mode, ``empty_like`` of a meta tensor first converts it to a fake one, which costs
+            # several times more.
+            model = model._apply(_fake_cpu_twin)
             # Moving meta -> fake makes a new Parameter per module, which unties shared weights.
             model.tie_weights()
             _materialise_quant_states(model, quant_states)
@@ -275,6 +278,11 @@ def _quantize_to_nf4(model: nn.Module, compute_dtype: torch.dtype) -> None:
     model.is_loaded_in_4bit = True  # type: ignore[assignment]
 
 
+def _fake_cpu_twin(tensor: torch.Tensor) -> torch.Tensor:
+    """An uninitialised CPU tensor laid out like ``tensor`` (fake under fake mode)."""
+    return torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, device="cpu")
+
+
 def _materialise_quant_states(model: nn.Module, states: dict[str, Any]) -> None:
     """Give 4-bit weights back their quant state, as fake CPU tensors, after ``to_empty``.
 
@@ -288,7 +296,7 @@ def _materialise_quant_states(model: nn.Module, states: dict[str, Any]) -> None:
             for attr in ("absmax", "code", "offset"):
                 value = getattr(state, attr)
                 if isinstance(value, torch.Tensor):
-                    setattr(state, attr, torch.empty_like(value, device="cpu"))
+                    setattr(state, attr, _fake_cpu_twin(value))
             state = state.state2
 
 
