@@ -422,7 +422,14 @@ def suggest_fixes(config: TrainingConfig, card: Card, overhead: CudaOverhead | N
     Each is answered from the linear fit alone (at most four shallow traces), not confirmed at full
     depth. A shorter sequence is offered last, halving down to 128 tokens.
     """
-    with _Helper.fork(worth_it=True) as helper:
+    candidates = _fix_candidates(config)
+    # Candidates already probed (a sweep asking again) or probed as themselves (tiny models) are
+    # answered here faster than a helper starts.
+    worth_it = any(
+        not traces.probes and traces.depth not in traces.depths
+        for traces in (Estimator(config.with_changes(**c), card, overhead).traces for _, c in candidates)
+    )
+    with _Helper.fork(worth_it=worth_it) as helper:
         return _suggest_fixes(config, card, overhead, helper)
 
 

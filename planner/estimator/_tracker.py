@@ -8,6 +8,7 @@ events lets the caller replay the live set at the peak afterwards and say who he
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,7 +17,6 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.weak import WeakIdKeyDictionary
 
 _DEVICE_QUERY = torch.ops.prim.device.default
 
@@ -44,7 +44,10 @@ class LiveBytesTracker(TorchDispatchMode):
         self.round_to = round_to
         self.phase = "setup"
         self.live_bytes = 0
-        self._ids: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        # Python id of each live storage -> our id, and a weak reference whose callback takes the
+        # storage's bytes off when it dies (before its Python id can be reused).
+        self._ids: dict[int, int] = {}
+        self._refs: dict[int, weakref.ref[Any]] = {}
         self._next_id = 0
         self._sizes: dict[int, int] = {}
         self._phases: dict[int, str] = {}
@@ -61,7 +64,7 @@ class LiveBytesTracker(TorchDispatchMode):
 
     def storage_id(self, tensor: torch.Tensor) -> int | None:
         """Our id of the storage behind ``tensor``, or None if it was never registered."""
-        return self._ids.get(tensor.untyped_storage())
+        return self._ids.get(id(tensor.untyped_storage()))
 
     def track(self, tensors: Iterable[Any]) -> None:
         """Register tensors that exist already (weights, optimizer state) as live."""
@@ -70,21 +73,21 @@ class LiveBytesTracker(TorchDispatchMode):
                 self._register(leaf)
 
     def _register(self, tensor: torch.Tensor) -> None:
-        if tensor.device.type == "meta":
-            return
         storage = tensor.untyped_storage()
-        if storage in self._ids:
+        key = id(storage)
+        if key in self._ids or tensor.device.type == "meta":
             return
         nbytes = self._rounded(storage.nbytes())
         sid = self._next_id
         self._next_id += 1
-        self._ids[storage] = sid
+        self._ids[key] = sid
+        self._refs[sid] = weakref.ref(storage, functools.partial(self._release, key, sid))
         self._sizes[sid] = nbytes
         self._phases[sid] = self.phase
         self._record(sid, nbytes)
-        weakref.finalize(storage, self._release, sid)
 
-    def _release(self, sid: int) -> None:
+    def _release(self, key: int, sid: int, _: weakref.ref[Any]) -> None:
+        del self._ids[key], self._refs[sid]
         self._record(sid, -self._sizes.pop(sid))
 
     def _record(self, sid: int, delta: int) -> None:
