@@ -70,8 +70,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="Cold runs of each command.")
     parser.add_argument("--max-load", type=float, help="Wait for the 1-minute load to drop below this.")
     parser.add_argument("--wait", type=float, default=180.0, help="Longest wait for --max-load (s).")
+    parser.add_argument(
+        "--planner", help="The command to time (default: this environment's); e.g. an older checkout's."
+    )
+    parser.add_argument("--out", type=Path, help="JSON to write (default: results/fit_time-<host>.json).")
     args = parser.parse_args()
-    planner = shutil.which("planner") or str(Path(sys.executable).parent / "planner")
+    planner = args.planner or shutil.which("planner") or str(Path(sys.executable).parent / "planner")
     results = []
     for name, extra in COMMANDS.items():
         print(name, flush=True)
@@ -101,7 +105,7 @@ def main() -> None:
             f"{row['config']:32} {row['seconds_median']:9.2f} {row['seconds_min']:7.2f} "
             f"{row['cpu_seconds_median']:7.2f} {row['load_1min_median']:6.2f} {row['max_micro_batch']:7d}"
         )
-    out = Path(__file__).parent / "results" / f"fit_time-{platform.node() or 'host'}.json"
+    out = args.out or Path(__file__).parent / "results" / f"fit_time-{platform.node() or 'host'}.json"
     out.write_text(json.dumps({"cpu_count": os.cpu_count(), "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
 

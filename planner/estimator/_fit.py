@@ -7,9 +7,9 @@ byte count is linear in micro-batch. Four cheap traces of a one- and two-layer c
 full-depth model at that micro-batch.
 
 Traces are kept per traced step (see :func:`step_traces`), so asking again about the same config,
-at any micro-batch, on any card with the same CUDA kernels, traces nothing new. :func:`fit` runs
-the full-depth trace and the fixes in a forked helper process beside its own probes (see
-:class:`_Helper`): the machine it answers on may have only two cores and ten seconds.
+at any micro-batch, on any card with the same CUDA kernels, traces nothing new. :func:`fit` builds
+and traces the full-depth model in a forked helper process while it probes, and the two share the
+fixes (see :class:`_Helper`): the machine it answers on may have two cores and ten seconds.
 """
 
 from __future__ import annotations
@@ -481,7 +481,8 @@ def fit(
     """Answer "does ``config`` fit on ``card``, and with what micro-batch?" without a GPU.
 
     Returns estimates for ``micro_batches`` (default: powers of two around the max), the exact max
-    micro-batch (confirmed by a full-depth trace), its breakdown, and fixes when nothing fits.
+    micro-batch (confirmed by a full-depth trace), its breakdown, and fixes when nothing fits. On two
+    or more cores, a forked helper process builds and traces the full-depth model meanwhile.
     """
     estimator = Estimator(config, card, overhead)
     traces = estimator.traces
