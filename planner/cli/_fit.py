@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
-import gc
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +114,6 @@ def fit_command(
 
     sizes = parse_sizes(micro_batches, "micro-batch")
     config = TrainingConfig.model_validate(training_fields(model, options))
-    # Interpreter shutdown collects garbage over the whole heap of torch and transformers, ~0.6 s
-    # of a cold `planner fit`; frozen at exit, that heap is left to the OS with the process.
-    atexit.register(gc.freeze)
     report = fit_with_profiles(config, load_card(card), sizes, profile=profile_path)
     if plot is not None:
         plot_fit(report, plot)

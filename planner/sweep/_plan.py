@@ -32,37 +32,42 @@ class _Shapes:
     def __init__(self, card: Card, overhead: CudaOverhead | None) -> None:
         self.card = card
         self.overhead = overhead
-        self._estimators: dict[TrainingConfig, Estimator] = {}
-        self._max: dict[TrainingConfig, int] = {}
-        self._fix: dict[TrainingConfig, str] = {}
+        # Keyed by the shape's JSON: a config with a list of LoRA targets is not hashable.
+        self._estimators: dict[str, Estimator] = {}
+        self._max: dict[str, int] = {}
+        self._fix: dict[str, str] = {}
 
     @staticmethod
     def _shape(config: TrainingConfig) -> TrainingConfig:
-        return config.with_changes(micro_batch=1, gradient_accumulation=1)
+        # Memory depends on accumulation only through "are gradients already held while the next
+        # micro-batch runs" (accumulation >= 2), so 1 and 2 stand for every value.
+        return config.with_changes(micro_batch=1, gradient_accumulation=min(config.gradient_accumulation, 2))
 
     def estimator(self, config: TrainingConfig) -> Estimator:
         shape = self._shape(config)
-        if shape not in self._estimators:
-            self._estimators[shape] = Estimator(shape, self.card, self.overhead)
-        return self._estimators[shape]
+        key = shape.model_dump_json()
+        if key not in self._estimators:
+            self._estimators[key] = Estimator(shape, self.card, self.overhead)
+        return self._estimators[key]
 
     def max_micro_batch(self, config: TrainingConfig) -> int:
-        shape = self._shape(config)
-        if shape not in self._max:
-            self._max[shape] = self.estimator(shape).max_micro_batch(confirm=False)
-        return self._max[shape]
+        key = self._shape(config).model_dump_json()
+        if key not in self._max:
+            self._max[key] = self.estimator(config).max_micro_batch(confirm=False)
+        return self._max[key]
 
     def fix(self, config: TrainingConfig) -> str:
         """The cheapest change that makes ``config`` fit at micro-batch 1, with what it allows."""
         shape = self._shape(config)
-        if shape not in self._fix:
+        key = shape.model_dump_json()
+        if key not in self._fix:
             fixes = suggest_fixes(shape, self.card, self.overhead)
-            self._fix[shape] = (
+            self._fix[key] = (
                 f"{fixes[0].change} (max micro-batch {fixes[0].max_micro_batch})"
                 if fixes
                 else "a larger card"
             )
-        return self._fix[shape]
+        return self._fix[key]
 
 
 def _infeasible(
@@ -95,8 +100,12 @@ def _shape_trial(
         available = shapes.card.available_bytes / GIB
         reason = f"needs {need / GIB:.1f} GiB at micro-batch 1; {shapes.card.name} has {available:.1f} GiB"
         return _infeasible(number, params, config, hyper, reason, shapes.fix(config))
+    # With accumulation the previous micro-batches' gradients stay alive: a smaller maximum.
+    accumulating = config.with_changes(gradient_accumulation=2)
     if spec.micro_batch == "auto":
         micro = largest_divisor_at_most(effective, best)
+        if micro < effective:
+            micro = largest_divisor_at_most(effective, shapes.max_micro_batch(accumulating))
     else:
         micro = spec.micro_batch
         if effective % micro:
@@ -109,15 +118,19 @@ def _shape_trial(
                 f"micro-batch {micro} does not divide effective batch {effective}",
                 f"micro_batch: {divisor} (or auto)",
             )
-        if micro > best:
+        limit = best if micro == effective else shapes.max_micro_batch(accumulating)
+        if micro > limit:
             return _infeasible(
                 number,
                 params,
                 config,
                 hyper,
-                f"micro-batch {micro} does not fit (max {best} on {shapes.card.name})",
-                f"micro_batch: {largest_divisor_at_most(effective, best)} (or auto)",
+                f"micro-batch {micro} does not fit (max {limit} on {shapes.card.name})",
+                f"micro_batch: {largest_divisor_at_most(effective, limit)} (or auto)",
             )
+    if micro == 0:
+        reason = f"no micro-batch fits while accumulating gradients on {shapes.card.name}"
+        return _infeasible(number, params, config, hyper, reason, shapes.fix(accumulating))
     return config.with_changes(micro_batch=micro, gradient_accumulation=effective // micro), hyper, micro
 
 
