@@ -2,9 +2,10 @@
 
 Tracing a deep model at every micro-batch would be slow, so the answer uses two linearities:
 identical layers make every byte count linear in depth, and for a fixed sequence length every
-byte count is linear in micro-batch. Four cheap traces of a one- and two-layer copy (micro-batch
-1 and 2) give both slopes; the predicted maximum is then confirmed (and corrected) by tracing the
-full-depth model at that micro-batch.
+byte count is linear in micro-batch, within each window of the step whose peak a trace reports
+(the step's peak is the highest window's). Four cheap traces of a one- and two-layer copy
+(micro-batch 1 and 2) give both slopes; the predicted maximum is then confirmed (and corrected)
+by tracing the full-depth model at that micro-batch.
 
 Traces are kept per traced step (see :func:`step_traces`), so asking again about the same config,
 at any micro-batch, on any card with the same CUDA kernels, traces nothing new. :func:`fit` builds
@@ -30,7 +31,16 @@ from typing import Any
 from planner.errors import ConfigError, PlannerError
 from planner.estimator._cuda import CudaOverhead, default_overhead, sdpa_backend
 from planner.estimator._setup import import_bitsandbytes, import_peft, model_class
-from planner.estimator._trace import CudaTarget, StepTrace, StepTracer, num_layers, truncated_config
+from planner.estimator._trace import (
+    WINDOWS,
+    CudaTarget,
+    PeakSplit,
+    StepTrace,
+    StepTracer,
+    layer_period,
+    num_layers,
+    truncated_config,
+)
 from planner.models import load_model_config
 from planner.schema import (
     Card,
@@ -69,21 +79,21 @@ def check_card_supports(config: TrainingConfig, card: Card) -> None:
         )
 
 
-TRACE_KEYS = tuple(f.name for f in fields(StepTrace))
+TRACE_KEYS = tuple(f.name for f in fields(PeakSplit))
 
 
-class LinearPeak:
-    """Every byte count as ``a + b*L + m*(c + d*L)`` for micro-batch ``m`` and depth ``L``.
+class _WindowLine:
+    """One peak window's byte counts, each as ``a + b*L + m*(c + d*L)`` for micro-batch ``m``, depth ``L``."""
 
-    Fitted from traces at two depths and micro-batches 1 and 2; exact for identical layers and
-    memory linear in micro-batch, both of which a full-depth confirmation trace then checks.
-    """
-
-    def __init__(self, probes: dict[tuple[int, int], StepTrace], depth: int) -> None:
-        """``probes`` maps (depth, micro-batch) to a trace, micro-batches 1 and 2 at one or two depths."""
+    def __init__(self, coeffs: dict[str, tuple[float, float, float, float]], depth: int) -> None:
+        self._coeffs = coeffs
         self.depth = depth
+
+    @classmethod
+    def through(cls, probes: dict[tuple[int, int], PeakSplit], depth: int) -> _WindowLine:
+        """The line through the window's probes: micro-batches 1 and 2 at one or two depths."""
         low, high = min(d for d, _ in probes), max(d for d, _ in probes)
-        self._coeffs: dict[str, tuple[float, float, float, float]] = {}
+        coeffs = {}
         for key in TRACE_KEYS:
             v11, v12 = getattr(probes[(low, 1)], key), getattr(probes[(low, 2)], key)
             v21, v22 = getattr(probes[(high, 1)], key), getattr(probes[(high, 2)], key)
@@ -92,25 +102,27 @@ class LinearPeak:
             span = high - low
             per_layer_sample = (per_sample_high - per_sample_low) / span if span else 0.0
             per_layer_fixed = (fixed_high - fixed_low) / span if span else 0.0
-            self._coeffs[key] = (
+            coeffs[key] = (
                 fixed_low - per_layer_fixed * low,
                 per_layer_fixed,
                 per_sample_low - per_layer_sample * low,
                 per_layer_sample,
             )
+        return cls(coeffs, depth)
 
     def at(self, micro_batch: int, key: str = "peak") -> float:
         a, b, c, d = self._coeffs[key]
         return a + b * self.depth + micro_batch * (c + d * self.depth)
 
-    def per_sample(self, key: str = "peak") -> float:
-        _, _, c, d = self._coeffs[key]
-        return c + d * self.depth
+    def shifted(self, peak_bytes: float) -> _WindowLine:
+        """The same line with its peak moved by ``peak_bytes`` at every micro-batch."""
+        a, b, c, d = self._coeffs["peak"]
+        return _WindowLine({**self._coeffs, "peak": (a + peak_bytes, b, c, d)}, self.depth)
 
     def max_micro_batch(self, limit: float) -> int:
         """Largest micro-batch whose predicted peak is at most ``limit`` (0 if none)."""
-        slope = self.per_sample()
         fixed = self.at(0)
+        slope = self.at(1) - fixed
         if fixed + slope > limit:
             return 0
         if slope <= 0:
@@ -118,16 +130,54 @@ class LinearPeak:
         return min(MAX_MICRO_BATCH, math.floor((limit - fixed) / slope))
 
 
+class LinearPeak:
+    """A step's peak as the highest of its windows' lines (see :data:`WINDOWS`), at full depth.
+
+    Each window's bytes are linear in depth (identical layers) and micro-batch (fixed length); the
+    step's peak, their maximum, is not: at small micro-batches the gradients piled up at the end of
+    backward, or the optimizer step, hide the activations' growth. Fitted from traces at two depths
+    and micro-batches 1 and 2.
+    """
+
+    def __init__(self, windows: list[_WindowLine]) -> None:
+        self.windows = windows
+        """One line per window of :data:`WINDOWS`, in that order."""
+
+    @classmethod
+    def through(cls, probes: dict[tuple[int, int], StepTrace], depth: int) -> LinearPeak:
+        """``probes`` maps (depth, micro-batch) to a trace, micro-batches 1 and 2 at one or two depths."""
+        return cls(
+            [
+                _WindowLine.through({k: t.windows[w] for k, t in probes.items()}, depth)
+                for w in range(len(WINDOWS))
+            ]
+        )
+
+    def _peak_window(self, micro_batch: int) -> _WindowLine:
+        # A tie is the first window's, as a trace keeps it.
+        return max(self.windows, key=lambda line: line.at(micro_batch))
+
+    def at(self, micro_batch: int, key: str = "peak") -> float:
+        """``key``'s bytes at the step's peak: in whichever window peaks higher at ``micro_batch``."""
+        return self._peak_window(micro_batch).at(micro_batch, key)
+
+    def max_micro_batch(self, limit: float) -> int:
+        """Largest micro-batch whose predicted peak is at most ``limit`` (0 if none), in every window."""
+        return min(line.max_micro_batch(limit) for line in self.windows)
+
+    def corrected(self, trace: StepTrace, micro_batch: int) -> LinearPeak:
+        """The lines moved to pass through a full-depth ``trace`` at ``micro_batch``, slopes kept."""
+        return LinearPeak(
+            [
+                line.shifted(window.peak - line.at(micro_batch))
+                for line, window in zip(self.windows, trace.windows, strict=True)
+            ]
+        )
+
+
 def shallow_depths(hf_config: Any) -> tuple[int, int]:
     """Two depths to probe: one and two repeats of the layer pattern (e.g. Gemma 2 alternates)."""
-    layer_types = getattr(hf_config, "layer_types", None)
-    period = 1
-    if isinstance(layer_types, list) and layer_types:
-        period = next(
-            p
-            for p in range(1, len(layer_types) + 1)
-            if all(layer_types[i] == layer_types[i % p] for i in range(len(layer_types)))
-        )
+    period = layer_period(hf_config)
     return period, 2 * period
 
 
@@ -205,14 +255,17 @@ class StepTraces:
         return self._at_full_depth({d: float(self.resident[d]) for d in self.depths})
 
     def peak_at_one(self) -> float:
-        """The full-depth peak at micro-batch 1, from the probes at micro-batch 1 alone."""
-        return self._at_full_depth({d: float(self.probe(d, 1).peak) for d in self.depths})
+        """The fit's full-depth peak at micro-batch 1, from the probes at micro-batch 1 alone."""
+        return max(
+            self._at_full_depth({d: float(self.probe(d, 1).windows[w].peak) for d in self.depths})
+            for w in range(len(WINDOWS))
+        )
 
     @property
     def linear(self) -> LinearPeak:
         if self._linear is None:
             probes = {(d, m): self.probe(d, m) for d in self.depths for m in (1, 2)}
-            self._linear = LinearPeak(probes, self.depth)
+            self._linear = LinearPeak.through(probes, self.depth)
             # The probes' models are done with; full-depth traces still reuse the full one.
             self._tracers = {d: t for d, t in self._tracers.items() if d == self.depth}
         return self._linear
@@ -356,28 +409,28 @@ class Estimator:
         )
 
     def max_micro_batch(self, *, confirm: bool = True) -> int:
-        """The largest micro-batch that fits: linear prediction, then full-depth traces to confirm."""
+        """The largest micro-batch that fits: linear prediction, then full-depth traces to confirm.
+
+        Each trace moves every window's line through it (slopes kept) for the next prediction,
+        which stays between the largest micro-batch traced to fit and the smallest traced not to.
+        """
         limit = self._tensor_limit
-        best = self._predicted_max(limit)
+        predicted = self._predicted_max(limit)
         if not confirm:
-            return best
+            return predicted
+        fits, fails = 0, MAX_MICRO_BATCH + 1
+        candidate = max(predicted, 1)
         for _ in range(_CONFIRM_ROUNDS):
-            if best == 0:
-                trace_one = self.full_trace(1).peak
-                return 1 if trace_one <= limit else 0
-            slope = max(self.linear.per_sample(), 1.0)
-            peak = self.full_trace(best).peak
-            if peak > limit:
-                best = max(0, best - max(1, math.ceil((peak - limit) / slope)))
-            elif peak + slope <= limit and best < MAX_MICRO_BATCH:
-                step = max(1, math.floor((limit - peak) / slope))
-                if best + step in self.traces.full:
-                    return best
-                best += step
+            step = self.full_trace(candidate)
+            if step.peak <= limit:
+                fits = candidate
             else:
-                return best
-        full = self.traces.full
-        return best if best in full and full[best].peak <= limit else max(0, best - 1)
+                fails = candidate
+            predicted = self.linear.corrected(step, candidate).max_micro_batch(limit)
+            if fails == fits + 1 or (fits and predicted <= fits):
+                return fits
+            candidate = min(max(predicted, fits + 1), fails - 1)
+        return fits
 
     def _predicted_max(self, limit: int) -> int:
         """The linear fit's max micro-batch, stopping early at a stage that already says 0.

@@ -5,6 +5,13 @@ backward, optimizer step, ``zero_grad(set_to_none=True)``. Optimizer state is cr
 step first, so the traced step is the steady state every later step repeats. With gradient
 accumulation the second micro-batch runs with the first one's gradients alive, which is the
 accumulation peak. Under :class:`FakeTensorMode` no memory is allocated and no weight is read.
+
+Next to the step's peak, the peak of each of its :data:`WINDOWS` is reported: within a window the
+peak stays at one moment whatever the micro-batch, so its bytes are linear in micro-batch (and,
+for identical layers, in depth); the step's peak, their maximum, is not. Gradients pile up as the
+backward pass frees activations, so small micro-batches peak at its end (or in the optimizer
+step), large ones at its start. Between the first and the last layer the backward reaches, each
+layer's peak is linear in its index (identical layers), so those two layers bound the others.
 """
 
 from __future__ import annotations
@@ -12,16 +19,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._pytree import tree_leaves
 
 from planner.estimator._setup import TrainingSetup, _in, build_training_setup, patched
-from planner.estimator._tracker import LiveBytesTracker
+from planner.estimator._tracker import LiveBytesTracker, LivePeak
 from planner.schema import TrainingConfig
 
 # CUDA's caching allocator hands out blocks in multiples of 512 bytes (c10/cuda/CUDACachingAllocator.cpp,
@@ -30,8 +39,8 @@ CUDA_BLOCK_BYTES = 512
 
 
 @dataclass(frozen=True)
-class StepTrace:
-    """Peak of one steady-state step, split by owner (bytes)."""
+class PeakSplit:
+    """A peak of live tensor bytes, split by owner (bytes)."""
 
     peak: int
     weights: int
@@ -39,6 +48,28 @@ class StepTrace:
     optimizer_state: int
     activations: int
     temporaries: int
+
+
+WINDOWS = (
+    "forward",
+    "head_backward",
+    "first_layer_backward",
+    "last_layer_backward",
+    "tail_backward",
+    "optimizer_step",
+)
+"""The windows of a step whose peaks a trace reports: forward and loss; backward through the
+output head; through the first layer (block, for alternating layers) it reaches; through the last
+one; after it (embeddings); optimizer step and ``zero_grad``. With accumulation, the higher of the
+micro-batches' peaks in each."""
+
+
+@dataclass(frozen=True)
+class StepTrace(PeakSplit):
+    """Peak of one steady-state step, split by owner (bytes), and the peak of each of its windows."""
+
+    windows: tuple[PeakSplit, ...]
+    """The peak of each of :data:`WINDOWS`, in that order."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +98,18 @@ def num_layers(hf_config: Any) -> int:
     return int(hf_config.num_hidden_layers)
 
 
+def layer_period(hf_config: Any) -> int:
+    """How many layers the layer pattern repeats over (1; 2 where e.g. Gemma 2 alternates)."""
+    layer_types = getattr(hf_config, "layer_types", None)
+    if not isinstance(layer_types, list) or not layer_types:
+        return 1
+    return next(
+        p
+        for p in range(1, len(layer_types) + 1)
+        if all(layer_types[i] == layer_types[i % p] for i in range(len(layer_types)))
+    )
+
+
 class StepTracer:
     """One built training setup whose steady-state step can be traced at several micro-batches.
 
@@ -89,6 +132,8 @@ class StepTracer:
             self.setup.loss_head.register_forward_pre_hook(lambda *_: setattr(self.tracker, "phase", "loss"))
         with self._tracing():
             _create_optimizer_state(self.setup)
+        self._layers = _repeated_layers(self.setup.model, num_layers(hf_config))
+        self._period = layer_period(hf_config)
         self.resident_bytes = self.tracker.live_bytes
         """Bytes live between steps (weights, quant state, optimizer state): a floor under every peak."""
 
@@ -101,31 +146,42 @@ class StepTracer:
         return stack
 
     def trace(self, micro_batch: int) -> StepTrace:
-        """Run (or fake) one steady-state training step at ``micro_batch`` and return its peak."""
+        """Run (or fake) one steady-state training step at ``micro_batch`` and return its peaks."""
         setup, tracker = self.setup, self.tracker
-        with self._tracing():
+        marks = _WindowMarks(tracker, self._layers, self._period)
+        with self._tracing(), marks:
             tracker.reset_peak()
             for _ in range(min(self.config.gradient_accumulation, 2)):
+                marks.start_micro_batch()
                 tracker.phase = "forward"
                 batch = setup.make_batch(micro_batch, self.config.seq_len)
                 with setup.autocast():
                     loss = setup.model(**batch).loss
                 tracker.phase = "backward"
+                marks.reached("backward")
                 (loss / self.config.gradient_accumulation).backward()
+                marks.reached("backward_done")
                 del loss, batch
             gradients = {
                 tracker.storage_id(p.grad) for p in setup.trainable_parameters() if p.grad is not None
             }
+            optimizer_start = tracker.mark()
             tracker.phase = "optimizer"
             setup.optimizer.step()
             setup.optimizer.zero_grad(set_to_none=True)
+            spans = [*marks.spans(), (optimizer_start, tracker.mark())]
+            step, *peaks = [tracker.peak(), *tracker.peaks(spans)]
         optimizer_state = {
             tracker.storage_id(t)
             for state in setup.optimizer.state.values()
             for t in state.values()
             if isinstance(t, torch.Tensor)
         }
-        return _split(tracker, gradients, optimizer_state)
+        *passes, optimizer = [_split(peak, gradients, optimizer_state) for peak in peaks]
+        # Spans come micro-batch by micro-batch; a window's peak is its higher one (the first on a tie).
+        per_pass = len(WINDOWS) - 1
+        windows = [max(passes[w::per_pass], key=lambda split: split.peak) for w in range(per_pass)]
+        return StepTrace(**asdict(_split(step, gradients, optimizer_state)), windows=(*windows, optimizer))
 
 
 def trace_step(
@@ -133,6 +189,95 @@ def trace_step(
 ) -> StepTrace:
     """Build ``config`` and trace one steady-state step at ``micro_batch`` (see :class:`StepTracer`)."""
     return StepTracer(hf_config, config, cuda=cuda, fake=fake).trace(micro_batch)
+
+
+class _WindowMarks:
+    """Where each micro-batch's windows (all of :data:`WINDOWS` but the optimizer's) start and end.
+
+    Positions are the tracker's :meth:`~LiveBytesTracker.mark`; the backward's passage through the
+    first and last layer blocks it reaches is marked by hooks on their outputs' and inputs'
+    gradients, set in forward (not in a checkpointed layer's recomputation during backward).
+    Marks that never come (no layers found, an input without gradient) fall back on the
+    backward's end.
+    """
+
+    def __init__(self, tracker: LiveBytesTracker, layers: list[nn.Module], period: int) -> None:
+        self.tracker = tracker
+        self.micro_batches: list[dict[str, int]] = []
+        # (module, "output" or "input" gradient, mark): the backward meets the last layers first.
+        self._hooked: list[tuple[nn.Module, str, str]] = []
+        if layers:
+            self._hooked = [
+                (layers[-1], "output", "first_layer"),
+                (layers[-period], "input", "first_layer_done"),
+                (layers[period - 1], "output", "last_layer"),
+                (layers[0], "input", "last_layer_done"),
+            ]
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> _WindowMarks:
+        for module, which, mark in self._hooked:
+            if which == "output":
+                handle = module.register_forward_hook(functools.partial(self._hook_output, mark))
+            else:
+                handle = module.register_forward_pre_hook(
+                    functools.partial(self._hook_input, mark), with_kwargs=True
+                )
+            self._handles.append(handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def start_micro_batch(self) -> None:
+        self.micro_batches.append({"forward": self.tracker.mark()})
+
+    def reached(self, mark: str) -> None:
+        """Note that the step reached ``mark`` now (the first time, in this micro-batch)."""
+        self.micro_batches[-1].setdefault(mark, self.tracker.mark())
+
+    def _hook_gradient(self, mark: str, tensor: Any) -> None:
+        if self.tracker.phase == "forward" and isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+            tensor.register_hook(lambda grad: self.reached(mark))
+
+    def _hook_output(self, mark: str, module: nn.Module, args: Any, output: Any) -> None:
+        self._hook_gradient(mark, next((t for t in tree_leaves(output) if isinstance(t, torch.Tensor)), None))
+
+    def _hook_input(self, mark: str, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        self._hook_gradient(mark, hidden)
+
+    def spans(self) -> list[tuple[int, int]]:
+        """Each micro-batch's window spans, in :data:`WINDOWS` order (the optimizer's excepted)."""
+        spans = []
+        for marks in self.micro_batches:
+            done = marks["backward_done"]
+            first, first_done = marks.get("first_layer", done), marks.get("first_layer_done", done)
+            last, last_done = marks.get("last_layer", done), marks.get("last_layer_done", done)
+            spans += [
+                (marks["forward"], marks["backward"]),
+                (marks["backward"], first),
+                (first, first_done),
+                (last, last_done),
+                (last_done, done),
+            ]
+        return spans
+
+
+def _repeated_layers(model: nn.Module, depth: int) -> list[nn.Module]:
+    """The model's ``depth`` repeated layers: its largest list of that many modules of one class."""
+    candidates = [
+        list(modules)
+        for modules in model.modules()
+        if isinstance(modules, nn.ModuleList)
+        and len(modules) == depth
+        and len({type(m) for m in modules}) == 1
+    ]
+    if not candidates:
+        return []
+    return max(candidates, key=lambda layers: sum(p.numel() for layer in layers for p in layer.parameters()))
 
 
 def _weight_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -190,10 +335,7 @@ def _rows_are_single_sequences() -> Any:
     return patched(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
 
 
-def _split(
-    tracker: LiveBytesTracker, gradients: set[int | None], optimizer_state: set[int | None]
-) -> StepTrace:
-    peak = tracker.peak()
+def _split(peak: LivePeak, gradients: set[int | None], optimizer_state: set[int | None]) -> PeakSplit:
     totals = {"weights": 0, "gradients": 0, "optimizer_state": 0, "activations": 0, "temporaries": 0}
     for sid, nbytes in peak.live.items():
         if sid in optimizer_state:
@@ -207,4 +349,4 @@ def _split(
         else:
             owner = "temporaries"
         totals[owner] += nbytes
-    return StepTrace(peak=peak.bytes, **totals)
+    return PeakSplit(peak=peak.bytes, **totals)

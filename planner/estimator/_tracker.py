@@ -9,8 +9,9 @@ events lets the caller replay the live set at the peak afterwards and say who he
 from __future__ import annotations
 
 import functools
+import itertools
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ class LiveBytesTracker(TorchDispatchMode):
         # The live set when the window opened, and the events since: a reused tracer keeps
         # neither a growing log nor the sizes and phases of storages long dead.
         self._window_live: dict[int, int] = {}
+        self._window_bytes = 0
         self._events: list[tuple[int, int]] = []
         self._peak_bytes = 0
         self._peak_event = 0
@@ -103,7 +105,7 @@ class LiveBytesTracker(TorchDispatchMode):
         self._window_live = self._replay(len(self._events))
         self._phases = {sid: self._phases[sid] for sid in self._window_live}
         self._events = []
-        self._peak_bytes = self.live_bytes
+        self._window_bytes = self._peak_bytes = self.live_bytes
         self._peak_event = 0
 
     def _replay(self, events: int) -> dict[int, int]:
@@ -117,8 +119,33 @@ class LiveBytesTracker(TorchDispatchMode):
 
     def peak(self) -> LivePeak:
         """The window's peak and, replayed from the event log, which storages were live then."""
-        live = self._replay(self._peak_event)
-        return LivePeak(bytes=self._peak_bytes, live=live, phases={sid: self._phases[sid] for sid in live})
+        return self._live_peak(self._peak_bytes, self._replay(self._peak_event))
+
+    def mark(self) -> int:
+        """Where the window's event log is now: a bound for :meth:`peaks`."""
+        return len(self._events)
+
+    def peaks(self, spans: Sequence[tuple[int, int]]) -> list[LivePeak]:
+        """The peak of each span ``(start, end)`` of :meth:`mark` positions within the window.
+
+        A span's peak is its highest live total, from the one at ``start`` to the one at ``end``,
+        the first one reached on a tie (as :meth:`peak` keeps it). Spans may overlap.
+        """
+        totals = list(itertools.accumulate((delta for _, delta in self._events), initial=self._window_bytes))
+        at = [max(range(start, max(start, end) + 1), key=totals.__getitem__) for start, end in spans]
+        # One replay through the peaks in log order, copying the live set at each.
+        live, done, lives = dict(self._window_live), 0, {}
+        for event in sorted(set(at)):
+            for sid, delta in self._events[done:event]:
+                if delta > 0:
+                    live[sid] = delta
+                else:
+                    live.pop(sid, None)
+            done, lives[event] = event, dict(live)
+        return [self._live_peak(totals[event], lives[event]) for event in at]
+
+    def _live_peak(self, nbytes: int, live: dict[int, int]) -> LivePeak:
+        return LivePeak(bytes=nbytes, live=live, phases={sid: self._phases[sid] for sid in live})
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if func is _DEVICE_QUERY:

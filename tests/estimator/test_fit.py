@@ -6,7 +6,9 @@ import pytest
 from conftest import TINY_CONFIGS, make_card, write_model
 
 from planner.errors import ConfigError
-from planner.estimator import Estimator, fit
+from planner.estimator import Estimator, StepTrace, fit
+from planner.estimator._fit import LinearPeak
+from planner.estimator._trace import WINDOWS, PeakSplit
 from planner.schema import MIB, TrainingConfig
 
 
@@ -25,6 +27,61 @@ def test_linear_fit_predicts_full_depth_traces(deep_llama: str):
         assert estimator.linear.at(micro_batch) == pytest.approx(
             estimator.full_trace(micro_batch).peak, rel=1e-3
         )
+
+
+def _window(peak: int, activations: int) -> PeakSplit:
+    return PeakSplit(
+        peak,
+        weights=peak - activations,
+        gradients=0,
+        optimizer_state=0,
+        activations=activations,
+        temporaries=0,
+    )
+
+
+def _step(depth: int, micro_batch: int) -> StepTrace:
+    """Forward/backward grows by 10 a sample and layer, the optimizer step is a flat 300 a layer."""
+    activations = 10 * depth * micro_batch
+    windows = [_window(100 * depth + activations, activations)] * (len(WINDOWS) - 1) + [
+        _window(300 * depth, 0)
+    ]
+    top = max(windows, key=lambda w: w.peak)
+    return StepTrace(**vars(top), windows=tuple(windows))
+
+
+def test_the_fit_is_the_highest_of_its_windows_lines():
+    # At the probes (micro-batch 1 and 2) the optimizer step is the peak and nothing grows with
+    # the micro-batch; from micro-batch 20 on (a tie: the earlier window), the forward/backward is.
+    linear = LinearPeak.through({(d, m): _step(d, m) for d in (1, 2) for m in (1, 2)}, depth=8)
+    for micro_batch in (1, 2, 20, 21, 40):
+        assert linear.at(micro_batch) == max(800 + 80 * micro_batch, 2400)
+        assert linear.at(micro_batch, "activations") == (80 * micro_batch if micro_batch >= 20 else 0)
+    assert linear.max_micro_batch(2399) == 0
+    assert linear.max_micro_batch(2400) == 20
+    assert linear.max_micro_batch(2400 + 80 * 7) == 27
+
+
+@pytest.fixture(scope="module")
+def small_full_fine_tune(tmp_path_factory: pytest.TempPathFactory) -> TrainingConfig:
+    """Small and short: at micro-batches 1 and 2 the end of backward and the optimizer step peak."""
+    config = {**TINY_CONFIGS["llama"], "num_hidden_layers": 4, "vocab_size": 512}
+    model = str(write_model(tmp_path_factory.mktemp("small") / "llama4", config))
+    return TrainingConfig(model=model, precision="fp32", seq_len=16)
+
+
+def test_a_peak_that_moves_with_the_micro_batch_is_not_extrapolated_flat(
+    small_full_fine_tune: TrainingConfig,
+):
+    # The gradients each layer leaves in backward weigh about what a sample's activations do, so
+    # the peak's moment moves inside the backward as the micro-batch grows: the predicted max is
+    # at most one past the confirmed one (a flat extrapolation of the step's peak said hundreds).
+    estimator = Estimator(small_full_fine_tune, make_card(518))
+    limit = estimator.allocated_limit - estimator.overhead.workspace_bytes
+    best = estimator.max_micro_batch()
+    assert 10 <= best < 100
+    assert estimator.full_trace(best).peak <= limit < estimator.full_trace(best + 1).peak
+    assert best <= estimator.max_micro_batch(confirm=False) <= best + 1
 
 
 def test_max_micro_batch_is_the_largest_that_fits(deep_llama: str):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from planner.estimator import CudaTarget, trace_step
+from planner.estimator._trace import WINDOWS
 from planner.models import load_model_config
 from planner.schema import TrainingConfig
 
@@ -59,6 +60,15 @@ def test_math_attention_stores_more_than_fused(tiny_models: dict[str, str]):
     fused = trace_step(hf_config, config, micro_batch=2, cuda=CudaTarget("flash"))
     math = trace_step(hf_config, config, micro_batch=2, cuda=CudaTarget("math"))
     assert math.activations > fused.activations
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_step_peaks_in_one_of_its_windows(tiny_models: dict[str, str], arch: str):
+    # Two layers: the first and last the backward reaches are all of them, so nothing is left out.
+    config = TrainingConfig(model=tiny_models[arch], method="lora", seq_len=32, gradient_accumulation=2)
+    trace = trace_step(load_model_config(config.model), config, micro_batch=2, cuda=CudaTarget("flash"))
+    assert len(trace.windows) == len(WINDOWS)
+    assert max(window.peak for window in trace.windows) == trace.peak
 
 
 def test_breakdown_sums_to_peak_and_names_owners(tiny_models: dict[str, str]):
