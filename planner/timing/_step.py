@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from planner.errors import ProfileError
 from planner.estimator import sdpa_backend
-from planner.estimator._fit import shallow_depths
+from planner.estimator._fit import probe_depths
 from planner.estimator._trace import CudaTarget, num_layers, truncated_config
 from planner.models import load_model_config
 from planner.schema import Card, Precision, Profile, TimeSource, TrainingConfig
@@ -92,8 +92,7 @@ class StepTimeModel:
         shape = _config_shape(config)
         key = (shape, micro_batch)
         if key not in self._shallow:
-            depth = num_layers(hf_config)
-            depths = [d for d in shallow_depths(hf_config) if d < depth] or [depth]
+            depths = probe_depths(hf_config)
             self._shallow[key] = {d: self._tracer(shape, hf_config, d).costs(micro_batch) for d in depths}
         return roofline_step(self._shallow[key], num_layers(hf_config), self.card, config)
 
