@@ -43,7 +43,9 @@ def plan_for_card(
     def measure(config: TrainingConfig) -> Profile:
         # Two sizes give the fixed per-step cost and the per-row slope, so rows shorter than
         # seq_len (dynamic padding) interpolate instead of scaling proportionally.
-        profile = profile_config(config, card, sorted({1, config.micro_batch}))
+        # More steps than `planner profile`'s default: host steps of a tiny model are ~10 ms and
+        # jitter by tens of percent on a shared machine, and 20 of them still cost under a second.
+        profile = profile_config(config, card, sorted({1, config.micro_batch}), steps=20, warmup=5)
         store.save(profile)
         return profile
 

@@ -12,11 +12,15 @@ from dataclasses import dataclass
 from planner.schema import EvalSpec, Hyperparameters, TimeEstimate
 from planner.timing._step import StepTimes
 
-# Per trial, besides steps, evals and saves: building the model and the Trainer, tokenising the
-# data, the first steps' warm-up, the final bookkeeping. 0.6 s is what the tiny CPU example leaves
-# over once its measured steps, eval and saves are counted (benchmarks/sweep_e2e.py, quiet 2-core
-# VM); a GPU adds its weights' load below. `planner run` corrects it from finished trials.
-TRIAL_FIXED_SECONDS = 0.6
+# Per trial, before its first step: building the model (or loading it: see below), the Trainer
+# and the tokenised dataset. ~0.1 s for the tiny CPU example: the sweep's clock minus its trials'
+# training windows (benchmarks/sweep_e2e.py, quiet 2-core VM).
+TRIAL_FIXED_SECONDS = 0.1
+# Per micro-batch, on the host, beyond the profiled forward/backward: collating and padding the
+# batch, Trainer's loss and logging bookkeeping, callbacks. ~2 ms: the tiny CPU example's
+# train_runtime minus its profiled steps, eval and saves, over its 192 micro-batches (same
+# benchmark). Invisible next to GPU steps of a model worth sweeping; it dominates tiny ones.
+HOST_SECONDS_PER_MICRO_STEP = 0.002
 # safetensors from a warm page cache or NVMe into GPU memory: ~2 GB/s end to end.
 LOAD_BYTES_PER_SECOND = 2e9
 # Checkpoints (weights or adapters, optimizer state, scheduler, RNG) to local disk: ~1 GB/s,
@@ -87,7 +91,8 @@ def trial_time(work: TrialWork, step: StepTimes) -> TimeEstimate:
     """Predicted seconds of a trial, by phase, with the interval its step-time source allows."""
     parts = {
         "startup": TRIAL_FIXED_SECONDS + work.load_bytes / LOAD_BYTES_PER_SECOND,
-        "train": work.micro_steps * step.micro_step + work.optimizer_steps * step.optimizer,
+        "train": work.micro_steps * (step.micro_step + HOST_SECONDS_PER_MICRO_STEP)
+        + work.optimizer_steps * step.optimizer,
         "eval": work.eval_passes * work.eval_batches * step.eval_forward,
         "checkpoints": work.checkpoint_saves
         * (SAVE_FIXED_SECONDS + work.checkpoint_bytes / SAVE_BYTES_PER_SECOND),

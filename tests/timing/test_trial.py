@@ -6,6 +6,7 @@ import pytest
 
 from planner.schema import EvalSpec, Hyperparameters
 from planner.timing import StepTimes, count_work, trial_time
+from planner.timing._trial import HOST_SECONDS_PER_MICRO_STEP
 
 
 def work(**changes: object) -> object:
@@ -44,6 +45,6 @@ def test_trial_time_is_the_sum_of_its_parts() -> None:
     step = StepTimes(0.5, 0.1, 0.2, "measured", (0.9, 1.2), "test")
     estimate = trial_time(work(), step)  # type: ignore[arg-type]
     assert estimate.seconds == pytest.approx(sum(estimate.parts.values()))
-    assert estimate.parts["train"] == pytest.approx(50 * 0.5 + 26 * 0.1)
+    assert estimate.parts["train"] == pytest.approx(50 * (0.5 + HOST_SECONDS_PER_MICRO_STEP) + 26 * 0.1)
     assert estimate.parts["eval"] == pytest.approx(2 * 3 * 0.2)
     assert estimate.low_seconds < estimate.seconds < estimate.high_seconds
