@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_CONFIGS, write_model
 
 from planner.cards import host_card
 from planner.cli import cli
 from planner.estimator import Estimator
 from planner.schema import TrainingConfig
+from tests.conftest import TINY_CONFIGS, write_model
 
 TINY = ["--precision", "fp32", "--seq-len", "16"]
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TINY_CONFIGS, make_card, write_model
 
 from planner.errors import ConfigError
 from planner.estimator import Estimator, StepTrace, fit
 from planner.estimator._fit import LinearPeak
 from planner.estimator._trace import WINDOWS, PeakSplit
 from planner.schema import MIB, TrainingConfig
+from tests.conftest import TINY_CONFIGS, make_card, write_model
 
 
 @pytest.fixture(scope="module")

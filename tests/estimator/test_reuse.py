@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import TINY_CONFIGS, make_card, write_model
 
 from planner.cards import host_card
 from planner.errors import ConfigError
@@ -15,6 +14,7 @@ from planner.estimator import Estimator, _fit, fit
 from planner.estimator._trace import StepTracer
 from planner.models import load_model_config
 from planner.schema import TrainingConfig
+from tests.conftest import TINY_CONFIGS, make_card, write_model
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 
 import pytest
-from conftest import TINY_CONFIGS, write_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +19,7 @@ from planner.profiler import (
     search_max_micro_batch,
 )
 from planner.schema import Card, ProbeResult, TrainingConfig
+from tests.conftest import TINY_CONFIGS, write_model
 
 SEQ_LEN = 96  # no weight dimension equals it: only activations are (batch, 96, ...)
 

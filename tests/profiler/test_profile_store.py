@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_card
 
 from planner.cards import host_card
 from planner.errors import ProfileError
@@ -21,6 +20,7 @@ from planner.profiler import (
     measured_dir,
 )
 from planner.schema import GIB, MIB, Profile, ProfileKey, StepMeasurement, TrainingConfig
+from tests.conftest import make_card
 
 
 def _profile(
