@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import atexit
 import gc
+import logging
+import os
+import warnings
 
 import click
 
@@ -35,4 +38,9 @@ def main() -> None:
     # Interpreter shutdown collects garbage over the whole heap of torch and transformers (~0.6 s
     # of a cold command); frozen at exit, that heap goes back to the OS with the process.
     atexit.register(gc.freeze)
+    # Library chatter that says nothing about the user's input (transformers' deprecation notices
+    # raised by peft's calls, bitsandbytes' optional CPU kernel): keep stderr for our one-liners.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     cli()

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from planner.schema import Card, Plan, Profile, SweepSpec, TrainingConfig
+from planner.errors import ProfileError
+from planner.estimator import Estimator
+from planner.schema import GIB, Card, Plan, Profile, SweepSpec, TrainingConfig
 from planner.sweep._plan import plan_sweep
 from planner.timing import ProfileLookup
+
+# The planner measures a missing host profile itself only for models this small (the tiny
+# examples take a few seconds); anything bigger is the user's call.
+AUTO_PROFILE_MAX_BYTES = GIB
 
 
 class MeasuringProfiles:
@@ -41,6 +47,14 @@ def plan_for_card(
     store = ProfileStore()
 
     def measure(config: TrainingConfig) -> Profile:
+        peak = Estimator(config, card).estimate(config.micro_batch, trace=False).peak_bytes
+        if peak > AUTO_PROFILE_MAX_BYTES:
+            raise ProfileError(
+                "card",
+                f"no measured profile of {config.model} on this host, and measuring one would take "
+                f"~{peak / GIB:.1f} GiB of RAM and minutes of CPU",
+                f"run `planner profile {config.model} --device cpu` deliberately, or plan for a GPU card",
+            )
         # Two sizes give the fixed per-step cost and the per-row slope, so rows shorter than
         # seq_len (dynamic padding) interpolate instead of scaling proportionally.
         # More steps than `planner profile`'s default: host steps of a tiny model are ~10 ms and
