@@ -81,8 +81,9 @@ class StepTimeModel:
     def __init__(self, card: Card, profiles: ProfileLookup | None = None) -> None:
         self.card = card
         self.profiles = profiles
-        self._shallow: dict[tuple[TrainingConfig, int], dict[int, dict[str, PhaseCosts]]] = {}
-        self._tracers: dict[tuple[TrainingConfig, int], CostedTracer] = {}
+        # Keyed by the shape's JSON: a config with a list of LoRA targets is not hashable.
+        self._shallow: dict[tuple[str, int], dict[int, dict[str, PhaseCosts]]] = {}
+        self._tracers: dict[tuple[str, int], CostedTracer] = {}
         self._scale: tuple[float, tuple[float, float], str] | None = None
 
     # -- roofline -------------------------------------------------------------------------------
@@ -90,7 +91,7 @@ class StepTimeModel:
         """Roofline seconds of a full-depth step at default efficiencies (no calibration)."""
         hf_config = load_model_config(config.model)
         shape = _config_shape(config)
-        key = (shape, micro_batch)
+        key = (shape.model_dump_json(), micro_batch)
         if key not in self._shallow:
             depths = probe_depths(hf_config)
             self._shallow[key] = {d: self._tracer(shape, hf_config, d).costs(micro_batch) for d in depths}
@@ -98,14 +99,15 @@ class StepTimeModel:
 
     def _tracer(self, shape: TrainingConfig, hf_config: Any, depth: int) -> CostedTracer:
         """One built shallow model per config and depth, traced at every micro-batch asked."""
-        if (shape, depth) not in self._tracers:
+        key = (shape.model_dump_json(), depth)
+        if key not in self._tracers:
             head_dim = (
                 getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
             )
             half = shape.precision is not Precision.FP32
             cuda = CudaTarget(sdpa_backend=sdpa_backend(self.card, half, head_dim))
-            self._tracers[(shape, depth)] = CostedTracer(truncated_config(hf_config, depth), shape, cuda=cuda)
-        return self._tracers[(shape, depth)]
+            self._tracers[key] = CostedTracer(truncated_config(hf_config, depth), shape, cuda=cuda)
+        return self._tracers[key]
 
     def _calibration(self) -> tuple[float, tuple[float, float], str]:
         """(scale, relative interval, note): measured/roofline over the card's CUDA profiles."""

@@ -52,3 +52,11 @@ def test_a_card_without_datasheet_figures_needs_a_profile(tiny_models: dict[str,
     config = TrainingConfig(model=tiny_models["llama"], precision="fp32", seq_len=64)
     with pytest.raises(ProfileError, match="planner profile"):
         StepTimeModel(load_card("cpu")).times(config, 2, 64)
+
+
+def test_lora_targets_given_as_a_list_work(tiny_models: dict[str, str]) -> None:
+    config = TrainingConfig(
+        model=tiny_models["llama"], method="lora", seq_len=32, lora={"target_modules": ["q_proj", "v_proj"]}
+    )
+    step = StepTimeModel(load_card("rtx-4090")).times(config, 2, 32)
+    assert step.micro_step > 0
