@@ -1,6 +1,12 @@
 """Peak training memory without a GPU: fake-tensor traces of a real step plus CUDA's overheads."""
 
-from planner.estimator._cuda import CudaOverhead, default_overhead, sdpa_backend
+from planner.estimator._cuda import (
+    CudaOverhead,
+    default_overhead,
+    overhead_for,
+    overhead_from_profiles,
+    sdpa_backend,
+)
 from planner.estimator._fit import Estimator, estimate_memory, fit, suggest_fixes
 from planner.estimator._trace import CudaTarget, StepTrace, trace_step
 
@@ -12,6 +18,8 @@ __all__ = [
     "default_overhead",
     "estimate_memory",
     "fit",
+    "overhead_for",
+    "overhead_from_profiles",
     "sdpa_backend",
     "suggest_fixes",
     "trace_step",

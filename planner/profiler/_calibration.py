@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from planner.estimator._cuda import CudaOverhead, overhead_for, overhead_from_profiles
+from planner.estimator import CudaOverhead, overhead_for, overhead_from_profiles
 from planner.estimator._fit import fit
 from planner.profiler._device import profile_card_name
 from planner.profiler._store import ProfileStore, load_profile
