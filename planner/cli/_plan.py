@@ -9,7 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli._common import emit_json, parse_budget, user_errors_exit_2
+from planner.cli._common import PARAM_LABELS, emit_json, format_value, parse_budget, user_errors_exit_2
 from planner.schema import GIB, MIB, Plan
 
 
@@ -23,21 +23,6 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
-
-
-# Short column labels for searched names, so a plan table fits a terminal.
-_LABELS = {
-    "learning_rate": "lr",
-    "effective_batch": "batch",
-    "weight_decay": "wd",
-    "warmup_ratio": "warmup",
-    "gradient_checkpointing": "ckpt",
-    "lora_dropout": "lora drop",
-}
-
-
-def _value(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @click.command("plan")
@@ -74,11 +59,11 @@ def print_plan(plan: Plan) -> None:
         f"~{data.mean_tokens:.0f} tokens each (max {data.max_tokens}; {data.counted_with})"
     )
     names = list(dict.fromkeys(name for trial in plan.trials for name in trial.params))
-    labels = [_LABELS.get(name, name) for name in names]
+    labels = [PARAM_LABELS.get(name, name) for name in names]
     headers = ["#", *labels, "micro x acc", "steps", "time", "range", "status"]
     table = Table(*headers, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for trial in plan.trials:
-        values = [_value(trial.params.get(name, "")) for name in names]
+        values = [format_value(trial.params.get(name, "")) for name in names]
         if trial.time is None:
             table.add_row(str(trial.number), *values, "-", "-", "-", "-", "[red]infeasible[/]")
             continue

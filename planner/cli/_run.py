@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli._common import emit_json, parse_budget, user_errors_exit_2
+from planner.cli._common import emit_json, format_params, parse_budget, user_errors_exit_2
 from planner.errors import ConfigError
 from planner.schema import GIB, Plan
 
@@ -200,11 +201,14 @@ def results_command(
         "params",
         "status",
         results.objective or "value",
-        "micro x accum",
-        "time / predicted",
+        "micro x acc",
+        "time / pred",
         "peak GiB",
         "note",
         title=f"{results.study} ({results.direction})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
     )
     for trial in results.trials:
         shape = f"{trial.micro_batch} x {trial.gradient_accumulation}" if trial.micro_batch else "-"
@@ -222,7 +226,7 @@ def results_command(
             notes.append(f"fix: {trial.fix}")
         table.add_row(
             f"[bold]{trial.number}[/]" if trial.number == results.best else str(trial.number),
-            " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()),
+            format_params(trial.params),
             trial.status,
             f"{trial.value:.4g}" if trial.value is not None else "-",
             shape,
@@ -232,7 +236,10 @@ def results_command(
         )
     console.print(table)
     if results.best is not None:
-        console.print(f"Best: trial {results.best}" + (f", exported to {export}" if export else ""))
+        best = next(t for t in results.trials if t.number == results.best)
+        value = f" ({results.objective or 'value'} {best.value:.4g})" if best.value is not None else ""
+        exported = f", exported to {export}" if export else ""
+        console.print(f"Best: trial {results.best}{value}: {format_params(best.params)}{exported}")
 
 
 @click.command("report")
