@@ -320,6 +320,16 @@ def step_traces(config: TrainingConfig, cuda: CudaTarget | None) -> StepTraces:
     return _STEPS[key]
 
 
+def cuda_target(card: Card, config: TrainingConfig, hf_config: Any) -> CudaTarget | None:
+    """What a trace of ``config`` must emulate to be a step on ``card``: CUDA's attention kernel
+    and block rounding; None on the host pseudo-card, where the step is what a CPU run does."""
+    if card.kind == "cpu":
+        return None
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    half = config.precision is not Precision.FP32
+    return CudaTarget(sdpa_backend=sdpa_backend(card, half, head_dim))
+
+
 class Estimator:
     """Memory answers for one config on one card; its traces are shared through :func:`step_traces`."""
 
@@ -329,14 +339,7 @@ class Estimator:
         self.card = card
         self.hf_config = load_model_config(config.model)
         self.overhead = overhead or default_overhead(card)
-        head_dim = getattr(self.hf_config, "head_dim", None) or (
-            self.hf_config.hidden_size // self.hf_config.num_attention_heads
-        )
-        half = config.precision is not Precision.FP32
-        # On the host pseudo-card the step is what a CPU run does: no CUDA kernels or rounding.
-        self.cuda = (
-            None if card.kind == "cpu" else CudaTarget(sdpa_backend=sdpa_backend(card, half, head_dim))
-        )
+        self.cuda = cuda_target(card, config, self.hf_config)
         self.traces = step_traces(config, self.cuda)
         self._helper: _Helper | None = None
         self._pending: dict[int, int] = {}

@@ -149,13 +149,15 @@ class Profile(BaseModel):
     def measurement(self, micro_batch: int) -> StepMeasurement | None:
         return next((m for m in self.measurements if m.micro_batch == micro_batch), None)
 
-    def _linear(self, field: str, micro_batch: int) -> float:
+    def _linear(self, field: str, micro_batch: float) -> float:
         """``field`` at ``micro_batch``: measured if present, else a line through the measurements.
+
+        ``micro_batch`` may be fractional: rows shorter than seq_len count as a fraction of a row.
 
         Step time is affine in micro-batch once the GPU is busy (fixed launch cost plus per-sample
         work), so two measurements are enough to interpolate; one scales proportionally.
         """
-        points = sorted((m.micro_batch, float(getattr(m, field))) for m in self.measurements)
+        points = sorted((float(m.micro_batch), float(getattr(m, field))) for m in self.measurements)
         exact = dict(points)
         if micro_batch in exact:
             return exact[micro_batch]
@@ -173,10 +175,10 @@ class Profile(BaseModel):
         slope = (v1 - v0) / (m1 - m0)
         return max(v0 + slope * (micro_batch - m0), 1e-9)
 
-    def forward_backward_seconds(self, micro_batch: int) -> float:
+    def forward_backward_seconds(self, micro_batch: float) -> float:
         return self._linear("forward_backward_seconds", micro_batch)
 
-    def eval_forward_seconds(self, micro_batch: int) -> float:
+    def eval_forward_seconds(self, micro_batch: float) -> float:
         return self._linear("eval_forward_seconds", micro_batch)
 
     @property

@@ -87,7 +87,7 @@ def _infeasible(
 
 def _shape_trial(
     spec: SweepSpec, shapes: _Shapes, number: int, params: dict[str, Any]
-) -> PlannedTrial | tuple[TrainingConfig, Hyperparameters, int]:
+) -> PlannedTrial | tuple[TrainingConfig, Hyperparameters]:
     """Choose micro-batch x accumulation, or say why the trial cannot run."""
     config, hyper = spec.trial(params)
     try:
@@ -131,7 +131,7 @@ def _shape_trial(
     if micro == 0:
         reason = f"no micro-batch fits while accumulating gradients on {shapes.card.name}"
         return _infeasible(number, params, config, hyper, reason, shapes.fix(accumulating))
-    return config.with_changes(micro_batch=micro, gradient_accumulation=effective // micro), hyper, micro
+    return config.with_changes(micro_batch=micro, gradient_accumulation=effective // micro), hyper
 
 
 def _time_trial(
@@ -207,7 +207,7 @@ def plan_sweep(
         if isinstance(shaped, PlannedTrial):
             trials.append(shaped)
         else:
-            config, hyper, _ = shaped
+            config, hyper = shaped
             trials.append(
                 _time_trial(spec, shapes, steps, lengths, stats.eval_examples, number, params, config, hyper)
             )

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from planner.errors import ProfileError
-from planner.estimator import sdpa_backend
-from planner.estimator._fit import probe_depths
-from planner.estimator._trace import CudaTarget, num_layers, truncated_config
+from planner.estimator._fit import cuda_target, probe_depths
+from planner.estimator._trace import num_layers, truncated_config
 from planner.models import load_model_config
-from planner.schema import Card, Precision, Profile, TimeSource, TrainingConfig
+from planner.schema import Card, Profile, TimeSource, TrainingConfig
 from planner.timing._counter import CostedTracer, PhaseCosts
 from planner.timing._roofline import (
     BANDWIDTH_EFFICIENCY,
@@ -59,17 +58,6 @@ class StepTimes:
     note: str
 
 
-def _affine(points: list[tuple[float, float]], x: float) -> float:
-    """A line through the two measured points nearest ``x`` (proportional with one point)."""
-    points = sorted(points)
-    if len(points) == 1:
-        ((x0, y0),) = points
-        return y0 * x / x0
-    nearest = sorted(sorted(points, key=lambda p: abs(p[0] - x))[:2])
-    (x0, y0), (x1, y1) = nearest
-    return max(y0 + (y1 - y0) / (x1 - x0) * (x - x0), 1e-9)
-
-
 def _config_shape(config: TrainingConfig) -> TrainingConfig:
     """The config without what does not change a single micro-step's cost."""
     return config.with_changes(micro_batch=1, gradient_accumulation=1)
@@ -101,11 +89,7 @@ class StepTimeModel:
         """One built shallow model per config and depth, traced at every micro-batch asked."""
         key = (shape.model_dump_json(), depth)
         if key not in self._tracers:
-            head_dim = (
-                getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
-            )
-            half = shape.precision is not Precision.FP32
-            cuda = CudaTarget(sdpa_backend=sdpa_backend(self.card, half, head_dim))
+            cuda = cuda_target(self.card, shape, hf_config)
             self._tracers[key] = CostedTracer(truncated_config(hf_config, depth), shape, cuda=cuda)
         return self._tracers[key]
 
@@ -152,15 +136,13 @@ class StepTimeModel:
         rows = micro_batch * min(padded_length, config.seq_len) / config.seq_len
         profile = self.profiles.find(config, self.card.name) if self.profiles else None
         if profile is not None:
-            fb = _affine([(m.micro_batch, m.forward_backward_seconds) for m in profile.measurements], rows)
-            ev = _affine([(m.micro_batch, m.eval_forward_seconds) for m in profile.measurements], rows)
             nearest = min(profile.measurements, key=lambda m: abs(m.micro_batch - rows))
             low = nearest.forward_backward_p10_seconds / nearest.forward_backward_seconds - MEASURED_MARGIN
             high = nearest.forward_backward_p90_seconds / nearest.forward_backward_seconds + MEASURED_MARGIN
             return StepTimes(
-                micro_step=fb,
+                micro_step=profile.forward_backward_seconds(rows),
                 optimizer=profile.optimizer_seconds,
-                eval_forward=ev,
+                eval_forward=profile.eval_forward_seconds(rows),
                 source="measured",
                 relative_interval=(low, high),
                 note=f"measured on {profile.device_name} ({profile.created[:10]})",
