@@ -110,7 +110,7 @@ def lightning_finder(pl: Any, config: Any, runner: Any) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from planner.estimator._setup import make_optimizer
+    from planner.step import make_optimizer
 
     setup, seq_len = runner.setup, config.seq_len
 

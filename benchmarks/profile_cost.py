@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     from planner.cards import host_card
     from planner.profiler import ProfileStore, device_card, local_device, profile_config
-    from planner.schema import Profile, ProfileKey, TrainingConfig
+    from planner.schema import MeasuredProfile, ProfileKey, TrainingConfig
     from planner.sweep import MeasuringProfiles, load_spec, plan_sweep
 
     device = local_device("cpu" if args.card == "cpu" else "cuda")
@@ -48,7 +48,7 @@ def main() -> None:
         store = ProfileStore(measured)
         taken: list[float] = []
 
-        def measure(config: TrainingConfig) -> Profile:
+        def measure(config: TrainingConfig) -> MeasuredProfile:
             profile = profile_config(config, card, [config.micro_batch], device=device)
             store.save(profile)
             taken.append(profile.seconds or 0.0)

@@ -38,7 +38,10 @@ def example(rng: random.Random) -> dict[str, str]:
         # Each name owns one thing of one colour: a fact to memorise, the same in every example.
         index = NAMES.index(name)
         thing, colour = THINGS[index % len(THINGS)], COLOURS[(3 * index) % len(COLOURS)]
-        return {"prompt": f"Question: what does {name} own?", "response": f"Answer: {name} owns a {colour} {thing}."}
+        return {
+            "prompt": f"Question: what does {name} own?",
+            "response": f"Answer: {name} owns a {colour} {thing}.",
+        }
     words = rng.sample(THINGS, 3)
     return {
         "prompt": f"Question: sort {', '.join(words)}.",
@@ -70,7 +73,10 @@ def main() -> None:
     write_jsonl(HERE / "data" / "eval.jsonl", rows[TRAIN_EXAMPLES:])
     tokenizer = build_tokenizer([f"{row['prompt']}\n{row['response']}" for row in rows])
     tokenizer.save_pretrained(MODEL_DIR)
-    print(f"wrote {TRAIN_EXAMPLES} train and {EVAL_EXAMPLES} eval examples and a {len(tokenizer)}-token tokenizer")
+    print(
+        f"wrote {TRAIN_EXAMPLES} train and {EVAL_EXAMPLES} eval examples"
+        f" and a {len(tokenizer)}-token tokenizer"
+    )
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from pydantic import ValidationError
 
 from planner.cards._host import HOST_CARD_NAME, host_card
 from planner.errors import ConfigError, UnknownCardError, from_validation_error
-from planner.profiles import profiles_dir
 from planner.schema import Card
+from planner.shipped import shipped_dir
 
 
 def _cards_dir() -> Path:
-    return profiles_dir() / "cards"
+    return shipped_dir() / "cards"
 
 
 @lru_cache(maxsize=1)

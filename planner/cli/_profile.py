@@ -11,7 +11,7 @@ from rich.table import Table
 
 from planner.cli._common import emit_json, parse_sizes, user_errors_exit_2
 from planner.cli._fit import training_fields, training_options
-from planner.schema import GIB, MIB, Profile
+from planner.schema import GIB, MIB, MeasuredProfile
 
 
 @click.command("profile")
@@ -85,7 +85,7 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
-def print_profile(profile: Profile, path: Path) -> None:
+def print_profile(profile: MeasuredProfile, path: Path) -> None:
     console = Console()
     key = profile.key
     console.print(

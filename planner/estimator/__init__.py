@@ -5,22 +5,26 @@ from planner.estimator._cuda import (
     default_overhead,
     overhead_for,
     overhead_from_profiles,
-    sdpa_backend,
 )
-from planner.estimator._fit import Estimator, estimate_memory, fit, suggest_fixes
-from planner.estimator._trace import CudaTarget, StepTrace, trace_step
+from planner.estimator._estimator import INCLUDES, Estimator
+from planner.estimator._fit import estimate_memory, fit, micro_batches_around, suggest_fixes
+from planner.estimator._linear import MAX_MICRO_BATCH, LinearPeak, probe_depths
+from planner.estimator._traces import TraceCache, shared_cache
 
 __all__ = [
+    "INCLUDES",
+    "MAX_MICRO_BATCH",
     "CudaOverhead",
-    "CudaTarget",
     "Estimator",
-    "StepTrace",
+    "LinearPeak",
+    "TraceCache",
     "default_overhead",
     "estimate_memory",
     "fit",
+    "micro_batches_around",
     "overhead_for",
     "overhead_from_profiles",
-    "sdpa_backend",
+    "probe_depths",
+    "shared_cache",
     "suggest_fixes",
-    "trace_step",
 ]

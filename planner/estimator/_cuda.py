@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from planner.schema import MIB, Card, Profile
+from planner.schema import MIB, Card, MeasuredProfile
 
 # CUDA context of a PyTorch process with lazy module loading (the default since CUDA 11.7):
 # driver state, the runtime and the kernels loaded so far. Reported between ~300 and ~600 MiB across
@@ -83,20 +83,7 @@ def default_overhead(card: Card) -> CudaOverhead:
     )
 
 
-def sdpa_backend(card: Card, half_precision: bool, head_dim: int) -> str:
-    """The kernel ``scaled_dot_product_attention`` picks on ``card`` (PyTorch's sdp_utils.cpp rules).
-
-    Flash needs sm80+, fp16/bf16 and head_dim <= 256; memory-efficient (CUTLASS) takes fp32 too,
-    head_dim <= 256 here; anything else falls back to the math kernel that stores the probabilities.
-    """
-    if head_dim <= 256 and half_precision and card.compute_capability_tuple >= (8, 0):
-        return "flash"
-    if head_dim <= 256:
-        return "efficient"
-    return "math"
-
-
-def overhead_from_profiles(card: Card, profiles: Iterable[Profile]) -> CudaOverhead | None:
+def overhead_from_profiles(card: Card, profiles: Iterable[MeasuredProfile]) -> CudaOverhead | None:
     """Context and fragmentation measured by ``planner profile`` on ``card``; None without CUDA profiles.
 
     Context is NVML used minus reserved at the same instant (the median over profiles: it depends on
@@ -129,6 +116,6 @@ def overhead_from_profiles(card: Card, profiles: Iterable[Profile]) -> CudaOverh
     )
 
 
-def overhead_for(card: Card, profiles: Iterable[Profile] = ()) -> CudaOverhead:
+def overhead_for(card: Card, profiles: Iterable[MeasuredProfile] = ()) -> CudaOverhead:
     """The overheads the estimator should use on ``card``: calibrated from profiles, else defaults."""
     return overhead_from_profiles(card, profiles) or default_overhead(card)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from planner.errors import ConfigError
-from planner.schema import Method, PlannedTrial, Precision, SweepSpec, TrainingConfig
+from planner.schema import PlannedTrial, Precision, SweepSpec, TrainingConfig
 
 if TYPE_CHECKING:
     from torch import nn
@@ -94,49 +94,17 @@ def tokenizer_for(spec: SweepSpec) -> PreTrainedTokenizerBase:
 def build_model(spec: SweepSpec, config: TrainingConfig) -> nn.Module:
     """The trial's model: fresh weights from the config (``init: random``) or the pretrained ones.
 
-    ``init: random`` goes through the estimator's own builder (NF4 base for QLoRA, peft LoRA,
-    checkpointing), so a traced step and a run step are the same model. Call ``transformers.set_seed``
-    first: every trial then starts from the same weights and differs only by its hyperparameters.
+    Both go through the Trainer-step layer's builder (:func:`planner.step.build_model`): NF4 base
+    for QLoRA, peft's k-bit preparation, LoRA in the dtype the estimator traced, checkpointing; so
+    a traced step and a run step are the same model on every init path. Call
+    ``transformers.set_seed`` first: every trial then starts from the same weights and differs only
+    by its hyperparameters.
     """
-    from planner.estimator._setup import base_weight_dtype, build_training_setup, model_class
     from planner.models import load_model_config
+    from planner.step import build_model as build_step_model
 
-    hf_config = load_model_config(config.model)
-    if spec.init == "random":
-        setup = build_training_setup(hf_config, config, fake_mode=None, cuda_optimizer_layout=False)
-        return setup.model
-    kwargs: dict[str, Any] = {"dtype": base_weight_dtype(config)}
-    if config.method is Method.QLORA:
-        from transformers import BitsAndBytesConfig
-
-        compute = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}.get(
-            config.precision, torch.float32
-        )
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute,
-        )
-    model = model_class(hf_config).from_pretrained(config.model, **kwargs)
-    if config.method is Method.QLORA:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.gradient_checkpointing
-        )
-    if config.method in (Method.LORA, Method.QLORA):
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        lora = LoraConfig(
-            r=config.lora.r,
-            lora_alpha=config.lora.alpha,
-            lora_dropout=config.lora.dropout,
-            target_modules=config.lora.target_modules,
-            task_type=TaskType.CAUSAL_LM,
-        )
-        model = get_peft_model(model, lora)
-    return model
+    pretrained = config.model if spec.init == "pretrained" else None
+    return build_step_model(load_model_config(config.model), config, pretrained=pretrained)
 
 
 def _save_schedule(spec: SweepSpec, has_eval: bool) -> dict[str, Any]:
@@ -156,7 +124,7 @@ def training_arguments(
     ``output_dir`` None leaves it out (the exported best config). Losses are logged every optimizer
     step, unfiltered, so divergence is seen the step it happens.
     """
-    from planner.estimator._setup import TRAINER_OPTIM_NAMES
+    from planner.step import TRAINER_OPTIM_NAMES
 
     config, hyper = trial.config, trial.hyper
     has_eval = spec.data.eval is not None and spec.eval.strategy != "no"

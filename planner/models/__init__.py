@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from planner.errors import UnknownModelError
-from planner.profiles import profiles_dir
+from planner.shipped import shipped_dir
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 
 def models_dir() -> Path:
-    return profiles_dir() / "models"
+    return shipped_dir() / "models"
 
 
 def shipped_models() -> list[str]:
@@ -90,3 +90,9 @@ def load_model_config(reference: str) -> PretrainedConfig:
             f"unknown model '{reference}' (not shipped, not a local directory, hub unreachable)",
             hint,
         ) from None
+
+
+def head_dim(hf_config: PretrainedConfig) -> int:
+    """Size of one attention head: the config's ``head_dim`` where it sets one (Gemma, Qwen3),
+    else hidden size over heads, as transformers' attention modules compute it."""
+    return int(getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads)

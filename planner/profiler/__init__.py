@@ -8,7 +8,7 @@ Profiles are stored as JSON under ``profiles/measured/`` of the working director
 from planner.profiler._calibration import calibrated_overhead, fit_with_profiles, measured_rows
 from planner.profiler._device import device_card, local_device, profile_card_name, resolve_device
 from planner.profiler._finder import Prediction, find_max_micro_batch, runner_probe, search_max_micro_batch
-from planner.profiler._profile import default_micro_batches, profile_config
+from planner.profiler._profile import profile_config, profiled_micro_batches
 from planner.profiler._runner import ProbeMemory, StepRunner, training_flops_per_token
 from planner.profiler._simulate import OutOfMemoryAbove
 from planner.profiler._store import MEASURED_ENV, ProfileStore, library_versions, load_profile, measured_dir
@@ -21,7 +21,6 @@ __all__ = [
     "ProfileStore",
     "StepRunner",
     "calibrated_overhead",
-    "default_micro_batches",
     "device_card",
     "find_max_micro_batch",
     "fit_with_profiles",
@@ -32,6 +31,7 @@ __all__ = [
     "measured_rows",
     "profile_card_name",
     "profile_config",
+    "profiled_micro_batches",
     "resolve_device",
     "runner_probe",
     "search_max_micro_batch",

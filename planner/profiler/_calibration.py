@@ -5,15 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from planner.estimator import CudaOverhead, overhead_for, overhead_from_profiles
-from planner.estimator._fit import fit
+from planner.estimator import CudaOverhead, fit, overhead_for, overhead_from_profiles
 from planner.profiler._device import profile_card_name
 from planner.profiler._store import ProfileStore, load_profile
-from planner.schema import Card, FitReport, MeasuredRow, Profile, TrainingConfig
+from planner.schema import Card, FitReport, MeasuredProfile, MeasuredRow, TrainingConfig
 
 
 def calibrated_overhead(
-    card: Card, store: ProfileStore | None = None, extra: Iterable[Profile] = ()
+    card: Card, store: ProfileStore | None = None, extra: Iterable[MeasuredProfile] = ()
 ) -> CudaOverhead | None:
     """Context and fragmentation from the CUDA profiles of ``card`` (in ``store`` and ``extra``).
 
@@ -39,7 +38,7 @@ def fit_with_profiles(
     """
     store = store if store is not None else ProfileStore()
     card_name = profile_card_name(card)
-    measured: Profile | None
+    measured: MeasuredProfile | None
     if profile is not None:
         measured = load_profile(profile, card_name=card_name, config=config)
         source: str | None = str(profile)
@@ -56,7 +55,7 @@ def fit_with_profiles(
     return report.model_copy(update={"measured": measured_rows(report, measured), "profile": source})
 
 
-def measured_rows(report: FitReport, profile: Profile) -> list[MeasuredRow]:
+def measured_rows(report: FitReport, profile: MeasuredProfile) -> list[MeasuredRow]:
     """Each measured micro-batch beside its predicted peak (NVML used on CUDA, live bytes on CPU)."""
     rows = []
     for measurement in profile.measurements:

@@ -89,13 +89,6 @@ def device_name(device: torch.device, card: Card) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else card.display_name
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OOM, or the CPU allocator failing (a RuntimeError that names it)."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-
-
 def release_memory(device: torch.device) -> None:
     """Free what dead references still hold: Python cycles first, then the CUDA allocator's cache."""
     gc.collect()

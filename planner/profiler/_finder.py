@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from planner.estimator._fit import MAX_MICRO_BATCH, Estimator
+from planner.estimator import MAX_MICRO_BATCH, Estimator
 from planner.profiler._device import resolve_device
 from planner.profiler._runner import StepRunner
 from planner.schema import Card, MaxBatchSearch, ProbeResult, TrainingConfig

@@ -1,4 +1,4 @@
-"""``profile_config``: measure a config on this machine's device, per micro-batch, into a Profile."""
+"""``profile_config``: measure a config on this machine's device, per micro-batch, into a MeasuredProfile."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from datetime import datetime, timezone
 import torch
 
 from planner.errors import ConfigError
-from planner.estimator._fit import Estimator
+from planner.estimator import Estimator
 from planner.profiler._calibration import calibrated_overhead
 from planner.profiler._device import device_name, profile_card_name, resolve_device
 from planner.profiler._finder import Prediction, runner_probe, search_max_micro_batch
 from planner.profiler._runner import StepRunner
 from planner.profiler._store import library_versions
-from planner.schema import Card, Profile, ProfileKey, StepMeasurement, TrainingConfig
+from planner.schema import Card, MeasuredProfile, ProfileKey, StepMeasurement, TrainingConfig
 
 Progress = Callable[[str], None]
 
@@ -27,7 +27,7 @@ DEFAULT_STEPS = 5
 DEFAULT_WARMUP = 2
 
 
-def default_micro_batches(max_micro_batch: int, device: torch.device, seq_len: int) -> list[int]:
+def profiled_micro_batches(max_micro_batch: int, device: torch.device, seq_len: int) -> list[int]:
     """1, half the max and the max: the line through them gives step time at any size between.
 
     On the CPU the max is capped to ``CPU_MAX_MICRO_BATCH`` and ``CPU_MAX_TOKENS`` per micro-batch.
@@ -48,10 +48,10 @@ def profile_config(
     steps: int = DEFAULT_STEPS,
     warmup: int = DEFAULT_WARMUP,
     find_max: bool = False,
-) -> Profile:
+) -> MeasuredProfile:
     """Run real training steps of ``config`` on ``card``'s device and return what they measured.
 
-    Per micro-batch (default: points the estimator picks, see :func:`default_micro_batches`): step
+    Per micro-batch (default: points the estimator picks, see :func:`profiled_micro_batches`): step
     times (median, p10, p90 of ``steps`` after ``warmup``), optimizer and eval-forward times,
     tokens/s, achieved TFLOP/s and MFU, and peak memory (CUDA: allocated, reserved, NVML; CPU: live
     tensor bytes). A size that runs out of memory is listed in ``out_of_memory``. ``find_max`` runs
@@ -91,7 +91,7 @@ def profile_config(
         if estimator is not None and micro_batches is None:
             say("estimating the max micro-batch")
             top = search.max_micro_batch if search is not None else estimator.max_micro_batch()
-            sizes = default_micro_batches(top, target, config.seq_len)
+            sizes = profiled_micro_batches(top, target, config.seq_len)
         measured: list[StepMeasurement] = []
         out_of_memory = []
         for done, size in enumerate(sizes):
@@ -110,7 +110,7 @@ def profile_config(
             "ask for smaller sizes, or turn on gradient checkpointing",
         )
     contexts = [m.context_bytes for m in measured if m.context_bytes is not None]
-    return Profile(
+    return MeasuredProfile(
         key=ProfileKey.of(config, profile_card_name(card)),
         device="cuda" if target.type == "cuda" else "cpu",
         device_name=device_name(target, card),

@@ -1,7 +1,7 @@
 """Real training steps of a config on a device: the model the estimator traces, run for real and timed.
 
 The model, adapters, 4-bit base and optimizer come from the estimator's own builder
-(:func:`planner.estimator._setup.build_training_setup`), so what is measured is what was predicted.
+(:func:`planner.step.build_training_setup`), so what is measured is what was predicted.
 A step is Trainer's: forward with labels under autocast, backward, optimizer step, zero_grad; with
 gradient accumulation a second micro-batch runs with the first one's gradients alive.
 """
@@ -20,11 +20,10 @@ import torch
 from torch import nn
 
 from planner.errors import DeviceError, PlannerError
-from planner.estimator._setup import build_training_setup
-from planner.estimator._trace import StepTracer
-from planner.models import load_model_config
-from planner.profiler._device import is_out_of_memory, nvml_used_bytes, release_memory, synchronize
-from planner.schema import Card, Method, OptimizerName, Precision, StepMeasurement, TrainingConfig
+from planner.models import head_dim, load_model_config
+from planner.profiler._device import nvml_used_bytes, release_memory, synchronize
+from planner.schema import Card, Method, OptimizerName, StepMeasurement, TrainingConfig
+from planner.step import StepTracer, build_training_setup, is_out_of_memory
 
 T = TypeVar("T")
 
@@ -185,7 +184,7 @@ class StepRunner:
         accumulation = self.config.gradient_accumulation
         tokens_per_second = micro_batch * self.config.seq_len * accumulation / (accumulation * fb + opt)
         achieved = self.flops_per_token * tokens_per_second / 1e12
-        peak = datasheet_tflops(card, self.config.precision)
+        peak = None if card.kind == "cpu" else card.dense_tflops(self.config.precision)
         return StepMeasurement(
             micro_batch=micro_batch,
             forward_backward_seconds=fb,
@@ -253,18 +252,8 @@ def training_flops_per_token(model: nn.Module, hf_config: Any, seq_len: int) -> 
         if module.weight.requires_grad:
             trainable += count
     heads = int(hf_config.num_attention_heads)
-    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
-    attention = 4 * int(hf_config.num_hidden_layers) * seq_len * heads * head_dim
+    attention = 4 * int(hf_config.num_hidden_layers) * seq_len * heads * head_dim(hf_config)
     return float(4 * matmul + 2 * trainable + 3 * attention)
-
-
-def datasheet_tflops(card: Card, precision: Precision) -> float | None:
-    """The card's dense peak for the precision the matmuls run in (None on the host, or unknown)."""
-    if card.kind == "cpu":
-        return None
-    if precision is Precision.FP32:
-        return card.tflops.fp32
-    return card.tflops.fp16 if precision is Precision.FP16 else card.tflops.bf16
 
 
 def percentile(values: list[float], q: float) -> float:

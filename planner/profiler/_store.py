@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from planner.errors import ProfileError
-from planner.schema import Profile, ProfileKey, TrainingConfig
+from planner.schema import MeasuredProfile, ProfileKey, TrainingConfig
 
 MEASURED_ENV = "VRAM_PLANNER_MEASURED"
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes")
@@ -57,19 +57,19 @@ class ProfileStore:
         shape = f"{key.method.value}-{key.precision.value}-{key.optimizer.value}-seq{key.seq_len}"
         return self.directory / _slug(key.card) / f"{_slug(key.model)}--{shape}--{digest}.json"
 
-    def save(self, profile: Profile) -> Path:
+    def save(self, profile: MeasuredProfile) -> Path:
         """Write ``profile`` (replacing one of the same key and versions); returns its path."""
         path = self.path_for(profile.key, profile.versions)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(profile.model_dump_json(indent=2))
         return path
 
-    def find(self, config: TrainingConfig, card_name: str) -> Profile | None:
+    def find(self, config: TrainingConfig, card_name: str) -> MeasuredProfile | None:
         """The profile of ``config`` on ``card_name`` taken with the installed library versions."""
         path = self.path_for(ProfileKey.of(config, card_name), library_versions())
         return load_profile(path) if path.is_file() else None
 
-    def for_card(self, card_name: str) -> list[Profile]:
+    def for_card(self, card_name: str) -> list[MeasuredProfile]:
         """Every readable profile taken on ``card_name`` (any config, any versions)."""
         folder = self.directory / _slug(card_name)
         profiles = []
@@ -85,11 +85,11 @@ class ProfileStore:
 
 def load_profile(
     path: Path | str, *, card_name: str | None = None, config: TrainingConfig | None = None
-) -> Profile:
+) -> MeasuredProfile:
     """Read a profile file; with ``card_name``/``config``, refuse one taken on another card or config."""
     path = Path(path)
     try:
-        profile = Profile.model_validate_json(path.read_text())
+        profile = MeasuredProfile.model_validate_json(path.read_text())
     except OSError as exc:
         raise ProfileError(
             "profile", f"cannot read {path}: {exc.strerror}", "pass an existing file"

@@ -5,9 +5,9 @@ from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstima
 from planner.schema._plan import DataStats, HalvingRung, Plan, PlannedTrial, TimeEstimate, TimeSource
 from planner.schema._profile import (
     MaxBatchSearch,
+    MeasuredProfile,
     MeasuredRow,
     ProbeResult,
-    Profile,
     ProfileKey,
     StepMeasurement,
 )
@@ -44,6 +44,7 @@ __all__ = [
     "Hyperparameters",
     "LoraSettings",
     "MaxBatchSearch",
+    "MeasuredProfile",
     "MeasuredRow",
     "MemoryBreakdown",
     "MemoryEstimate",
@@ -54,7 +55,6 @@ __all__ = [
     "PlannedTrial",
     "Precision",
     "ProbeResult",
-    "Profile",
     "ProfileKey",
     "Range",
     "Scheduler",

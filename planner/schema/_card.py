@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+if TYPE_CHECKING:
+    from planner.schema._training import Precision
 
 MIB = 1024**2
 GIB = 1024**3
@@ -63,3 +66,15 @@ class Card(BaseModel):
         if self.kind == "cpu":
             return True
         return self.compute_capability_tuple >= (8, 0)
+
+    def dense_tflops(self, precision: Precision) -> float | None:
+        """Datasheet dense TFLOP/s of the dtype ``precision``'s matmuls run in (None if unknown).
+
+        Mixed precision runs its matmuls in the half dtype; fp32 in fp32 (TF32 off, PyTorch's
+        default for matmuls); pure bf16 in bf16.
+        """
+        from planner.schema._training import Precision
+
+        if precision is Precision.FP32:
+            return self.tflops.fp32
+        return self.tflops.fp16 if precision is Precision.FP16 else self.tflops.bf16

@@ -120,7 +120,7 @@ class MaxBatchSearch(BaseModel):
         return len(self.probes)
 
 
-class Profile(BaseModel):
+class MeasuredProfile(BaseModel):
     """One config measured on one device: a measurement per micro-batch, plus what was found."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

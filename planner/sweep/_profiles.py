@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from planner.errors import ProfileError
 from planner.estimator import Estimator
-from planner.schema import GIB, Card, Plan, Profile, SweepSpec, TrainingConfig
+from planner.schema import GIB, Card, MeasuredProfile, Plan, SweepSpec, TrainingConfig
 from planner.sweep._plan import plan_sweep
 from planner.timing import ProfileLookup
 
@@ -22,18 +22,20 @@ class MeasuringProfiles:
     for a GPU card the user runs ``planner profile`` on that GPU.
     """
 
-    def __init__(self, store: ProfileLookup, card: Card, measure: Callable[[TrainingConfig], Profile] | None):
+    def __init__(
+        self, store: ProfileLookup, card: Card, measure: Callable[[TrainingConfig], MeasuredProfile] | None
+    ):
         self.store = store
         self.card = card
         self.measure = measure
 
-    def find(self, config: TrainingConfig, card: str) -> Profile | None:
+    def find(self, config: TrainingConfig, card: str) -> MeasuredProfile | None:
         found = self.store.find(config, card)
         if found is None and self.measure is not None and card == self.card.name:
             found = self.measure(config)
         return found
 
-    def for_card(self, card: str) -> list[Profile]:
+    def for_card(self, card: str) -> list[MeasuredProfile]:
         return self.store.for_card(card)
 
 
@@ -46,7 +48,7 @@ def plan_for_card(
 
     store = ProfileStore()
 
-    def measure(config: TrainingConfig) -> Profile:
+    def measure(config: TrainingConfig) -> MeasuredProfile:
         peak = Estimator(config, card).estimate(config.micro_batch, trace=False).peak_bytes
         if peak > AUTO_PROFILE_MAX_BYTES:
             raise ProfileError(

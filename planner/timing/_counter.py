@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
-from planner.estimator._trace import StepTracer
+from planner.step import StepTracer
 
 aten = torch.ops.aten
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from planner.schema import Card, Precision, TrainingConfig
+from planner.schema import Card, TrainingConfig
 from planner.timing._counter import PhaseCosts
 
 # cuBLAS GEMMs at LLM shapes reach 60-80% of the dense datasheet peak on A100/H100/Ada; smaller
@@ -30,12 +30,7 @@ DEFAULT_RELATIVE_INTERVAL = (0.6, 1.6)
 
 def _peak_flops(card: Card, config: TrainingConfig) -> float | None:
     """Dense tensor throughput in FLOP/s for the precision the matmuls run in."""
-    tflops = {
-        Precision.FP32: card.tflops.fp32,
-        Precision.FP16: card.tflops.fp16,
-        Precision.BF16: card.tflops.bf16,
-        Precision.PURE_BF16: card.tflops.bf16,
-    }[config.precision]
+    tflops = card.dense_tflops(config.precision)
     return None if tflops is None else tflops * 1e12
 
 

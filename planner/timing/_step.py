@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from planner.errors import ProfileError
-from planner.estimator._fit import cuda_target, probe_depths
-from planner.estimator._trace import num_layers, truncated_config
+from planner.estimator import probe_depths
 from planner.models import load_model_config
-from planner.schema import Card, Profile, TimeSource, TrainingConfig
+from planner.schema import Card, MeasuredProfile, TimeSource, TrainingConfig
+from planner.step import cuda_target, num_layers, truncated_config
 from planner.timing._counter import CostedTracer, PhaseCosts
 from planner.timing._roofline import (
     BANDWIDTH_EFFICIENCY,
@@ -38,9 +38,9 @@ CALIBRATION_PROFILES = 3
 class ProfileLookup(Protocol):
     """Where measured profiles come from (``planner.profiler.ProfileStore`` in practice)."""
 
-    def find(self, config: TrainingConfig, card: str) -> Profile | None: ...
+    def find(self, config: TrainingConfig, card: str) -> MeasuredProfile | None: ...
 
-    def for_card(self, card: str) -> list[Profile]: ...
+    def for_card(self, card: str) -> list[MeasuredProfile]: ...
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from planner.errors import ConfigError
-from planner.estimator import Estimator, StepTrace, fit
-from planner.estimator._fit import LinearPeak
-from planner.estimator._trace import WINDOWS, PeakSplit
+from planner.estimator import Estimator, LinearPeak, fit
 from planner.schema import MIB, TrainingConfig
+from planner.step import WINDOWS, PeakSplit, StepTrace
 from tests.conftest import TINY_CONFIGS, make_card, write_model
 
 

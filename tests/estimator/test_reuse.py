@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any
 
@@ -10,10 +9,10 @@ import pytest
 
 from planner.cards import host_card
 from planner.errors import ConfigError
-from planner.estimator import Estimator, _fit, fit
-from planner.estimator._trace import StepTracer
+from planner.estimator import Estimator, TraceCache, _fit, _helper, fit, shared_cache
 from planner.models import load_model_config
 from planner.schema import TrainingConfig
+from planner.step import StepTracer
 from tests.conftest import TINY_CONFIGS, make_card, write_model
 
 
@@ -26,12 +25,12 @@ def deep_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 def two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_fit.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(_helper.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
 
 
 @pytest.fixture
-def fresh_traces(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_fit, "_STEPS", OrderedDict())
+def fresh_traces() -> None:
+    shared_cache().clear()
 
 
 def _refuse(field: str) -> None:
@@ -45,13 +44,13 @@ def test_a_fit_split_over_a_helper_process_answers_as_one_process_does(
     config = TrainingConfig(model=deep_llama, seq_len=64, precision="fp32")
     card = make_card(518)
     forks = []
-    original_init = _fit._Helper.__init__
+    original_init = _helper.Helper.__init__
 
-    def counted_init(self: _fit._Helper) -> None:
+    def counted_init(self: _helper.Helper) -> None:
         forks.append(self)
         original_init(self)
 
-    monkeypatch.setattr(_fit._Helper, "__init__", counted_init)
+    monkeypatch.setattr(_helper.Helper, "__init__", counted_init)
     split = fit(config, card)
     assert forks, "fit did not use a helper process"
 
@@ -59,32 +58,33 @@ def test_a_fit_split_over_a_helper_process_answers_as_one_process_does(
     def no_helper(**_: Any) -> Any:
         yield None
 
-    monkeypatch.setattr(_fit, "_STEPS", OrderedDict())
-    monkeypatch.setattr(_fit._Helper, "fork", no_helper)
+    shared_cache().clear()
+    monkeypatch.setattr(_helper.Helper, "fork", no_helper)
     alone = fit(config, card)
     assert split == alone
     assert split.max_micro_batch == 0
     assert 0 < len(split.fixes) < len(_fit._fix_candidates(config))
 
 
-def test_estimators_of_one_step_share_its_traces(
-    deep_llama: str, fresh_traces: None, monkeypatch: pytest.MonkeyPatch
-):
+def test_estimators_of_one_step_share_its_traces(deep_llama: str, monkeypatch: pytest.MonkeyPatch):
     config = TrainingConfig(model=deep_llama, seq_len=64, gradient_accumulation=2)
     card = make_card(560)
-    best = Estimator(config, card).max_micro_batch()
+    cache = TraceCache()
+    best = Estimator(config, card, cache=cache).max_micro_batch()
 
     def no_more_tracing(self: StepTracer, micro_batch: int) -> None:
         raise AssertionError(f"traced again at micro-batch {micro_batch}")
 
     monkeypatch.setattr(StepTracer, "trace", no_more_tracing)
     # Micro-batch and accumulation past 2 do not change the traced step.
-    again = Estimator(config.with_changes(micro_batch=3, gradient_accumulation=8), card)
+    again = Estimator(config.with_changes(micro_batch=3, gradient_accumulation=8), card, cache=cache)
     assert again.max_micro_batch() == best
-    assert again.estimate(best).peak_bytes == Estimator(config, card).estimate(best).peak_bytes
+    assert again.estimate(best).peak_bytes == Estimator(config, card, cache=cache).estimate(best).peak_bytes
     # Another card with the same kernels shares the traces; the host runs other kernels.
-    assert Estimator(config, make_card(2048)).traces is again.traces
-    assert Estimator(config, host_card()).traces is not again.traces
+    assert Estimator(config, make_card(2048), cache=cache).traces is again.traces
+    assert Estimator(config, host_card(), cache=cache).traces is not again.traces
+    # Another cache shares nothing.
+    assert Estimator(config, card, cache=TraceCache()).traces is not again.traces
 
 
 def test_a_reused_tracer_traces_the_same_step_again(tiny_models: dict[str, str]):
@@ -96,7 +96,7 @@ def test_a_reused_tracer_traces_the_same_step_again(tiny_models: dict[str, str])
 
 
 def test_the_helper_raises_user_errors_as_they_are(two_cores: None):
-    with _fit._Helper.fork(worth_it=True) as helper:
+    with _helper.Helper.fork(worth_it=True) as helper:
         assert helper is not None
         task = helper.submit(_refuse, "lora.r")
         with pytest.raises(ConfigError, match=r"lora\.r: refused"):
@@ -104,7 +104,7 @@ def test_the_helper_raises_user_errors_as_they_are(two_cores: None):
 
 
 def test_tasks_a_dead_helper_owes_run_here(two_cores: None):
-    with _fit._Helper.fork(worth_it=True) as helper:
+    with _helper.Helper.fork(worth_it=True) as helper:
         assert helper is not None
         helper._process.kill()
         helper._process.join()

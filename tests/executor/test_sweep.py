@@ -15,7 +15,6 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
-from planner.estimator._tracker import LiveBytesTracker
 from planner.executor import (
     Deadline,
     TrialStopped,
@@ -26,6 +25,7 @@ from planner.executor import (
     run_sweep,
 )
 from planner.schema import PlannedTrial
+from planner.step import LiveBytesTracker
 from planner.sweep import load_spec
 from tests.executor.conftest import hand_plan, planned_trial, write_spec
 

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from planner.cards import host_card
 from planner.estimator import Estimator
-from planner.estimator._tracker import LiveBytesTracker
 from planner.profiler import (
     OutOfMemoryAbove,
     Prediction,
@@ -19,6 +18,7 @@ from planner.profiler import (
     search_max_micro_batch,
 )
 from planner.schema import Card, ProbeResult, TrainingConfig
+from planner.step import LiveBytesTracker
 from tests.conftest import TINY_CONFIGS, write_model
 
 SEQ_LEN = 96  # no weight dimension equals it: only activations are (batch, 96, ...)

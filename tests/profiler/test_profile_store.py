@@ -8,8 +8,7 @@ import pytest
 
 from planner.cards import host_card
 from planner.errors import ProfileError
-from planner.estimator import Estimator
-from planner.estimator._cuda import default_overhead, overhead_for
+from planner.estimator import Estimator, default_overhead, overhead_for
 from planner.profiler import (
     MEASURED_ENV,
     ProfileStore,
@@ -19,7 +18,7 @@ from planner.profiler import (
     load_profile,
     measured_dir,
 )
-from planner.schema import GIB, MIB, Profile, ProfileKey, StepMeasurement, TrainingConfig
+from planner.schema import GIB, MIB, MeasuredProfile, ProfileKey, StepMeasurement, TrainingConfig
 from tests.conftest import make_card
 
 
@@ -31,10 +30,10 @@ def _profile(
     context: int | None = 400 * MIB,
     memory: tuple[int, int] = (10 * GIB, 11 * GIB),
     versions: dict[str, str] | None = None,
-) -> Profile:
+) -> MeasuredProfile:
     allocated, reserved = memory
     cuda = device == "cuda"
-    return Profile(
+    return MeasuredProfile(
         key=ProfileKey.of(config, card),
         device=device,  # type: ignore[arg-type]
         device_name="NVIDIA Test" if cuda else "CPU",

@@ -8,7 +8,7 @@ import torch
 from planner.cards import host_card
 from planner.errors import DeviceError
 from planner.estimator import Estimator
-from planner.profiler import StepRunner, default_micro_batches, profile_config, training_flops_per_token
+from planner.profiler import StepRunner, profile_config, profiled_micro_batches, training_flops_per_token
 from planner.schema import TrainingConfig
 
 
@@ -65,17 +65,17 @@ def test_a_bitsandbytes_failure_on_the_device_is_a_device_error(
     def no_kernel(*args: object, **kwargs: object) -> None:
         raise NotImplementedError("8-bit optimizer kernels need CUDA\nmore detail")
 
-    monkeypatch.setattr("planner.estimator._trace.build_training_setup", no_kernel)
+    monkeypatch.setattr("planner.step._trace.build_training_setup", no_kernel)
     config = TrainingConfig(model=tiny_models["llama"], optimizer="paged_adamw_8bit", seq_len=16)
     with pytest.raises(DeviceError, match="bitsandbytes cannot run full/paged_adamw_8bit on cpu"):
         StepRunner(config, "cpu")
 
 
 def test_default_sizes_are_one_half_and_max_capped_on_cpu():
-    assert default_micro_batches(40, torch.device("cuda"), 512) == [1, 20, 40]
-    assert default_micro_batches(40, torch.device("cpu"), 32) == [1, 4, 8]
-    assert default_micro_batches(40, torch.device("cpu"), 2048) == [1, 2]
-    assert default_micro_batches(0, torch.device("cuda"), 512) == [1]
+    assert profiled_micro_batches(40, torch.device("cuda"), 512) == [1, 20, 40]
+    assert profiled_micro_batches(40, torch.device("cpu"), 32) == [1, 4, 8]
+    assert profiled_micro_batches(40, torch.device("cpu"), 2048) == [1, 2]
+    assert profiled_micro_batches(0, torch.device("cuda"), 512) == [1]
 
 
 def test_the_device_must_be_the_cards(tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch):

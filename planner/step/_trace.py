@@ -29,13 +29,11 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_leaves
 
-from planner.estimator._setup import TrainingSetup, _in, build_training_setup, patched
-from planner.estimator._tracker import LiveBytesTracker, LivePeak
 from planner.schema import TrainingConfig
-
-# CUDA's caching allocator hands out blocks in multiples of 512 bytes (c10/cuda/CUDACachingAllocator.cpp,
-# kMinBlockSize), so every tensor's storage costs its size rounded up to 512.
-CUDA_BLOCK_BYTES = 512
+from planner.step._imports import entered, patched
+from planner.step._setup import TrainingSetup, build_training_setup
+from planner.step._target import CUDA_BLOCK_BYTES, CudaTarget
+from planner.step._tracker import LiveBytesTracker, LivePeak
 
 
 @dataclass(frozen=True)
@@ -70,18 +68,6 @@ class StepTrace(PeakSplit):
 
     windows: tuple[PeakSplit, ...]
     """The peak of each of :data:`WINDOWS`, in that order."""
-
-
-@dataclass(frozen=True)
-class CudaTarget:
-    """What changes when the step would run on CUDA rather than the CPU it is traced on.
-
-    ``sdpa_backend`` is the attention kernel CUDA would pick ("flash", "efficient" or "math"). The
-    fused kernels draw dropout in-kernel and save only the output and a log-sum-exp, as the CPU's
-    fused kernel does without dropout; "math" saves the attention probabilities.
-    """
-
-    sdpa_backend: str
 
 
 def truncated_config(hf_config: Any, layers: int) -> Any:
@@ -139,7 +125,7 @@ class StepTracer:
 
     def _tracing(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
-        stack.enter_context(_in(self._fake_mode))
+        stack.enter_context(entered(self._fake_mode))
         stack.enter_context(self.tracker)
         stack.enter_context(_attention_as_on(self.cuda))
         stack.enter_context(_rows_are_single_sequences())
@@ -302,7 +288,7 @@ def _create_optimizer_state(setup: TrainingSetup) -> None:
 def _attention_as_on(cuda: CudaTarget | None) -> Any:
     """Make the traced attention keep what CUDA's kernel would keep (see :class:`CudaTarget`)."""
     if cuda is None:
-        return _in(None)
+        return entered(None)
     if cuda.sdpa_backend == "math":
         return sdpa_kernel(SDPBackend.MATH)
     original = F.scaled_dot_product_attention

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from planner.estimator import CudaTarget, trace_step
-from planner.estimator._trace import WINDOWS
 from planner.models import load_model_config
 from planner.schema import TrainingConfig
+from planner.step import WINDOWS, CudaTarget, trace_step
 
 ARCHITECTURES = ["llama", "gpt2", "bert-classifier", "qwen2"]
 METHODS = ["full", "lora", "qlora"]

@@ -1,35 +1,25 @@
 """Build the real training objects of a config: transformers model, peft adapters, 4-bit base, optimizer.
 
-The same builder serves the fake trace (no memory, no weights) and real runs on CPU, so what the
-estimator traces is what a Trainer would run: the model class named in the config, peft's LoRA,
-bitsandbytes' NF4 layout with double quantization, and the optimizer classes Trainer picks for each
-``optim`` name.
+The same builder serves the fake trace (no memory, no weights), real runs on CPU and the
+executor's trials (fresh or pretrained weights), so what the estimator traces is what a Trainer
+runs: the model class named in the config, peft's LoRA, bitsandbytes' NF4 layout with double
+quantization, and the optimizer classes Trainer picks for each ``optim`` name.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import sys
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 
 from planner.errors import ConfigError
-from planner.schema import Method, OptimizerName, Precision, TrainingConfig
-
-# transformers' TrainingArguments.optim name for each of ours (what the executor passes Trainer).
-TRAINER_OPTIM_NAMES: dict[OptimizerName, str] = {
-    OptimizerName.ADAMW: "adamw_torch_fused",
-    OptimizerName.ADAMW_8BIT: "adamw_bnb_8bit",
-    OptimizerName.PAGED_ADAMW_8BIT: "paged_adamw_8bit",
-    OptimizerName.SGD: "sgd",
-    OptimizerName.ADAFACTOR: "adafactor",
-}
+from planner.schema import Method, Precision, TrainingConfig
+from planner.step._imports import import_bitsandbytes, import_peft
+from planner.step._lora import add_lora
+from planner.step._optimizers import make_optimizer
 
 _HALF = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16, Precision.PURE_BF16: torch.bfloat16}
 
@@ -110,29 +100,39 @@ def model_class(hf_config: Any) -> Any:
     )
 
 
-def build_training_setup(
-    hf_config: Any, config: TrainingConfig, *, fake_mode: Any | None, cuda_optimizer_layout: bool
-) -> TrainingSetup:
-    """Build model, adapters and optimizer for ``config``; with ``fake_mode`` nothing is allocated.
+def build_model(
+    hf_config: Any, config: TrainingConfig, *, fake_mode: Any | None = None, pretrained: str | None = None
+) -> nn.Module:
+    """The model ``config`` trains, in train mode, on every init path the product uses.
 
-    ``cuda_optimizer_layout`` traces paged 8-bit AdamW as its non-paged twin (same state layout):
-    paging needs CUDA managed memory, which no CPU can host.
+    - ``fake_mode`` set: built on meta, then materialised as fake CPU tensors (nothing allocated,
+      no weight read): what the estimator traces.
+    - neither: fresh weights from the config, real tensors: the profiler's and ``init: random``.
+    - ``pretrained``: transformers' ``from_pretrained`` of that reference (QLoRA through
+      ``BitsAndBytesConfig`` with the same NF4 double-quantised layout): ``init: pretrained``.
+
+    Past the base model every path runs the same code: peft's ``prepare_model_for_kbit_training``
+    for QLoRA, LoRA adapters (fp32 over a half base, bf16 for pure bf16), and checkpointing.
     """
     cls = model_class(hf_config)
-    task = task_of(cls.__name__)
     weights = base_weight_dtype(config)
+    compute = _HALF.get(config.precision, torch.float32)
     # Under fake mode everything is built on meta (no init cost, and peft/bitsandbytes run their
     # real code on meta tensors), then materialised as fake CPU tensors in one ``to_empty``.
     with torch.device("meta") if fake_mode is not None else contextlib.nullcontext():
-        model = cls._from_config(hf_config, dtype=weights)
+        if pretrained is None:
+            model = cls._from_config(hf_config, dtype=weights)
+            if config.method is Method.QLORA:
+                _quantize_to_nf4(model, compute)
+        else:
+            model = cls.from_pretrained(pretrained, **_pretrained_arguments(config, weights, compute))
         model.train()
         if config.method is Method.QLORA:
-            _quantize_to_nf4(model, _HALF.get(config.precision, torch.float32))
             model = import_peft().prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=config.gradient_checkpointing
             )
         if config.method in (Method.LORA, Method.QLORA):
-            model = _add_lora(model, config, task)
+            model = add_lora(model, config, task_of(cls.__name__))
         if config.gradient_checkpointing:
             # Trainer calls this on the (peft-wrapped) model; transformers defaults to non-reentrant.
             model.activation_checkpointing_enable()
@@ -150,7 +150,39 @@ def build_training_setup(
             # Moving meta -> fake makes a new Parameter per module, which unties shared weights.
             model.tie_weights()
             _materialise_quant_states(model, quant_states)
-    loss_head = model.get_output_embeddings() if task != "sequence-classification" else None
+    return model
+
+
+def _pretrained_arguments(
+    config: TrainingConfig, weights: torch.dtype, compute: torch.dtype
+) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments: the base dtype, and for QLoRA the NF4 layout that
+    :func:`_quantize_to_nf4` builds (blocksize 64, double-quantised absmax)."""
+    arguments: dict[str, Any] = {"dtype": weights}
+    if config.method is Method.QLORA:
+        from transformers import BitsAndBytesConfig
+
+        import_bitsandbytes()
+        arguments["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+    return arguments
+
+
+def build_training_setup(
+    hf_config: Any, config: TrainingConfig, *, fake_mode: Any | None, cuda_optimizer_layout: bool
+) -> TrainingSetup:
+    """Build model, adapters and optimizer for ``config``; with ``fake_mode`` nothing is allocated.
+
+    ``cuda_optimizer_layout`` traces paged 8-bit AdamW as its non-paged twin (same state layout):
+    paging needs CUDA managed memory, which no CPU can host.
+    """
+    model = build_model(hf_config, config, fake_mode=fake_mode)
+    task = task_of(model_class(hf_config).__name__)
+    loss_head = model.get_output_embeddings() if task != "sequence-classification" else None  # type: ignore[operator]
     params = [p for p in model.parameters() if p.requires_grad]
     # Optimizers are built outside fake mode: bitsandbytes computes its quantization maps with
     # data-dependent Python at construction. The maps are tiny real tensors; the state is fake.
@@ -163,70 +195,6 @@ def build_training_setup(
         autocast_dtype=autocast_dtype(config),
         loss_head=loss_head,
     )
-
-
-def make_optimizer(
-    name: OptimizerName, params: list[nn.Parameter], *, paged_as_unpaged: bool = False, lr: float = 1e-5
-) -> torch.optim.Optimizer:
-    """The optimizer class and arguments ``Trainer.get_optimizer_cls_and_kwargs`` picks for ``name``.
-
-    Kept as a table rather than calling Trainer: importing Trainer costs ~4 s, over half of the
-    estimator's time budget. ``tests/estimator/test_setup.py`` checks the table against Trainer.
-    """
-    if name is OptimizerName.ADAMW:
-        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
-    if name in (OptimizerName.ADAMW_8BIT, OptimizerName.PAGED_ADAMW_8BIT):
-        bnb = import_bitsandbytes()
-        paged = name is OptimizerName.PAGED_ADAMW_8BIT and not paged_as_unpaged
-        return bnb.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, optim_bits=8, is_paged=paged)
-    if name is OptimizerName.SGD:
-        return torch.optim.SGD(params, lr=lr)
-    from transformers.optimization import Adafactor
-
-    return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False)
-
-
-def import_bitsandbytes() -> ModuleType:
-    """``import bitsandbytes``, with its import-time ``torch.compile`` calls deferred to first use.
-
-    bitsandbytes wraps four CPU kernels in ``torch.compile`` at import, and creating a compiled
-    function imports ``torch._inductor`` (~1 s, a tenth of the ``planner fit`` budget) although
-    a fake trace never calls them. Each wrapper compiles on its first call instead, as
-    ``torch.compile`` itself would; compile errors still reach bitsandbytes' own fallback there.
-    peft imports bitsandbytes whenever it is installed, so this runs before any peft import.
-    """
-    if "bitsandbytes" in sys.modules:
-        return sys.modules["bitsandbytes"]
-    compile_now = torch.compile
-
-    def compile_later(model: Any = None, **options: Any) -> Any:
-        if model is None:
-            return functools.partial(compile_later, **options)
-        compiled: list[Callable[..., Any]] = []
-
-        @functools.wraps(model)
-        def first_call_compiles(*args: Any, **kwargs: Any) -> Any:
-            if not compiled:
-                compiled.append(compile_now(model, **options))
-            return compiled[0](*args, **kwargs)
-
-        return first_call_compiles
-
-    with patched(torch, "compile", compile_later):
-        import bitsandbytes
-    return bitsandbytes
-
-
-def import_peft() -> ModuleType:
-    """``import peft`` after :func:`import_bitsandbytes` (peft imports bitsandbytes on its own)."""
-    import_bitsandbytes()
-    import peft
-
-    return peft
-
-
-def _in(mode: Any | None) -> contextlib.AbstractContextManager[Any]:
-    return mode if mode is not None else contextlib.nullcontext()
 
 
 def _quantize_to_nf4(model: nn.Module, compute_dtype: torch.dtype) -> None:
@@ -298,50 +266,3 @@ def _materialise_quant_states(model: nn.Module, states: dict[str, Any]) -> None:
                 if isinstance(value, torch.Tensor):
                     setattr(state, attr, _fake_cpu_twin(value))
             state = state.state2
-
-
-def _add_lora(model: nn.Module, config: TrainingConfig, task: str) -> nn.Module:
-    import_peft()
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    peft_task = {"causal-lm": TaskType.CAUSAL_LM, "sequence-classification": TaskType.SEQ_CLS}.get(task)
-    lora = LoraConfig(
-        r=config.lora.r,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=config.lora.target_modules,
-        task_type=peft_task,
-    )
-    try:
-        # peft keeps adapters in fp32 over a half base (autocast_adapter_dtype); pure-bf16 keeps bf16.
-        peft_model = get_peft_model(
-            model, lora, autocast_adapter_dtype=config.precision is not Precision.PURE_BF16
-        )
-    except ValueError as exc:
-        if "not found in the base model" in str(exc) or "Target modules" in str(exc):
-            names = sorted(
-                {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-            )
-            raise ConfigError(
-                "lora.target_modules",
-                f"{config.lora.target_modules} match no module of {type(model).__name__}",
-                f"use 'all-linear' or some of {', '.join(names[:8])}",
-            ) from None
-        raise
-    if config.precision is Precision.PURE_BF16:
-        # peft casts adapters to the base dtype only when they are off meta; do it in both paths.
-        for param in peft_model.parameters():
-            if param.requires_grad:
-                param.data = param.data.to(torch.bfloat16)
-    return peft_model
-
-
-@contextlib.contextmanager
-def patched(obj: Any, name: str, value: Callable[..., Any]) -> Iterator[None]:
-    """Temporarily replace ``obj.name`` (used to emulate CUDA's attention kernel choice)."""
-    original = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, original)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
-from planner.estimator._setup import TRAINER_OPTIM_NAMES, make_optimizer
 from planner.schema import OptimizerName
+from planner.step import TRAINER_OPTIM_NAMES, make_optimizer
 
 
 @pytest.mark.parametrize("name", list(OptimizerName))

@@ -1,0 +1,154 @@
+"""Memory answers for one config on one card: estimates at any micro-batch and the largest that fits.
+
+The fit of :mod:`planner.estimator._linear` predicts; full-depth traces confirm (and correct) the
+predicted maximum. What only CUDA adds (context, workspace, fragmentation) comes from
+:mod:`planner.estimator._cuda`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from planner.estimator._cuda import CudaOverhead, default_overhead
+from planner.estimator._helper import Helper
+from planner.estimator._linear import MAX_MICRO_BATCH, TRACE_KEYS, LinearPeak
+from planner.estimator._traces import TraceCache, full_trace_task, shared_cache
+from planner.models import load_model_config
+from planner.schema import Card, MemoryBreakdown, MemoryEstimate, TrainingConfig
+from planner.step import StepTrace, check_card_supports, cuda_target
+
+CONFIRM_ROUNDS = 4
+"""Full-depth traces the confirmation of a predicted max may take."""
+
+INCLUDES = [
+    "weights (with 4-bit quant state), gradients, optimizer state",
+    "activations saved for backward and temporaries (logits, fp32 loss upcast) at the step's peak",
+    "CUDA caching-allocator 512-byte block rounding, cuBLAS workspace",
+    "CUDA context and allocator fragmentation (reserved - allocated)",
+]
+
+
+class Estimator:
+    """Memory answers for one config on one card; its traces are kept in (and shared through) ``cache``."""
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        card: Card,
+        overhead: CudaOverhead | None = None,
+        *,
+        cache: TraceCache | None = None,
+    ) -> None:
+        check_card_supports(config, card)
+        self.config = config
+        self.card = card
+        self.hf_config = load_model_config(config.model)
+        self.overhead = overhead or default_overhead(card)
+        self.cuda = cuda_target(card, config, self.hf_config)
+        self.traces = (cache or shared_cache()).get(config, self.cuda)
+        self.helper: Helper | None = None
+        """A helper process that traces full-depth steps for this estimator, while one runs."""
+        self._pending: dict[int, int] = {}
+        """micro-batch -> helper task tracing it at full depth."""
+
+    # -- traces ---------------------------------------------------------------------------------
+    def full_trace(self, micro_batch: int) -> StepTrace:
+        if micro_batch not in self.traces.full:
+            if self.helper is not None:
+                self.prefetch(micro_batch)
+                self.traces.full[micro_batch] = self.helper.result(self._pending.pop(micro_batch))
+            else:
+                self.traces.full_trace(micro_batch)
+        return self.traces.full[micro_batch]
+
+    def prefetch(self, micro_batch: int) -> None:
+        """Have the helper start the full-depth trace at ``micro_batch`` (no-op without one)."""
+        if self.helper is None or micro_batch in self.traces.full or micro_batch in self._pending:
+            return
+        self._pending[micro_batch] = self.helper.submit(full_trace_task, self.config, self.cuda, micro_batch)
+
+    @property
+    def linear(self) -> LinearPeak:
+        return self.traces.linear
+
+    # -- answers --------------------------------------------------------------------------------
+    @property
+    def allocated_limit(self) -> int:
+        return self.overhead.allocated_limit(self.card.available_bytes)
+
+    @property
+    def _tensor_limit(self) -> int:
+        """Most live tensor bytes the step may peak at: the allocated limit less cuBLAS workspace."""
+        return self.allocated_limit - self.overhead.workspace_bytes
+
+    def _allocated(self, tensor_bytes: float) -> int:
+        return math.ceil(tensor_bytes) + self.overhead.workspace_bytes
+
+    def estimate(self, micro_batch: int, *, trace: bool = True) -> MemoryEstimate:
+        """The estimate at ``micro_batch``: traced at full depth, or from the linear fit."""
+        if trace:
+            step = self.full_trace(micro_batch)
+            values = {key: float(getattr(step, key)) for key in TRACE_KEYS}
+        else:
+            values = {key: self.linear.at(micro_batch, key) for key in TRACE_KEYS}
+        allocated = self._allocated(values["peak"])
+        reserved = self.overhead.reserved(allocated)
+        device = self.overhead.device_bytes(allocated)
+        owners = ("weights", "gradients", "optimizer_state", "activations", "temporaries")
+        parts = {name: max(0, round(values[name])) for name in owners}
+        # Rounding of fitted parts must not break "the breakdown sums to the peak".
+        parts["temporaries"] += max(0, math.ceil(values["peak"]) - sum(parts.values()))
+        breakdown = MemoryBreakdown(
+            **parts,
+            cuda_context=self.overhead.context_bytes + self.overhead.workspace_bytes,
+            allocator_overhead=reserved - allocated,
+        )
+        return MemoryEstimate(
+            config=self.config.with_changes(micro_batch=micro_batch),
+            card=self.card.name,
+            micro_batch=micro_batch,
+            peak_allocated_bytes=allocated,
+            peak_reserved_bytes=reserved,
+            peak_bytes=device,
+            available_bytes=self.card.available_bytes,
+            breakdown=breakdown,
+            includes=INCLUDES,
+            expected_error=self.overhead.expected_error,
+            traced=trace,
+        )
+
+    def max_micro_batch(self, *, confirm: bool = True) -> int:
+        """The largest micro-batch that fits: linear prediction, then full-depth traces to confirm.
+
+        Each trace moves every window's line through it (slopes kept) for the next prediction,
+        which stays between the largest micro-batch traced to fit and the smallest traced not to.
+        """
+        limit = self._tensor_limit
+        predicted = self._predicted_max(limit)
+        if not confirm:
+            return predicted
+        fits, fails = 0, MAX_MICRO_BATCH + 1
+        candidate = max(predicted, 1)
+        for _ in range(CONFIRM_ROUNDS):
+            step = self.full_trace(candidate)
+            if step.peak <= limit:
+                fits = candidate
+            else:
+                fails = candidate
+            predicted = self.linear.corrected(step, candidate).max_micro_batch(limit)
+            if fails == fits + 1 or (fits and predicted <= fits):
+                return fits
+            candidate = min(max(predicted, fits + 1), fails - 1)
+        return fits
+
+    def _predicted_max(self, limit: int) -> int:
+        """The linear fit's max micro-batch, stopping early at a stage that already says 0.
+
+        Bytes resident between steps are a floor under the peak, and the fit's peak at micro-batch
+        1 is the depth extrapolation of the probes at micro-batch 1, so a config that cannot fit
+        is known without the micro-batch-2 probes (or without any trace). The margin of one byte
+        keeps the early answer on the same side of the limit as the fit's own arithmetic.
+        """
+        if self.traces.resident_bytes() > limit + 1 or self.traces.peak_at_one() > limit + 1:
+            return 0
+        return self.linear.max_micro_batch(limit)

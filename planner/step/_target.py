@@ -1,0 +1,62 @@
+"""Which device a traced step stands for: CUDA's kernel choices and block rounding, or the host.
+
+A trace runs on the CPU under fake tensors; where the step would run on a GPU, a few things differ
+and are emulated (see :class:`CudaTarget`). Cards that cannot run a config at all are refused here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from planner.errors import ConfigError
+from planner.models import head_dim
+from planner.schema import Card, Precision, TrainingConfig
+
+# CUDA's caching allocator hands out blocks in multiples of 512 bytes (c10/cuda/CUDACachingAllocator.cpp,
+# kMinBlockSize), so every tensor's storage costs its size rounded up to 512.
+CUDA_BLOCK_BYTES = 512
+
+
+@dataclass(frozen=True)
+class CudaTarget:
+    """What changes when the step would run on CUDA rather than the CPU it is traced on.
+
+    ``sdpa_backend`` is the attention kernel CUDA would pick ("flash", "efficient" or "math"). The
+    fused kernels draw dropout in-kernel and save only the output and a log-sum-exp, as the CPU's
+    fused kernel does without dropout; "math" saves the attention probabilities.
+    """
+
+    sdpa_backend: str
+
+
+def sdpa_backend(card: Card, half_precision: bool, head_size: int) -> str:
+    """The kernel ``scaled_dot_product_attention`` picks on ``card`` (PyTorch's sdp_utils.cpp rules).
+
+    Flash needs sm80+, fp16/bf16 and head_dim <= 256; memory-efficient (CUTLASS) takes fp32 too,
+    head_dim <= 256 here; anything else falls back to the math kernel that stores the probabilities.
+    """
+    if head_size <= 256 and half_precision and card.compute_capability_tuple >= (8, 0):
+        return "flash"
+    if head_size <= 256:
+        return "efficient"
+    return "math"
+
+
+def cuda_target(card: Card, config: TrainingConfig, hf_config: Any) -> CudaTarget | None:
+    """What a trace of ``config`` must emulate to be a step on ``card``: CUDA's attention kernel
+    and block rounding; None on the host pseudo-card, where the step is what a CPU run does."""
+    if card.kind == "cpu":
+        return None
+    half = config.precision is not Precision.FP32
+    return CudaTarget(sdpa_backend=sdpa_backend(card, half, head_dim(hf_config)))
+
+
+def check_card_supports(config: TrainingConfig, card: Card) -> None:
+    """Refuse combinations the card cannot run at all (bf16 on a card without bf16 units)."""
+    if config.precision.needs_bf16 and not card.supports_bf16:
+        raise ConfigError(
+            "precision",
+            f"{card.display_name} (sm{card.compute_capability.replace('.', '')}) has no bf16 support",
+            "use --precision fp16 (or fp32) on this card",
+        )
