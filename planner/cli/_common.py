@@ -65,23 +65,3 @@ def parse_budget(value: str | None) -> float | None:
         return parse_duration(value)
     except ValueError as exc:
         raise ConfigError("--budget", str(exc), "e.g. --budget 5h, 90m or 1h30m") from None
-
-
-# Short labels for searched names, so sweep tables fit a terminal.
-PARAM_LABELS = {
-    "learning_rate": "lr",
-    "effective_batch": "batch",
-    "weight_decay": "wd",
-    "warmup_ratio": "warmup",
-    "gradient_checkpointing": "ckpt",
-    "lora_dropout": "lora drop",
-}
-
-
-def format_value(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def format_params(params: dict[str, Any]) -> str:
-    """``lr=0.0003 batch=16``: a trial's searched values, short."""
-    return " ".join(f"{PARAM_LABELS.get(name, name)}={format_value(value)}" for name, value in params.items())

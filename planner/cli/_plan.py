@@ -9,20 +9,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli._common import PARAM_LABELS, emit_json, format_value, parse_budget, user_errors_exit_2
+from planner.cli._common import emit_json, parse_budget, user_errors_exit_2
+from planner.formatting import PARAM_LABELS, format_duration, format_value
 from planner.schema import GIB, MIB, Plan
-
-
-def format_duration(seconds: float) -> str:
-    """``1h05m``, ``4m30s`` or ``12s``: how people read sweep times."""
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 @click.command("plan")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli._common import emit_json, format_params, parse_budget, user_errors_exit_2
+from planner.cli._common import emit_json, parse_budget, user_errors_exit_2
 from planner.errors import ConfigError
+from planner.formatting import format_params
 from planner.schema import GIB, Plan
 
 
@@ -100,9 +100,12 @@ def run_command(
         LiveObserver,
         PlainObserver,
         SweepObserver,
+        WorkerOrder,
+        load_results,
         open_storage,
         open_study,
         run_sweep,
+        run_workers,
     )
     from planner.sweep import load_spec, plan_for_card
 
@@ -121,14 +124,20 @@ def run_command(
         name = study or sweep.name
         # The study and its queue exist before the workers start: they all begin by claiming.
         open_study(sweep, plan, storage_url, name)
-        arguments = [str(spec), "--card", card_name, "--storage", storage_url, "--study", name]
-        arguments += ["--report-to", report_to, *(["--budget", budget] if budget else [])]
-        arguments += ["--json"] if as_json else []
-        sys.exit(_run_on_gpus(devices, arguments, plan))
-
-    def plan_one(params: dict[str, Any]) -> Any:
-        single = sweep.model_copy(update={"search": {k: [v] for k, v in params.items()}, "strategy": "grid"})
-        return plan_for_card(single, target).trials[0]
+        order = WorkerOrder(
+            spec=spec.resolve(),
+            plan=plan,
+            card=card_name,
+            storage_url=storage_url,
+            study_name=name,
+            budget_seconds=seconds,
+            report_to=[part for part in report_to.split(",") if part],
+            show_progress=not as_json,
+        )
+        code = run_workers(devices, order)
+        if as_json:
+            emit_json(load_results(storage_url, name).model_dump(mode="json"))
+        sys.exit(code)
 
     observer: SweepObserver
     if as_json:
@@ -144,7 +153,7 @@ def run_command(
         study_name=study,
         budget_seconds=seconds,
         observer=observer,
-        plan_one=plan_one,
+        card=target,
         report_to=[part for part in report_to.split(",") if part],
     )
     if as_json:
@@ -158,18 +167,6 @@ def run_command(
                 "predicted_total_seconds": plan.total_seconds,
             }
         )
-
-
-def _run_on_gpus(devices: list[str], arguments: list[str], plan: Plan) -> int:
-    """One worker per GPU, all running the plan made here (planned once, not once per worker)."""
-    import tempfile
-
-    from planner.executor import run_workers
-
-    with tempfile.TemporaryDirectory(prefix="planner-run-") as directory:
-        path = Path(directory) / "plan.json"
-        path.write_text(plan.model_dump_json())
-        return run_workers(devices, [*arguments, "--plan", str(path)])
 
 
 @click.command("results")

@@ -12,9 +12,9 @@ from typing import Any
 
 from planner.estimator._cuda import CudaOverhead
 from planner.estimator._estimator import Estimator
+from planner.estimator._helper import Helper, share
 from planner.estimator._linear import MAX_MICRO_BATCH
 from planner.estimator._traces import TakenTraces, build_full_depth_task, probed_task
-from planner.estimator._helper import Helper, share
 from planner.schema import (
     Card,
     FitReport,

@@ -115,19 +115,10 @@ class TakenTraces:
     full: dict[int, StepTrace]
 
 
-def step_config(config: TrainingConfig) -> TrainingConfig:
-    """``config`` as far as its traced step goes: all but the micro-batch, the traced variable.
-
-    Accumulation matters only as "one micro-batch, or a second one on top of the first one's
-    gradients" (see :class:`~planner.step.StepTracer`).
-    """
-    return config.with_changes(micro_batch=1, gradient_accumulation=min(config.gradient_accumulation, 2))
-
-
 class TraceCache:
     """The traces of the last ``kept`` steps asked for, each keyed by its step and CUDA target.
 
-    Keyed by the step's config (as JSON: a list of LoRA targets is unhashable) and ``cuda``, the
+    Keyed by the step's shape (:meth:`~planner.schema.TrainingConfig.step_shape`) and ``cuda``, the
     only way a card or its overheads change a trace. Each entry holds at most one built
     full-depth model, which bounds the memory a cache holds.
     """
@@ -138,8 +129,8 @@ class TraceCache:
 
     def get(self, config: TrainingConfig, cuda: CudaTarget | None) -> StepTraces:
         """The traces of ``config``'s step on ``cuda`` (new and empty the first time)."""
-        step = step_config(config)
-        key = (step.model_dump_json(), cuda)
+        step = config.step_shape()
+        key = (step.key, cuda)
         if key not in self._steps:
             self._steps[key] = StepTraces(step, cuda)
             while len(self._steps) > self.kept:

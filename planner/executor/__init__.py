@@ -26,7 +26,7 @@ from planner.executor._sweep import (
     run_function,
     run_sweep,
 )
-from planner.executor._workers import run_workers
+from planner.executor._workers import WorkerOrder, run_workers, worker_main
 
 __all__ = [
     "DIVERGENCE_FACTOR",
@@ -42,6 +42,7 @@ __all__ = [
     "TrialLog",
     "TrialResult",
     "TrialStopped",
+    "WorkerOrder",
     "delete_study",
     "export_best",
     "learned_ratio",
@@ -54,5 +55,6 @@ __all__ = [
     "run_sweep",
     "run_workers",
     "sweep_results",
+    "worker_main",
     "write_report",
 ]

@@ -6,7 +6,6 @@ stay quiet and a terminal gets per-trial progress and the sweep's ETA against th
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -17,21 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from planner.executor._monitor import TrialLog
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def format_params(params: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+from planner.formatting import format_duration, format_params
 
 
 @dataclass
@@ -84,23 +69,28 @@ class PlainObserver(SweepObserver):
         self.budget: float | None = None
 
     def _print(self, message: str) -> None:
-        print(f"[{_duration(time.monotonic() - self.start):>7}] {message}", file=self.stream, flush=True)
+        print(
+            f"[{format_duration(time.monotonic() - self.start):>7}] {message}", file=self.stream, flush=True
+        )
 
     def sweep_started(
         self, name: str, trials: int, budget_seconds: float | None, predicted_seconds: float
     ) -> None:
         self.budget = budget_seconds
-        budget = f", budget {_duration(budget_seconds)}" if budget_seconds else ""
-        self._print(f"sweep {name}: {trials} trials to run, predicted {_duration(predicted_seconds)}{budget}")
+        budget = f", budget {format_duration(budget_seconds)}" if budget_seconds else ""
+        self._print(
+            f"sweep {name}: {trials} trials to run, predicted {format_duration(predicted_seconds)}{budget}"
+        )
 
     def trial_started(
         self, number: int, params: dict[str, Any], shape: str, predicted: float, after: float
     ) -> None:
         eta = time.monotonic() - self.start + predicted + after
-        budget = f" / budget {_duration(self.budget)}" if self.budget else ""
+        budget = f" / budget {format_duration(self.budget)}" if self.budget else ""
         self._print(
-            f"trial {number} started: {format_params(params)} ({shape}), predicted {_duration(predicted)}; "
-            f"sweep ETA {_duration(eta)}{budget}"
+            f"trial {number} started: {format_params(params)} ({shape}), "
+            f"predicted {format_duration(predicted)}; "
+            f"sweep ETA {format_duration(eta)}{budget}"
         )
 
     def trial_finished(
@@ -108,13 +98,13 @@ class PlainObserver(SweepObserver):
     ) -> None:
         shown = f" value {value:.4g}" if value is not None else ""
         why = f" ({reason})" if reason else ""
-        self._print(f"trial {number} {status} in {_duration(seconds)}{shown}{why}")
+        self._print(f"trial {number} {status} in {format_duration(seconds)}{shown}{why}")
 
     def note(self, message: str) -> None:
         self._print(message)
 
     def sweep_finished(self, elapsed: float) -> None:
-        self._print(f"done in {_duration(elapsed)}")
+        self._print(f"done in {format_duration(elapsed)}")
 
 
 class LiveObserver(SweepObserver):
@@ -182,16 +172,16 @@ class LiveObserver(SweepObserver):
                 row.shape,
                 progress,
                 loss,
-                f"{_duration(elapsed)} / {_duration(row.predicted)}",
+                f"{format_duration(elapsed)} / {format_duration(row.predicted)}",
                 row.status,
                 f"{row.value:.4g}" if row.value is not None else "-",
             )
         elapsed = now - self.start
         eta = elapsed + running_left + self.after
-        budget = f" | budget {_duration(self.budget)}" if self.budget else ""
+        budget = f" | budget {format_duration(self.budget)}" if self.budget else ""
         over = self.budget is not None and eta > self.budget
         footer = Text(
-            f"{self.name}: elapsed {_duration(elapsed)} | ETA {_duration(eta)}{budget}",
+            f"{self.name}: elapsed {format_duration(elapsed)} | ETA {format_duration(eta)}{budget}",
             style="bold red" if over else "bold",
         )
         return Group(table, footer, *(Text(n, style="dim") for n in self.notes[-5:]))

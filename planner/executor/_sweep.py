@@ -7,9 +7,10 @@ the ratio of measured to predicted seconds over the study's completed trials.
 
 from __future__ import annotations
 
+import functools
 import gc
+import logging
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from planner.cards import load_card
 from planner.executor._display import SweepObserver
 from planner.executor._monitor import Deadline, Reporter, TrialLog, TrialStopped
 from planner.executor._results import TrialResult, record_oom, trial_result
@@ -31,10 +33,13 @@ from planner.executor._trial import (
     run_trial,
     trainer_attempt,
 )
-from planner.schema import Hyperparameters, Plan, PlannedTrial, SweepSpec, TrainingConfig
+from planner.schema import Card, Hyperparameters, Plan, PlannedTrial, SweepSpec, TrainingConfig
+from planner.sweep import plan_sampled
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
 
 DIVERGENCE_FACTOR = 4.0
 """A training loss above this multiple of the trial's first logged loss counts as divergence."""
@@ -251,7 +256,7 @@ class _Worker:
             error = None
         except Exception as exc:  # one trial's crash must not end the sweep
             outcome, error = TrialOutcome(), f"{type(exc).__name__}: {exc}"
-            traceback.print_exc()
+            logger.exception("trial %d failed", trial.number)
             release_memory()
         seconds = time.monotonic() - start
         self._store(trial, planned, outcome, reporter.log, reporter, seconds, error)
@@ -314,6 +319,7 @@ def run_sweep(
     budget_seconds: float | None = None,
     observer: SweepObserver | None = None,
     plan_one: Callable[[dict[str, Any]], PlannedTrial] | None = None,
+    card: Card | None = None,
     report_to: Sequence[str] = (),
     callbacks: Sequence[TrainerCallback] = (),
     attempt: Callable[..., None] = trainer_attempt,
@@ -322,13 +328,16 @@ def run_sweep(
 
     ``storage_url`` defaults to the spec's SQLite file, ``study_name`` to the spec's name,
     ``budget_seconds`` to the spec's budget (counted from this call). ``plan_one`` plans one
-    sampled configuration (TPE). ``callbacks`` are extra ``TrainerCallback`` s for every trial.
+    sampled configuration (TPE); by default :func:`planner.sweep.plan_sampled` on ``card`` (by
+    default the plan's card). ``callbacks`` are extra ``TrainerCallback`` s for every trial.
     """
     # Import Trainer before the clock starts, so the first trial's time is comparable to the others'.
     import transformers.trainer  # noqa: F401
 
     budget = budget_seconds if budget_seconds is not None else spec.budget_seconds
     observer = observer or SweepObserver()
+    if plan_one is None and spec.strategy == "tpe":
+        plan_one = functools.partial(plan_sampled, spec, card or load_card(plan.card))
     worker = _Worker(
         spec,
         plan,

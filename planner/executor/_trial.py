@@ -19,6 +19,7 @@ import torch
 from planner.executor._monitor import Reporter, rss_bytes
 from planner.executor._recipe import build_model, load_datasets, tokenizer_for, training_arguments
 from planner.schema import PlannedTrial, SweepSpec
+from planner.step import is_out_of_memory
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -117,7 +118,9 @@ def run_trial(run: TrialRun, attempt: Attempt) -> TrialOutcome:
         out_of_memory = False
         try:
             attempt(run, outcome, resume)
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
             # Leave the except block before cleaning up: the traceback pins the attempt's frames.
             out_of_memory = True
         if not out_of_memory:

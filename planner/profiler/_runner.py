@@ -22,8 +22,8 @@ from torch import nn
 from planner.errors import DeviceError, PlannerError
 from planner.models import head_dim, load_model_config
 from planner.profiler._device import nvml_used_bytes, release_memory, synchronize
-from planner.schema import Card, Method, OptimizerName, StepMeasurement, TrainingConfig
-from planner.step import StepTracer, build_training_setup, is_out_of_memory
+from planner.schema import Card, Method, StepMeasurement, TrainingConfig
+from planner.step import BITSANDBYTES_OPTIMIZERS, StepTracer, build_training_setup, is_out_of_memory
 
 T = TypeVar("T")
 
@@ -266,10 +266,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def _uses_bitsandbytes(config: TrainingConfig) -> bool:
-    return config.method is Method.QLORA or config.optimizer in (
-        OptimizerName.ADAMW_8BIT,
-        OptimizerName.PAGED_ADAMW_8BIT,
-    )
+    return config.method is Method.QLORA or config.optimizer in BITSANDBYTES_OPTIMIZERS
 
 
 def _same_4bit_kernels_in_eval(model: nn.Module) -> None:

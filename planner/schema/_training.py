@@ -96,3 +96,16 @@ class TrainingConfig(BaseModel):
     def with_changes(self, **changes: object) -> TrainingConfig:
         """A validated copy with some fields replaced (``model_copy`` skips validation)."""
         return TrainingConfig.model_validate({**self.model_dump(), **changes})
+
+    def step_shape(self) -> TrainingConfig:
+        """The config as far as its traced step goes: all but the micro-batch, the traced variable.
+
+        Accumulation matters to memory only as "one micro-batch, or another one on top of the
+        first one's gradients", so 1 and 2 stand for every value.
+        """
+        return self.with_changes(micro_batch=1, gradient_accumulation=min(self.gradient_accumulation, 2))
+
+    @property
+    def key(self) -> str:
+        """A hashable key for caches: the config as JSON (a list of LoRA targets is unhashable)."""
+        return self.model_dump_json()

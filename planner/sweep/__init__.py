@@ -3,7 +3,7 @@
 from planner.sweep._budget import ORDER_RULE, halving_schedule, schedule
 from planner.sweep._load import load_spec
 from planner.sweep._plan import largest_divisor_at_most, plan_sweep
-from planner.sweep._profiles import MeasuringProfiles, plan_for_card
+from planner.sweep._profiles import MeasuringProfiles, plan_for_card, plan_sampled
 from planner.sweep._space import expand_trials, search_distributions
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "largest_divisor_at_most",
     "load_spec",
     "plan_for_card",
+    "plan_sampled",
     "plan_sweep",
     "schedule",
     "search_distributions",

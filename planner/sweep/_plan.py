@@ -32,34 +32,28 @@ class _Shapes:
     def __init__(self, card: Card, overhead: CudaOverhead | None) -> None:
         self.card = card
         self.overhead = overhead
-        # Keyed by the shape's JSON: a config with a list of LoRA targets is not hashable.
+        # Keyed by the step's shape (accumulation 1 or 2; micro-batch aside).
         self._estimators: dict[str, Estimator] = {}
         self._max: dict[str, int] = {}
         self._fix: dict[str, str] = {}
 
-    @staticmethod
-    def _shape(config: TrainingConfig) -> TrainingConfig:
-        # Memory depends on accumulation only through "are gradients already held while the next
-        # micro-batch runs" (accumulation >= 2), so 1 and 2 stand for every value.
-        return config.with_changes(micro_batch=1, gradient_accumulation=min(config.gradient_accumulation, 2))
-
     def estimator(self, config: TrainingConfig) -> Estimator:
-        shape = self._shape(config)
-        key = shape.model_dump_json()
+        shape = config.step_shape()
+        key = shape.key
         if key not in self._estimators:
             self._estimators[key] = Estimator(shape, self.card, self.overhead)
         return self._estimators[key]
 
     def max_micro_batch(self, config: TrainingConfig) -> int:
-        key = self._shape(config).model_dump_json()
+        key = config.step_shape().key
         if key not in self._max:
             self._max[key] = self.estimator(config).max_micro_batch(confirm=False)
         return self._max[key]
 
     def fix(self, config: TrainingConfig) -> str:
         """The cheapest change that makes ``config`` fit at micro-batch 1, with what it allows."""
-        shape = self._shape(config)
-        key = shape.model_dump_json()
+        shape = config.step_shape()
+        key = shape.key
         if key not in self._fix:
             fixes = suggest_fixes(shape, self.card, self.overhead)
             self._fix[key] = (

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from planner.errors import ProfileError
 from planner.estimator import Estimator
-from planner.schema import GIB, Card, MeasuredProfile, Plan, SweepSpec, TrainingConfig
+from planner.schema import GIB, Card, MeasuredProfile, Plan, PlannedTrial, SweepSpec, TrainingConfig
 from planner.sweep._plan import plan_sweep
 from planner.timing import ProfileLookup
 
@@ -74,3 +75,12 @@ def plan_for_card(
         profiles=profiles,
         overhead=calibrated_overhead(card, store),
     )
+
+
+def plan_sampled(spec: SweepSpec, card: Card, params: dict[str, Any]) -> PlannedTrial:
+    """One configuration a sampler chose (TPE's ``ask``), planned as the sweep plans its trials:
+    micro-batch x accumulation, feasibility with reason and fix, predicted time."""
+    single = spec.model_copy(
+        update={"search": {name: [value] for name, value in params.items()}, "strategy": "grid"}
+    )
+    return plan_for_card(single, card).trials[0]

@@ -59,8 +59,8 @@ class StepTimes:
 
 
 def _config_shape(config: TrainingConfig) -> TrainingConfig:
-    """The config without what does not change a single micro-step's cost."""
-    return config.with_changes(micro_batch=1, gradient_accumulation=1)
+    """The config without what does not change a single micro-step's cost (accumulation included)."""
+    return config.with_changes(gradient_accumulation=1).step_shape()
 
 
 class StepTimeModel:
@@ -69,7 +69,6 @@ class StepTimeModel:
     def __init__(self, card: Card, profiles: ProfileLookup | None = None) -> None:
         self.card = card
         self.profiles = profiles
-        # Keyed by the shape's JSON: a config with a list of LoRA targets is not hashable.
         self._shallow: dict[tuple[str, int], dict[int, dict[str, PhaseCosts]]] = {}
         self._tracers: dict[tuple[str, int], CostedTracer] = {}
         self._scale: tuple[float, tuple[float, float], str] | None = None
@@ -79,7 +78,7 @@ class StepTimeModel:
         """Roofline seconds of a full-depth step at default efficiencies (no calibration)."""
         hf_config = load_model_config(config.model)
         shape = _config_shape(config)
-        key = (shape.model_dump_json(), micro_batch)
+        key = (shape.key, micro_batch)
         if key not in self._shallow:
             depths = probe_depths(hf_config)
             self._shallow[key] = {d: self._tracer(shape, hf_config, d).costs(micro_batch) for d in depths}
@@ -87,7 +86,7 @@ class StepTimeModel:
 
     def _tracer(self, shape: TrainingConfig, hf_config: Any, depth: int) -> CostedTracer:
         """One built shallow model per config and depth, traced at every micro-batch asked."""
-        key = (shape.model_dump_json(), depth)
+        key = (shape.key, depth)
         if key not in self._tracers:
             cuda = cuda_target(self.card, shape, hf_config)
             self._tracers[key] = CostedTracer(truncated_config(hf_config, depth), shape, cuda=cuda)

@@ -318,3 +318,23 @@ def test_ten_trials_in_one_process_do_not_leak(tmp_path: Path, tiny_model_dir: P
     assert len(run.trials) == 10 and all(t.status == "complete" for t in run.trials)
     assert len(peak.peaks) == 10
     assert peak.peaks[-1] == peak.peaks[0]
+
+
+def test_tpe_from_python_plans_each_sampled_trial_itself(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Regression: the TPE planner lived in the CLI, so ``run_sweep`` of a TPE spec ran no trial."""
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            tiny_model_dir,
+            train=8,
+            eval_examples=4,
+            search={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
+            strategy="tpe",
+            n_trials=2,
+        )
+    )
+    run = run_sweep(spec, hand_plan(spec))  # no plan_one: the library plans on the plan's card
+    assert len(run.trials) == 2 and all(t.status == "complete" for t in run.trials)
+    stored = load_results(spec.storage_url, spec.name)
+    # Each sampled trial was planned by the planner (a measured CPU profile), not by the test.
+    assert all(t.predicted_seconds and t.micro_batch == 4 for t in stored.trials)
