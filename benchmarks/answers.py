@@ -65,6 +65,8 @@ PLANS = {
     "tiny-sweep-cpu": [str(EXAMPLES / "tiny-sweep" / "spec.yaml"), "--card", "cpu"],
 }
 # Keys whose values are measured on this machine (CPU plans) or name when/where a run happened.
+# The checkout the committed answers were written in (paths in answers name it).
+CHECKOUT_WRITTEN = "/work/main"
 VOLATILE = {"created", "versions", "host", "elapsed_seconds"}
 MEASURED_TIME_KEYS = ("seconds", "interval", "start", "end", "makespan", "time", "parts", "note", "worker")
 
@@ -81,12 +83,17 @@ def _run(planner: str, args: list[str], measured_dir: str) -> Any:
 
 
 def _strip(value: Any, *, drop_times: bool) -> Any:
+    """What an answer is, without what the machine or checkout changes: on the host card its free
+    RAM (``available_bytes``) and measured times; everywhere the checkout's path."""
     if isinstance(value, dict):
         return {
             key: _strip(item, drop_times=drop_times)
             for key, item in value.items()
-            if key not in VOLATILE and not (drop_times and any(k in key for k in MEASURED_TIME_KEYS))
+            if key not in VOLATILE
+            and not (drop_times and (key == "available_bytes" or any(k in key for k in MEASURED_TIME_KEYS)))
         }
+    if isinstance(value, str):
+        return value.replace(str(ROOT), "<checkout>").replace(CHECKOUT_WRITTEN, "<checkout>")
     if isinstance(value, list):
         items = [_strip(item, drop_times=drop_times) for item in value]
         if drop_times and all(isinstance(item, dict) and "number" in item for item in items):

@@ -117,6 +117,10 @@ class Estimator:
             traced=trace,
         )
 
+    def trainable_bytes(self) -> int:
+        """Bytes of the weights that train (all weights, or the adapters) at full depth."""
+        return round(self.traces.trainable_bytes())
+
     def max_micro_batch(self, *, confirm: bool = True) -> int:
         """The largest micro-batch that fits: linear prediction, then full-depth traces to confirm.
 

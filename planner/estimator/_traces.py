@@ -34,6 +34,8 @@ class StepTraces:
         self.depths = probe_depths(self.hf_config)
         self.resident: dict[int, int] = {}
         """depth -> bytes live between steps."""
+        self.trainable: dict[int, int] = {}
+        """depth -> bytes of the weights that train."""
         self.probes: dict[tuple[int, int], StepTrace] = {}
         """(depth, micro-batch) -> trace."""
         self.full: dict[int, StepTrace] = {}
@@ -47,6 +49,7 @@ class StepTraces:
             hf_config = self.hf_config if depth == self.depth else truncated_config(self.hf_config, depth)
             self._tracers[depth] = StepTracer(hf_config, self.config, cuda=self.cuda)
             self.resident[depth] = self._tracers[depth].resident_bytes
+            self.trainable[depth] = self._tracers[depth].trainable_bytes
         return self._tracers[depth]
 
     def probe(self, depth: int, micro_batch: int) -> StepTrace:
@@ -79,6 +82,13 @@ class StepTraces:
                 self.tracer(depth)
         return self._at_full_depth({d: float(self.resident[d]) for d in self.depths})
 
+    def trainable_bytes(self) -> float:
+        """Bytes of the weights that train, at full depth (what a checkpoint saves of the model)."""
+        for depth in self.depths:
+            if depth not in self.trainable:
+                self.tracer(depth)
+        return self._at_full_depth({d: float(self.trainable[d]) for d in self.depths})
+
     def peak_at_one(self) -> float:
         """The fit's full-depth peak at micro-batch 1, from the probes at micro-batch 1 alone."""
         return max(
@@ -97,11 +107,14 @@ class StepTraces:
 
     def taken(self) -> TakenTraces:
         """The traces alone, without the built models (what crosses from the helper process)."""
-        return TakenTraces(resident=self.resident, probes=self.probes, full=self.full)
+        return TakenTraces(
+            resident=self.resident, trainable=self.trainable, probes=self.probes, full=self.full
+        )
 
     def absorb(self, taken: TakenTraces) -> None:
         """Add traces of this same step taken elsewhere (a helper process's)."""
         self.resident = {**taken.resident, **self.resident}
+        self.trainable = {**taken.trainable, **self.trainable}
         self.probes = {**taken.probes, **self.probes}
         self.full = {**taken.full, **self.full}
 
@@ -111,6 +124,7 @@ class TakenTraces:
     """The traces of a :class:`StepTraces`, as plain data."""
 
     resident: dict[int, int]
+    trainable: dict[int, int]
     probes: dict[tuple[int, int], StepTrace]
     full: dict[int, StepTrace]
 

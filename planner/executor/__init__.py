@@ -12,7 +12,6 @@ from planner.executor._results import (
     TrialResult,
     export_best,
     load_results,
-    oom_log_path,
     oom_records,
     sweep_results,
 )
@@ -47,7 +46,6 @@ __all__ = [
     "export_best",
     "learned_ratio",
     "load_results",
-    "oom_log_path",
     "oom_records",
     "open_storage",
     "open_study",

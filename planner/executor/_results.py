@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict
 
 from planner.errors import ConfigError
-from planner.schema import PlannedTrial, ProfileKey
+from planner.schema import PlannedTrial
 
 
 class TrialResult(BaseModel):
@@ -40,6 +39,7 @@ class TrialResult(BaseModel):
     predicted_seconds: float | None = None
     seconds: float | None = None
     predicted_peak_bytes: int | None = None
+    predicted_allocated_bytes: int | None = None
     peak_memory_bytes: int | None = None
     memory_kind: str | None = None
     oom: list[dict[str, int]] = []
@@ -93,6 +93,7 @@ def trial_result(frozen: FrozenTrial) -> TrialResult:
         ),
         seconds=attrs.get("seconds"),
         predicted_peak_bytes=planned.peak_bytes if planned else None,
+        predicted_allocated_bytes=planned.peak_allocated_bytes if planned else None,
         peak_memory_bytes=attrs.get("peak_memory_bytes"),
         memory_kind=attrs.get("memory_kind"),
         oom=attrs.get("oom", []),
@@ -175,37 +176,21 @@ def export_best(results: SweepResults, path: Path) -> dict[str, Any]:
     return arguments
 
 
-def oom_log_path() -> Path:
-    """Where OOM recoveries are recorded for the memory model: ``oom.jsonl`` beside the profiles."""
-    from planner.profiler import measured_dir
-
-    return measured_dir() / "oom.jsonl"
-
-
 def record_oom(planned: PlannedTrial, card: str, events: list[dict[str, int]]) -> None:
-    """Append one line per OOM: the config's profile key, the micro-batch that failed, the prediction.
+    """Append each OOM recovery to the measured profiles' OOM log, which caps later plans and fits
+    of this config on this card (see :class:`planner.profiler.OomLog`)."""
+    from planner.profiler import OomLog
 
-    The estimator can read these (:func:`oom_records`) to learn that its prediction at that
-    micro-batch was too low on that card.
-    """
-    path = oom_log_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = ProfileKey.of(planned.config, card).model_dump(mode="json")
-    with path.open("a") as handle:
-        for event in events:
-            record = {
-                "key": key,
-                "micro_batch": event["micro_batch"],
-                "predicted_peak_bytes": planned.peak_bytes,
-                "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            handle.write(json.dumps(record) + "\n")
+    log = OomLog()
+    for event in events:
+        failed = planned.config.with_changes(
+            micro_batch=event["micro_batch"], gradient_accumulation=event["gradient_accumulation"]
+        )
+        log.record(failed, card, event["micro_batch"], planned.peak_bytes)
 
 
 def oom_records(card: str | None = None) -> list[dict[str, Any]]:
     """Every recorded OOM (optionally only those on ``card``)."""
-    path = oom_log_path()
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if card is None or r["key"]["card"] == card]
+    from planner.profiler import OomLog
+
+    return OomLog().records(card)

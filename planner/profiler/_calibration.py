@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from planner.estimator import CudaOverhead, fit, overhead_for, overhead_from_profiles
+from planner.estimator import CudaOverhead, Estimator, fit, overhead_for, overhead_from_profiles
 from planner.profiler._device import profile_card_name
+from planner.profiler._oom_log import OomLog
 from planner.profiler._store import ProfileStore, load_profile
 from planner.schema import Card, FitReport, MeasuredProfile, MeasuredRow, TrainingConfig
 
@@ -50,9 +51,21 @@ def fit_with_profiles(
     if measured is not None and micro_batches is not None:
         micro_batches = sorted({*micro_batches, *(m.micro_batch for m in measured.measurements)})
     report = fit(config, card, micro_batches, overhead=overhead)
+    report = _capped_by_recorded_oom(report, card, overhead, OomLog(store.directory).limit(config, card_name))
     if measured is None:
         return report
     return report.model_copy(update={"measured": measured_rows(report, measured), "profile": source})
+
+
+def _capped_by_recorded_oom(
+    report: FitReport, card: Card, overhead: CudaOverhead, limit: int | None
+) -> FitReport:
+    """The report with its max micro-batch capped at ``limit``, where a real run of the config ran
+    out of memory above it (see :class:`OomLog`); the estimate at the max is taken at the cap."""
+    if limit is None or limit >= report.max_micro_batch:
+        return report
+    at_max = Estimator(report.config, card, overhead).estimate(max(limit, 1))
+    return report.model_copy(update={"max_micro_batch": limit, "at_max": at_max, "oom_limit": limit})
 
 
 def measured_rows(report: FitReport, profile: MeasuredProfile) -> list[MeasuredRow]:

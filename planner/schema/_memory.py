@@ -102,3 +102,6 @@ class FitReport(BaseModel):
     """Micro-batches ``planner profile`` measured for this config on this card, next to the prediction."""
     profile: str | None = None
     """The measured profile those figures come from (a file path)."""
+    oom_limit: int | None = None
+    """Set when a real run of this config on this card ran out of memory above this micro-batch
+    (``oom.jsonl`` beside the measured profiles): the max micro-batch is capped at it."""

@@ -65,6 +65,9 @@ class PlannedTrial(BaseModel):
     fix: str | None = None
     """The cheapest change that would make it run."""
     peak_bytes: NonNegativeInt | None = None
+    """Predicted device bytes at the peak (on a GPU: reserved plus context; on the host: live bytes)."""
+    peak_allocated_bytes: NonNegativeInt | None = None
+    """Predicted ``torch.cuda.max_memory_allocated`` at the peak (live tensor bytes on the host)."""
     optimizer_steps: NonNegativeInt = 0
     eval_passes: NonNegativeInt = 0
     checkpoint_saves: NonNegativeInt = 0

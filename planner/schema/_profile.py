@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from planner.schema._training import Method, OptimizerName, Precision, TrainingConfig
+from planner.schema._training import LoraSettings, Method, OptimizerName, Precision, TrainingConfig
 
 
 class ProfileKey(BaseModel):
@@ -52,6 +52,25 @@ class ProfileKey(BaseModel):
                 if isinstance(targets, str)
                 else ",".join(sorted(targets))
             ),
+        )
+
+    def training_config(self) -> TrainingConfig:
+        """The config this key describes, as far as the key goes: everything a profile was keyed
+        by, LoRA rank and targets included; the rest (alpha, dropout, shapes) at their defaults."""
+        lora: dict[str, object] = {}
+        if self.lora_r is not None:
+            lora["r"] = self.lora_r
+        if self.lora_target_modules is not None:
+            targets = self.lora_target_modules
+            lora["target_modules"] = targets if targets == "all-linear" else targets.split(",")
+        return TrainingConfig(
+            model=self.model,
+            method=self.method,
+            precision=self.precision,
+            optimizer=self.optimizer,
+            gradient_checkpointing=self.gradient_checkpointing,
+            seq_len=self.seq_len,
+            lora=LoraSettings(**lora),
         )
 
 

@@ -122,6 +122,9 @@ class StepTracer:
         self._period = layer_period(hf_config)
         self.resident_bytes = self.tracker.live_bytes
         """Bytes live between steps (weights, quant state, optimizer state): a floor under every peak."""
+        self.trainable_bytes = sum(p.numel() * p.element_size() for p in self.setup.trainable_parameters())
+        """Bytes of the weights that train (all of them, or the adapters): what a checkpoint saves
+        besides the optimizer state."""
 
     def _tracing(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 from planner.data import LengthProfile, count_data
 from planner.errors import ConfigError, UnknownModelError
 from planner.estimator import CudaOverhead, Estimator, suggest_fixes
 from planner.models import load_model_config
-from planner.schema import GIB, Card, Hyperparameters, Method, Plan, PlannedTrial, SweepSpec, TrainingConfig
+from planner.schema import GIB, Card, Hyperparameters, Plan, PlannedTrial, SweepSpec, TrainingConfig
 from planner.sweep._budget import ORDER_RULE, halving_schedule, schedule
 from planner.sweep._space import expand_trials
 from planner.timing import ProfileLookup, StepTimeModel, count_work, trial_time
@@ -29,9 +30,15 @@ def largest_divisor_at_most(number: int, limit: int) -> int:
 class _Shapes:
     """Memory answers per config shape (micro-batch and accumulation aside), computed once."""
 
-    def __init__(self, card: Card, overhead: CudaOverhead | None) -> None:
+    def __init__(
+        self,
+        card: Card,
+        overhead: CudaOverhead | None,
+        oom_limit: Callable[[TrainingConfig], int | None] | None = None,
+    ) -> None:
         self.card = card
         self.overhead = overhead
+        self.oom_limit = oom_limit
         # Keyed by the step's shape (accumulation 1 or 2; micro-batch aside).
         self._estimators: dict[str, Estimator] = {}
         self._max: dict[str, int] = {}
@@ -47,7 +54,10 @@ class _Shapes:
     def max_micro_batch(self, config: TrainingConfig) -> int:
         key = config.step_shape().key
         if key not in self._max:
-            self._max[key] = self.estimator(config).max_micro_batch(confirm=False)
+            best = self.estimator(config).max_micro_batch(confirm=False)
+            # A micro-batch that ran out of memory in a real run of this config will again.
+            limit = self.oom_limit(config) if self.oom_limit is not None else None
+            self._max[key] = best if limit is None else min(best, limit)
         return self._max[key]
 
     def fix(self, config: TrainingConfig) -> str:
@@ -142,9 +152,9 @@ def _time_trial(
     micro = config.micro_batch
     estimate = shapes.estimator(config).estimate(micro, trace=False)
     parts = estimate.breakdown
-    # A checkpoint holds what trains (all weights for full fine-tuning, else the adapters) and
-    # the optimizer state; trainable weights are as large as their gradients.
-    saved = (parts.weights if config.method is Method.FULL else parts.gradients) + parts.optimizer_state
+    # A checkpoint holds what trains (all weights for full fine-tuning, else the adapters: peft's
+    # save_pretrained writes only those) and the optimizer state.
+    saved = shapes.estimator(config).trainable_bytes() + parts.optimizer_state
     work = count_work(
         hyper,
         micro_batch=micro,
@@ -164,6 +174,7 @@ def _time_trial(
         hyper=hyper,
         feasible=True,
         peak_bytes=estimate.peak_bytes,
+        peak_allocated_bytes=estimate.peak_allocated_bytes,
         optimizer_steps=work.optimizer_steps,
         eval_passes=work.eval_passes,
         checkpoint_saves=work.checkpoint_saves,
@@ -179,12 +190,14 @@ def plan_sweep(
     budget_seconds: float | None = None,
     profiles: ProfileLookup | None = None,
     overhead: CudaOverhead | None = None,
+    oom_limit: Callable[[TrainingConfig], int | None] | None = None,
 ) -> Plan:
     """Plan ``spec`` on ``card``: shapes, feasibility, predicted times, and what fits the budget.
 
     ``workers`` and ``budget_seconds`` override the spec's. ``profiles`` supplies measured step
     times (default: none, so times come from the roofline); ``overhead`` the card's calibrated CUDA
-    overheads for the memory answers (default: the estimator's documented defaults).
+    overheads for the memory answers (default: the estimator's documented defaults);
+    ``oom_limit`` the largest micro-batch a config may use by the OOMs recorded in real runs.
     """
     try:
         load_model_config(spec.base.model)
@@ -193,7 +206,7 @@ def plan_sweep(
     workers = workers or spec.workers
     budget = budget_seconds if budget_seconds is not None else spec.budget_seconds
     stats, lengths = count_data(spec)
-    shapes = _Shapes(card, overhead)
+    shapes = _Shapes(card, overhead, oom_limit)
     steps = StepTimeModel(card, profiles)
     trials: list[PlannedTrial] = []
     for number, params in enumerate(expand_trials(spec)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +46,7 @@ def plan_for_card(
 ) -> Plan:
     """:func:`plan_sweep` with the measured profiles on disk: step times, and CUDA overheads calibrated
     from the card's profiles; on the host, missing profiles are measured."""
-    from planner.profiler import ProfileStore, calibrated_overhead, profile_config
+    from planner.profiler import OomLog, ProfileStore, calibrated_overhead, profile_config
 
     store = ProfileStore()
 
@@ -74,6 +75,7 @@ def plan_for_card(
         budget_seconds=budget_seconds,
         profiles=profiles,
         overhead=calibrated_overhead(card, store),
+        oom_limit=functools.partial(OomLog(store.directory).limit, card=card.name),
     )
 
 

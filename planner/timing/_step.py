@@ -102,14 +102,7 @@ class StepTimeModel:
             ]
             ratios = []
             for profile in profiles[:CALIBRATION_PROFILES]:
-                config = TrainingConfig(
-                    model=profile.key.model,
-                    method=profile.key.method,
-                    precision=profile.key.precision,
-                    optimizer=profile.key.optimizer,
-                    gradient_checkpointing=profile.key.gradient_checkpointing,
-                    seq_len=profile.key.seq_len,
-                )
+                config = profile.key.training_config()
                 for measurement in profile.measurements:
                     predicted = self.roofline(config, measurement.micro_batch).micro_step
                     ratios.append(measurement.forward_backward_seconds / predicted)
