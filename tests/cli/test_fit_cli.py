@@ -89,4 +89,5 @@ def test_cards_and_models_list(tmp_path):
     assert {"rtx-4090", "h100-sxm", "t4"} <= {card["name"] for card in cards}
     result = run("models", "--json")
     assert result.exit_code == 0
-    assert isinstance(json.loads(result.output), list)
+    shipped = {model["id"] if isinstance(model, dict) else model for model in json.loads(result.output)}
+    assert {"meta-llama/Llama-3.1-8B", "openai-community/gpt2"} <= shipped

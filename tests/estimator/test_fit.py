@@ -104,16 +104,18 @@ def test_rows_fit_exactly_up_to_the_max(deep_llama: str):
 
 
 def test_nothing_fits_lists_fixes_that_fit(deep_llama: str):
-    config = TrainingConfig(model=deep_llama, seq_len=256, precision="fp32")
-    card = make_card(512 + 4)  # a few MiB after the context: micro-batch 1 cannot fit
+    config = TrainingConfig(model=deep_llama, seq_len=64, precision="fp32")
+    weights_mib = Estimator(config, make_card(1024)).full_trace(1).weights / MIB
+    # Full fine-tuning needs weights + grads + 2 moments; adapters need about the weights alone.
+    card = make_card(int(500 + 8 + weights_mib * 3.5))
     report = fit(config, card)
     assert report.max_micro_batch == 0
     assert not report.at_max.fits
+    assert report.fixes, "a card this size fits the model with LoRA or QLoRA"
     for fix in report.fixes:
         assert fix.max_micro_batch >= 1
-        assert Estimator(fix.config, card).linear.at(fix.max_micro_batch) <= (
-            Estimator(fix.config, card).allocated_limit - Estimator(fix.config, card).overhead.workspace_bytes
-        )
+        # Each fix's micro-batch fits by a full-depth trace, not only by the fit it came from.
+        assert Estimator(fix.config, card).estimate(fix.max_micro_batch).fits
 
 
 def test_fixes_offer_lora_and_qlora_for_a_full_fine_tune(deep_llama: str):
@@ -124,8 +126,12 @@ def test_fixes_offer_lora_and_qlora_for_a_full_fine_tune(deep_llama: str):
     card = make_card(int(500 + 8 + weights_mib * 3.5))
     report = fit(config, card)
     assert report.max_micro_batch == 0
-    changes = " | ".join(fix.change for fix in report.fixes)
-    assert "LoRA" in changes
+    methods = {fix.config.method.value for fix in report.fixes}
+    assert {"lora", "qlora"} <= methods
+    lora = next(f for f in report.fixes if f.config.method.value == "lora")
+    qlora = next(f for f in report.fixes if f.config.method.value == "qlora")
+    # The 4-bit base leaves more room for activations than LoRA's half base.
+    assert qlora.max_micro_batch >= lora.max_micro_batch >= 1
 
 
 def test_bf16_on_a_card_without_bf16_is_refused(deep_llama: str):

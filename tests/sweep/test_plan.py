@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.schema import Plan, SweepSpec
-from planner.sweep import halving_schedule, largest_divisor_at_most, plan_sweep, schedule
+from planner.sweep import halving_schedule, plan_sweep, schedule
 from tests.conftest import make_card
 
 # A card small enough that the tiny Llama's larger micro-batches do not fit at seq 256.
@@ -36,7 +36,6 @@ def check_plan(plan: Plan, card_bytes: int) -> None:
             )
             assert trial.peak_bytes <= card_bytes
             assert trial.time.low_seconds <= trial.time.seconds <= trial.time.high_seconds
-            assert trial.time.seconds == pytest.approx(sum(trial.time.parts.values()))
         else:
             assert trial.reason and trial.fix and trial.status == "infeasible"
     timed = [t.time for t in plan.trials if t.time is not None]
@@ -79,23 +78,21 @@ def test_plan_invariants(
     check_plan(plan, CARD.available_bytes)
 
 
-def test_auto_micro_batch_is_the_largest_fitting_divisor(tiny_models: dict[str, str]) -> None:
+def test_auto_micro_batch_is_the_largest_that_fits_and_divides(tiny_models: dict[str, str]) -> None:
+    """Judged by full-depth traces of the trial's own step: its micro-batch fits, with the
+    accumulation it runs with, and no larger divisor of the effective batch does."""
     from planner.estimator import Estimator
 
     spec = spec_of(tiny_models["llama"])
     plan = plan_sweep(spec, CARD)
-    alone = Estimator(spec.base, CARD).max_micro_batch(confirm=False)
-    # While accumulating, the gradients of earlier micro-batches stay alive: a lower maximum.
-    accumulating = Estimator(spec.base.with_changes(gradient_accumulation=2), CARD).max_micro_batch(
-        confirm=False
-    )
-    assert 1 <= accumulating <= alone < 64, "the test card must cut the micro-batch"
+    assert any(t.config.gradient_accumulation > 1 for t in plan.trials), "the card must cut the batch"
     for trial in plan.trials:
-        effective = trial.hyper.effective_batch
-        expected = largest_divisor_at_most(effective, alone)
-        if expected < effective:
-            expected = largest_divisor_at_most(effective, accumulating)
-        assert trial.config.micro_batch == expected
+        effective, micro = trial.hyper.effective_batch, trial.config.micro_batch
+        assert effective % micro == 0
+        assert Estimator(trial.config, CARD).estimate(micro).fits
+        for larger in (d for d in range(micro + 1, effective + 1) if effective % d == 0):
+            step = trial.config.with_changes(micro_batch=larger, gradient_accumulation=effective // larger)
+            assert not Estimator(step, CARD).estimate(larger).fits
 
 
 def test_fixed_micro_batch_not_dividing_is_infeasible_with_a_fix(
@@ -119,7 +116,9 @@ def test_too_big_for_the_card_is_infeasible_with_a_fix(
 
 
 def test_budget_keeps_the_shortest_trials_first(tiny_models: dict[str, str]) -> None:
-    spec = spec_of(tiny_models["llama"])
+    # Enough data that training, not start-up, is most of each trial: halving can then save time.
+    counts = {"train_examples": 20000, "mean_tokens": 100, "eval_examples": 20}
+    spec = spec_of(tiny_models["llama"], data={"counts": counts})
     full = plan_sweep(spec, CARD)
     budget = full.total_seconds * 0.5
     cut = plan_sweep(spec, CARD, budget_seconds=budget)
@@ -127,7 +126,9 @@ def test_budget_keeps_the_shortest_trials_first(tiny_models: dict[str, str]) -> 
     over = [t for t in cut.trials if t.status == "over budget"]
     assert planned and over and cut.fits_budget is False
     assert max(t.time.seconds for t in planned) <= min(t.time.seconds for t in over)  # type: ignore[union-attr]
-    assert cut.successive_halving is None or sum(r.seconds for r in cut.successive_halving) <= budget
+    # Half the budget holds at least one rung of every trial: successive halving is proposed.
+    assert cut.successive_halving is not None
+    assert sum(r.seconds for r in cut.successive_halving) <= budget
 
 
 def test_schedule_puts_each_trial_on_the_earliest_free_worker() -> None:

@@ -6,7 +6,6 @@ import pytest
 
 from planner.schema import EvalSpec, Hyperparameters
 from planner.timing import StepTimes, count_work, trial_time
-from planner.timing._trial import HOST_SECONDS_PER_MICRO_STEP
 
 
 def work(**changes: object) -> object:
@@ -41,10 +40,16 @@ def test_fractional_epochs_and_max_steps() -> None:
     assert capped.eval_passes == 2  # type: ignore[attr-defined]
 
 
-def test_trial_time_is_the_sum_of_its_parts() -> None:
+def test_trial_time_grows_with_the_work_it_counts() -> None:
+    """Twice the epochs is twice the training and eval time; start-up is paid once; the interval
+    brackets the estimate by the step source's own spread."""
     step = StepTimes(0.5, 0.1, 0.2, "measured", (0.9, 1.2), "test")
-    estimate = trial_time(work(), step)  # type: ignore[arg-type]
-    assert estimate.seconds == pytest.approx(sum(estimate.parts.values()))
-    assert estimate.parts["train"] == pytest.approx(50 * (0.5 + HOST_SECONDS_PER_MICRO_STEP) + 26 * 0.1)
-    assert estimate.parts["eval"] == pytest.approx(2 * 3 * 0.2)
-    assert estimate.low_seconds < estimate.seconds < estimate.high_seconds
+    one = trial_time(work(hyper=Hyperparameters(epochs=1)), step)  # type: ignore[arg-type]
+    two = trial_time(work(hyper=Hyperparameters(epochs=2)), step)  # type: ignore[arg-type]
+    assert two.parts["train"] == pytest.approx(2 * one.parts["train"], rel=0.05)
+    assert two.parts["eval"] == pytest.approx(2 * one.parts["eval"])
+    assert two.parts["startup"] == one.parts["startup"]
+    slower = trial_time(work(), StepTimes(1.0, 0.1, 0.2, "measured", (0.9, 1.2), "test"))  # type: ignore[arg-type]
+    assert slower.parts["train"] > two.parts["train"] and slower.parts["eval"] == two.parts["eval"]
+    assert two.low_seconds == pytest.approx(0.9 * two.seconds, rel=0.1)
+    assert two.high_seconds == pytest.approx(1.2 * two.seconds, rel=0.1)
