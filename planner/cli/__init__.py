@@ -19,8 +19,34 @@ from planner.cli._run import report_command, results_command, run_command
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vram-planner")
-def cli() -> None:
+@click.option("-v", "--verbose", count=True, help="Log what the planner does (-v) and why (-vv), on stderr.")
+def cli(verbose: int) -> None:
     """vram-planner: what fits on your GPU, how long a sweep takes, and running it inside a budget."""
+    configure_logging(verbose)
+
+
+def configure_logging(verbose: int) -> None:
+    """The application's logging: the library's records through a rich handler on stderr, warnings
+    and above by default; the libraries we drive quietened to what concerns the user.
+
+    Only the CLI does this: the library never changes a log level or adds a handler.
+    """
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root = logging.getLogger("planner")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # Library chatter that says nothing about the user's input (transformers' deprecation notices
+    # raised by peft's calls, bitsandbytes' optional CPU kernel, Optuna's per-trial lines, which
+    # our display shows in its own words): keep stderr for our one-liners.
+    quiet = logging.ERROR if verbose < 2 else logging.INFO
+    for name in ("bitsandbytes", "transformers", "optuna"):
+        logging.getLogger(name).setLevel(quiet)
 
 
 cli.add_command(fit_command)
@@ -38,9 +64,7 @@ def main() -> None:
     # Interpreter shutdown collects garbage over the whole heap of torch and transformers (~0.6 s
     # of a cold command); frozen at exit, that heap goes back to the OS with the process.
     atexit.register(gc.freeze)
-    # Library chatter that says nothing about the user's input (transformers' deprecation notices
-    # raised by peft's calls, bitsandbytes' optional CPU kernel): keep stderr for our one-liners.
+    # transformers reads its verbosity when first imported, before any option is parsed.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     cli()

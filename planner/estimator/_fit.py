@@ -8,6 +8,7 @@ the full-depth model in a forked helper process while it probes (see
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from planner.estimator._cuda import CudaOverhead
@@ -26,6 +27,8 @@ from planner.schema import (
     TrainingConfig,
 )
 from planner.step import BITSANDBYTES_OPTIMIZERS, import_bitsandbytes, import_peft, model_class
+
+logger = logging.getLogger(__name__)
 
 
 def _fix_candidates(config: TrainingConfig) -> list[tuple[str, dict[str, Any]]]:
@@ -147,6 +150,7 @@ def fit(
             fixes = _suggest_fixes(config, card, estimator.overhead, helper)
         at_max = estimator.estimate(max(best, 1))
         estimator.helper = None
+    logger.debug("%s on %s: linear fit says %d, traces confirm %d", config.model, card.name, predicted, best)
     sizes = micro_batches or micro_batches_around(best)
     rows = [estimator.estimate(m, trace=m in traces.full) for m in sizes]
     return FitReport(

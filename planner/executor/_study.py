@@ -40,8 +40,6 @@ ENQUEUE_WAIT_SECONDS = 120.0
 """How long a worker that did not create the study waits for its creator to enqueue the plan."""
 RESUMABLE = ("interrupted", "budget")
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 
 def worker_identity() -> dict[str, Any]:
     """This process as a trial's ``worker`` attr: host, PID, its start time (PIDs get reused), GPUs."""

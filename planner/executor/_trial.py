@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from planner.executor._monitor import Reporter, rss_bytes
 from planner.executor._recipe import build_model, load_datasets, tokenizer_for, training_arguments
 from planner.schema import PlannedTrial, SweepSpec
 from planner.step import is_out_of_memory
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -141,6 +144,12 @@ def run_trial(run: TrialRun, attempt: Attempt) -> TrialOutcome:
                 "checkpoint_step": step,
             }
         )
+        logger.warning(
+            "out of memory at micro-batch %d: continuing at %d x %d (same effective batch)",
+            outcome.micro_batch,
+            smaller,
+            outcome.gradient_accumulation * factor,
+        )
         outcome.micro_batch, outcome.gradient_accumulation = smaller, outcome.gradient_accumulation * factor
         resume = step > 0
         run.reporter.log.stopped = None
@@ -154,14 +163,11 @@ def run_trial(run: TrialRun, attempt: Attempt) -> TrialOutcome:
 
 def trainer_attempt(run: TrialRun, outcome: TrialOutcome, resume: bool) -> None:
     """The built-in recipe: Trainer over the spec's local dataset, as the trial's config says."""
-    import transformers
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from planner.executor._callbacks import BudgetCallback, ReportingCallback
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
     spec = run.spec
     planned = run.planned.model_copy(
         update={
@@ -174,7 +180,7 @@ def trainer_attempt(run: TrialRun, outcome: TrialOutcome, resume: bool) -> None:
     outcome.training_arguments = training_arguments(spec, planned, None, run.report_to)
     tokenizer = tokenizer_for(spec)
     train, evaluation = load_datasets(spec, tokenizer, planned.config.seq_len)
-    transformers.set_seed(spec.seed)
+    set_seed(spec.seed)
     model = build_model(spec, planned.config)
     trainer = Trainer(
         model=model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,8 @@ from planner.schema import GIB, Card, Hyperparameters, Plan, PlannedTrial, Sweep
 from planner.sweep._budget import ORDER_RULE, halving_schedule, schedule
 from planner.sweep._space import expand_trials
 from planner.timing import ProfileLookup, StepTimeModel, count_work, trial_time
+
+logger = logging.getLogger(__name__)
 
 INCLUDES = [
     "memory: the estimator's linear fit of shallow fake-tensor traces at each trial's micro-batch",
@@ -236,6 +239,14 @@ def plan_sweep(
     ordered += [t for t in trials if not t.feasible]
 
     fits = None if budget is None else makespan <= budget
+    logger.info(
+        "%s on %s: %d trial(s), %d feasible, %.0f s in total",
+        spec.name,
+        card.name,
+        len(trials),
+        len(timed),
+        sum(durations),
+    )
     halving = None
     if budget is not None and not fits and timed:
         fixed = statistics.mean(time.parts["startup"] + time.parts["checkpoints"] for _, time in timed)

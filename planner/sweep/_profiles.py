@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,8 @@ from planner.estimator import Estimator
 from planner.schema import GIB, Card, MeasuredProfile, Plan, PlannedTrial, SweepSpec, TrainingConfig
 from planner.sweep._plan import plan_sweep
 from planner.timing import ProfileLookup
+
+logger = logging.getLogger(__name__)
 
 # The planner measures a missing host profile itself only for models this small (the tiny
 # examples take a few seconds); anything bigger is the user's call.
@@ -63,6 +66,7 @@ def plan_for_card(
         # seq_len (dynamic padding) interpolate instead of scaling proportionally.
         # More steps than `planner profile`'s default: host steps of a tiny model are ~10 ms and
         # jitter by tens of percent on a shared machine, and 20 of them still cost under a second.
+        logger.info("no host profile of %s at seq %d: measuring one", config.model, config.seq_len)
         profile = profile_config(config, card, sorted({1, config.micro_batch}), steps=20, warmup=5)
         store.save(profile)
         return profile

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -45,8 +46,14 @@ def expand_trials(spec: SweepSpec) -> list[dict[str, Any]]:
         return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*lists)]
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=spec.seed))
+    # A throw-away in-memory study: Optuna announces its creation at INFO, which says nothing here.
+    optuna_logger = logging.getLogger("optuna")
+    level = optuna_logger.level
+    optuna_logger.setLevel(max(level, logging.WARNING))
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=spec.seed))
+    finally:
+        optuna_logger.setLevel(level)
     distributions = search_distributions(spec)
     assert spec.n_trials is not None  # the spec validator requires it for random/tpe
     trials = []
