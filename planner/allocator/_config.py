@@ -151,7 +151,10 @@ class _Parser:
 
     def token(self, i: int) -> str:
         if i >= len(self.tokens):
-            raise _error(f"'{' '.join(self.tokens)}' ends early, a key is missing its ':value'")
+            raise _error(
+                f"the setting ends early after '{''.join(self.tokens)}'",
+                "finish the last key:value pair and close any '[' list",
+            )
         return self.tokens[i]
 
     def expect(self, i: int, token: str) -> None:
