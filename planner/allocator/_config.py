@@ -3,7 +3,10 @@
 The parser follows torch 2.13's two parsers run over the same string: the accelerator-wide one
 (``c10/core/AllocatorConfig.cpp``, ``AcceleratorAllocatorConfig::parseArgs``) reads the keys the model
 uses, and the CUDA one (``c10/cuda/CUDAAllocatorConfig``) owns the CUDA-only keys, which the model does
-not use; once the CUDA parser is registered as a hook, a key neither of them knows is an error.
+not use; once the CUDA parser is registered as a hook, a key neither of them knows is an error. The
+accelerator keys are checked exactly (compared with torch 2.13's own parser in the tests); of the
+CUDA-only keys, whose parser was not available to read, only the key:value shape, the True/False
+spelling of the boolean ones and the backend name are checked.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ K_LARGE_BUFFER = 20 * MiB  # kLargeBuffer: the default large_segment_size
 ROUNDUP_INTERVALS = 16
 
 _SIZE_T_MAX = (1 << 64) - 1
-_ENV_NAMES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+_ENV_NAMES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 
 # Keys the accelerator parser reads but the model ignores (host/pinned memory settings).
 _IGNORED_BOOL_KEYS = frozenset({"pinned_use_background_threads"})
@@ -129,9 +132,9 @@ class AllocatorConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AllocatorConfig:
         """The settings torch would read from the environment (defaults when none is set).
 
-        AllocatorConfig.cpp ``instance()`` / CUDAAllocatorConfig.h ``instance()``: the first variable
-        that is set wins, ``PYTORCH_CUDA_ALLOC_CONF`` before ``PYTORCH_ALLOC_CONF``
-        (``PYTORCH_HIP_ALLOC_CONF`` only matters on ROCm builds).
+        AllocatorConfig.cpp ``AcceleratorAllocatorConfig::instance()``: the first variable that is set
+        wins, in the order ``PYTORCH_CUDA_ALLOC_CONF``, ``PYTORCH_HIP_ALLOC_CONF``, ``PYTORCH_ALLOC_CONF``
+        (checked on torch 2.13.0+cpu: the HIP name counts on non-ROCm builds too).
         """
         env = os.environ if environ is None else environ
         for name in _ENV_NAMES:

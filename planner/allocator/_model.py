@@ -509,7 +509,9 @@ class CachingAllocator:
 
         Room is a run of free and unmapped blocks starting at an unmapped range (or the free block
         just before it). Without one, a new expandable segment is reserved: its virtual range is
-        1 1/8 of the capacity, in pages of 2 MiB (small pool) or large_segment_size (large pool).
+        1 1/8 of the capacity, in pages of kSmallBuffer (small pool) or kLargeBuffer (large pool).
+        The model uses large_segment_size for the large page, which equals kLargeBuffer (20 MiB)
+        unless large_segment_size_mb is set; what 2.13 does then was not visible in the sources read.
         """
 
         def has_room(block: _Block | None) -> bool:
@@ -569,8 +571,8 @@ class CachingAllocator:
 
         Only with max_split_size set. The smallest cached block of at least max(size, max_split_size)
         on the stream is released; if there is none, oversize blocks from the largest down until
-        that many bytes are released. Expandable blocks are skipped (torch >= 2.9 does the same for
-        the first search; it cannot cudaFree them).
+        that many bytes are released. Expandable blocks cannot be cudaFree'd and are passed over, as
+        in the newer device-generic copy of this function (c10/core/CachingDeviceAllocator.h).
         """
         max_split = self.config.max_split_size
         if max_split is None:
@@ -583,15 +585,10 @@ class CachingAllocator:
             return True
         released = 0
         at -= 1
-        while (
-            at >= 0
-            and released < target
-            and blocks[at].size >= max_split
-            and blocks[at].stream == stream
-            and blocks[at].expandable is None
-        ):
-            released += blocks[at].size
-            self._release_block(blocks[at])
+        while at >= 0 and released < target and blocks[at].size >= max_split and blocks[at].stream == stream:
+            if blocks[at].expandable is None:
+                released += blocks[at].size
+                self._release_block(blocks[at])
             at -= 1
         return released >= target
 
@@ -667,7 +664,9 @@ class CachingAllocator:
         Runs when reserved exceeds threshold * capacity, to reclaim the excess. Candidates are the
         large pool's unsplit cached blocks; each round frees every candidate whose age (pool searches
         since it was cached) is at least the candidates' mean age, and rounds repeat until enough is
-        reclaimed or a round frees nothing. Rounds do not stop mid-way at the target.
+        reclaimed or a round frees nothing. Rounds do not stop mid-way at the target. Expandable
+        blocks are never candidates to free (the newer c10/core/CachingDeviceAllocator.h says so
+        explicitly; in 001074d they are always split, so never candidates either).
         """
         assert self.capacity is not None and self.config.garbage_collection_threshold is not None
         threshold = int(self.config.garbage_collection_threshold * self.capacity)
@@ -682,7 +681,7 @@ class CachingAllocator:
             mean_age = total_age / candidates
             freed = False
             for block in pool.blocks:
-                if not block.is_split() and pool.gc_count(block) >= mean_age:
+                if not block.is_split() and block.expandable is None and pool.gc_count(block) >= mean_age:
                     freed = True
                     reclaimed += block.size
                     total_age -= pool.gc_count(block)

@@ -132,12 +132,15 @@ def test_parse_accepts_exactly_what_torchs_parser_accepts() -> None:
 
 
 def test_from_env_prefers_the_cuda_variable() -> None:
-    """CUDAAllocatorConfig::instance(): PYTORCH_CUDA_ALLOC_CONF first, then PYTORCH_ALLOC_CONF."""
+    """AcceleratorAllocatorConfig::instance(): PYTORCH_CUDA_ALLOC_CONF, PYTORCH_HIP_ALLOC_CONF, then
+    PYTORCH_ALLOC_CONF; the first that is set is the only one read."""
     both = {
         "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:64",
         "PYTORCH_ALLOC_CONF": "expandable_segments:True",
     }
     assert AllocatorConfig.from_env(both) == AllocatorConfig(max_split_size=64 * MiB)
+    hip = {"PYTORCH_HIP_ALLOC_CONF": "max_split_size_mb:32", "PYTORCH_ALLOC_CONF": "expandable_segments:True"}
+    assert AllocatorConfig.from_env(hip) == AllocatorConfig(max_split_size=32 * MiB)
     generic = {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}
     assert AllocatorConfig.from_env(generic) == AllocatorConfig(expandable_segments=True)
     assert AllocatorConfig.from_env({}) == AllocatorConfig()
