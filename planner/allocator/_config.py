@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from planner.errors import ConfigError
 
@@ -220,7 +221,7 @@ class _Parser:
                     raise _error("large_segment_size_mb must be > 10", "use e.g. 20 (the default)")
                 large_segment = min(value, _SIZE_T_MAX // MiB) * MiB
         floor_mb = large_segment // MiB
-        settings: dict[str, object] = {"large_segment_size": large_segment}
+        settings: dict[str, Any] = {"large_segment_size": large_segment}
         i = 0
         while i < len(tokens):
             key = tokens[i]
@@ -265,7 +266,7 @@ class _Parser:
                 i += 1
                 self.expect(i, ",")
             i += 1
-        return AllocatorConfig(**settings)  # type: ignore[arg-type]
+        return AllocatorConfig(**settings)
 
     def divisions(self, i: int) -> tuple[int, int | tuple[int, ...]]:
         """AllocatorConfig.cpp parseRoundUpPower2Divisions(): one number, or ``[MiB:n, ..., >:n]``."""

@@ -1,10 +1,12 @@
 """The block bookkeeping of torch's ``DeviceCachingAllocator``, on numbers instead of device memory.
 
 Every rule cites the function of ``c10/cuda/CUDACachingAllocator.cpp`` it follows (pytorch commit
-001074d25084fdb87a799823e395a50f5ec044d3), or torch 2.13's ``c10/core/AllocatorConfig.h`` where 2.13 made a
-constant configurable. Addresses are modelled, not real: each new segment (or expandable segment's
-virtual range) starts where the previous one ended, so on ties in size the older segment sorts first
-and every run is deterministic.
+001074d25084fdb87a799823e395a50f5ec044d3), or torch 2.13's ``c10/core/AllocatorConfig.h`` where 2.13
+made a constant configurable (``large_segment_size``, ``max_non_split_rounding_size``). Where a newer,
+device-generic copy of these functions (``c10/core/CachingDeviceAllocator.h``) differs, it says so.
+Addresses are modelled, not real: each new segment (or expandable segment's virtual range) starts
+where the previous one ended, so on ties in size the older segment sorts first and every run is
+deterministic.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class AllocatorOutOfMemory(Exception):
             f"out of memory: tried to allocate {allocation} bytes (request of {requested}); "
             f"{allocated} bytes allocated, {reserved} reserved, capacity {capacity}"
         )
+
+    def __reduce__(self) -> tuple[type[AllocatorOutOfMemory], tuple[int, int, int, int, int]]:
+        # Survives pickling (e.g. across worker processes) with its fields, not just the message.
+        return type(self), (self.requested, self.allocation, self.reserved, self.allocated, self.capacity)
 
 
 @dataclass(frozen=True)
@@ -616,6 +622,7 @@ class CachingAllocator:
             self._unmap_block(block)
             if not block.is_split():
                 # release_expandable_segment(): the whole virtual range is unmapped.
+                assert block.expandable is not None and block.size == block.expandable.size
                 pool.unmapped.remove(block)
 
     def _release_block(self, block: _Block) -> None:
