@@ -1,0 +1,95 @@
+"""Replaying a traced stream of allocations and frees through the allocator model."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from planner.allocator._config import AllocatorConfig
+from planner.allocator._model import AllocatorOutOfMemory, CachingAllocator, SegmentInfo
+
+
+@dataclass(frozen=True)
+class Event:
+    """One request in a traced stream: allocate ``size`` bytes as ``block_id``, or free ``block_id``.
+
+    ``op`` labels who made the request (e.g. the aten op); ``stream`` keeps blocks apart the way
+    torch keeps them per CUDA stream (nothing else about streams is modelled).
+    """
+
+    kind: Literal["alloc", "free"]
+    block_id: Hashable
+    size: int = 0
+    op: str | None = None
+    stream: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("alloc", "free"):
+            raise ValueError(f"event kind must be 'alloc' or 'free', not {self.kind!r}")
+        if self.size < 0 or (self.kind == "free" and self.size):
+            raise ValueError(f"{self.kind} event for {self.block_id!r} has size {self.size}")
+
+    @classmethod
+    def alloc(cls, block_id: Hashable, size: int, op: str | None = None, stream: int = 0) -> Event:
+        return cls("alloc", block_id, size, op, stream)
+
+    @classmethod
+    def free(cls, block_id: Hashable, op: str | None = None, stream: int = 0) -> Event:
+        return cls("free", block_id, 0, op, stream)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What the allocator did over a stream.
+
+    ``segments_at_peak`` is the segment layout when reserved memory first reached its peak, after
+    event ``peak_event_index`` (-1 if nothing was ever reserved). ``out_of_memory`` is set when
+    the stream stopped at a request that did not fit; the other fields then cover the events before.
+    """
+
+    max_allocated: int
+    max_reserved: int
+    segments_at_peak: tuple[SegmentInfo, ...]
+    peak_event_index: int
+    out_of_memory: AllocatorOutOfMemory | None
+    num_alloc_retries: int
+    events_replayed: int
+
+    @property
+    def segment_count_at_peak(self) -> int:
+        return len(self.segments_at_peak)
+
+
+def replay(
+    events: Iterable[Event], config: AllocatorConfig | None = None, capacity: int | None = None
+) -> ReplayResult:
+    """Run ``events`` through a fresh :class:`CachingAllocator`; stop at the first out-of-memory."""
+    allocator = CachingAllocator(config, capacity)
+    segments: tuple[SegmentInfo, ...] = ()
+    peak, peak_index, replayed = 0, -1, 0
+    out_of_memory = None
+    for index, event in enumerate(events):
+        try:
+            if event.kind == "alloc":
+                allocator.malloc(event.block_id, event.size, event.stream)
+            else:
+                allocator.free(event.block_id)
+        except AllocatorOutOfMemory as error:
+            out_of_memory = error
+            break
+        replayed = index + 1
+        # Within one event reserved only falls before it rises (releases precede new segments),
+        # so its value after the event is that event's high point.
+        if allocator.reserved > peak:
+            peak, peak_index = allocator.reserved, index
+            segments = tuple(allocator.segments())
+    return ReplayResult(
+        max_allocated=allocator.max_allocated,
+        max_reserved=allocator.max_reserved,
+        segments_at_peak=segments,
+        peak_event_index=peak_index,
+        out_of_memory=out_of_memory,
+        num_alloc_retries=allocator.num_alloc_retries,
+        events_replayed=replayed,
+    )
