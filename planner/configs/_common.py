@@ -86,9 +86,9 @@ class ImportedConfig(BaseModel):
     training: ImportedTraining | None = None
 
 
-def did_you_mean(value: str, choices: Iterable[str]) -> str:
+def did_you_mean(value: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
     """`` (did you mean 'x'?)`` for the closest choice, or nothing."""
-    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=cutoff)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -184,7 +184,7 @@ class Source:
         for key in unused:
             if key in not_modelled:
                 self.note(f"{key}: not modelled; {not_modelled[key]}")
-            elif hint := did_you_mean(key, self.used):
+            elif hint := did_you_mean(key, self.used, cutoff=0.8):  # typos, not related keys
                 self.note(f"{key}: unknown key ignored{hint}")
             else:
                 rest.append(key)
@@ -200,6 +200,9 @@ class Source:
         except ValidationError as exc:
             error = from_validation_error(exc)
             key = self.origins.get(error.field, error.field)
+            if error.field == "config":
+                # TrainingConfig's one whole-config rule: method qlora refuses precision pure-bf16.
+                key = f"{self.origins.get('method', 'method')}/{self.origins.get('precision', 'precision')}"
             raise ConfigError(
                 key, f"{error.problem} (in {self.name})", f"set '{key}' to a valid value"
             ) from None
