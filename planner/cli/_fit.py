@@ -113,7 +113,8 @@ def fit_command(
     profile_path: Path | None,
     **options: Any,
 ) -> None:
-    """Does MODEL fit on --card, and what is the largest micro-batch? No GPU needed.
+    """Does MODEL (or the setup in --config FILE) fit on --card, and what is the largest
+    micro-batch? No GPU needed.
 
     Profiles from `planner profile` calibrate the CUDA overheads, and their measured figures are
     shown beside the predicted ones.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -25,14 +25,7 @@ from planner.errors import ConfigError, from_validation_error
 from planner.schema import OptimizerName, Precision, Scheduler, TrainingConfig
 
 Format = Literal["axolotl", "llama-factory", "trl", "training-arguments", "peft-adapter", "vram-planner"]
-FORMATS: tuple[Format, ...] = (
-    "axolotl",
-    "llama-factory",
-    "trl",
-    "training-arguments",
-    "peft-adapter",
-    "vram-planner",
-)
+FORMATS: tuple[Format, ...] = get_args(Format)
 
 # ``TrainingArguments.optim`` names (transformers ``OptimizerNames``; axolotl's ``optimizer`` and
 # LLaMA-Factory's ``optim`` take the same values) -> the optimizer the estimator builds. The fused
@@ -176,7 +169,8 @@ class Source:
     def leftovers(self, not_modelled: Mapping[str, str]) -> None:
         """Notes on the keys no mapping used: one each for settings that change memory but are not
         modelled (``not_modelled``: key -> what the estimate does instead), one for near-misses of
-        keys that are read (likely typos), and one line listing the rest."""
+        keys that are read (likely typos), and one line listing the rest. Keys left empty, false
+        or 0 (defaults, in every format) are not worth a note."""
         unused = [
             key for key in self.raw if key not in self.used and self.raw[key] not in (None, False, "", [], {})
         ]
@@ -190,7 +184,7 @@ class Source:
                 rest.append(key)
         if rest:
             shown = ", ".join(rest[:12]) + (f" and {len(rest) - 12} more" if len(rest) > 12 else "")
-            self.note(f"ignored {len(rest)} key(s) that do not change memory: {shown}")
+            self.note(f"ignored {len(rest)} key(s) the estimate does not use: {shown}")
 
     def finish(self, fields: dict[str, Any], training: dict[str, Any], fmt: Format) -> ImportedConfig:
         """Validate what was read into an :class:`ImportedConfig`, naming the file's key on error."""

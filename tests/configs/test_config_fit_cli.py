@@ -27,7 +27,7 @@ def test_fit_config_matches_the_same_flags(same_config_files: dict[str, Path], t
     expected = json.loads(flags.stdout)
     assert report["max_micro_batch"] == expected["max_micro_batch"]
     (ignored,) = report["notes"]
-    assert ignored.startswith("ignored 11 key(s) that do not change memory: tokenizer_type, datasets,")
+    assert ignored.startswith("ignored 11 key(s) the estimate does not use: tokenizer_type, datasets,")
     assert "notes" not in expected
 
 
