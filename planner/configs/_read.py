@@ -42,8 +42,14 @@ def load_mapping(path: Path) -> dict[str, Any]:
 def read_planner(source: Source, path: Path, model: str | None) -> ImportedConfig:
     """The planner's own spec (its ``base`` and ``training``) or a bare training config."""
     if isinstance(source.raw.get("base"), Mapping):
-        spec = normalise_spec(source.raw, path.parent)
+        spec = normalise_spec(source.raw, path.parent, source.notes)
         fields = dict(spec["base"])
+        local = path.parent / str(fields.get("model", ""))
+        if fields.get("model") and local.is_dir():
+            # As load_spec does: a spec's "../tiny-llama" is next to the spec, not the working directory.
+            fields["model"] = str(local.resolve())
+        if isinstance(spec.get("micro_batch"), int):  # the spec's fixed micro-batch, not "auto"
+            fields["micro_batch"] = spec["micro_batch"]
         training = {
             key: value
             for key, value in (spec.get("training") or {}).items()

@@ -114,8 +114,12 @@ def _training(section: Mapping[str, Any]) -> dict[str, Any]:
     return normal
 
 
-def _from_file(base: dict[str, Any], spec_dir: Path) -> tuple[dict[str, Any], ImportedTraining | None]:
-    """``base: {from: FILE, ...}``: the file's config, then the other keys of ``base`` over it."""
+def _from_file(
+    base: dict[str, Any], spec_dir: Path, notes: list[str] | None
+) -> tuple[dict[str, Any], ImportedTraining | None]:
+    """``base: {from: FILE, ...}``: the file's config, then the other keys of ``base`` over it.
+
+    The reader's notes go to ``notes`` when given, else to the log."""
     from planner.configs._read import read_training_config
 
     rest = dict(base)
@@ -124,25 +128,29 @@ def _from_file(base: dict[str, Any], spec_dir: Path) -> tuple[dict[str, Any], Im
         path if path.is_absolute() else spec_dir / path, model=rest.pop("model", None)
     )
     for note in imported.notes:
-        logger.info("%s: %s", path.name, note)
+        if notes is None:
+            logger.info("%s: %s", path.name, note)
+        else:
+            notes.append(f"{path.name}: {note}")
     merged = imported.config.model_dump(mode="json")
     if isinstance(rest.get("lora"), dict):
         merged["lora"] = {**merged["lora"], **rest.pop("lora")}
     return {**merged, **rest}, imported.training
 
 
-def normalise_spec(raw: Mapping[str, Any], spec_dir: Path) -> dict[str, Any]:
+def normalise_spec(raw: Mapping[str, Any], spec_dir: Path, notes: list[str] | None = None) -> dict[str, Any]:
     """The spec mapping with TrainingArguments names turned into the spec's and ``base.from`` read.
 
     Settings the imported file holds for the ``training`` section (learning rate, epochs, ...)
-    fill in what the spec's own ``training`` leaves out.
+    fill in what the spec's own ``training`` leaves out. The imported file's notes go to ``notes``
+    (else to the log).
     """
     spec = rename(raw, TOP_ALIASES, "")
     base = spec.get("base")
     if isinstance(base, Mapping):
         spec["base"] = normalise_base(base)
         if "from" in spec["base"]:
-            spec["base"], imported = _from_file(spec["base"], spec_dir)
+            spec["base"], imported = _from_file(spec["base"], spec_dir, notes)
             if imported is not None:
                 training = spec.get("training")
                 spec["training"] = {

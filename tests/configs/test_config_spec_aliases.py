@@ -115,3 +115,20 @@ def test_base_from_file_relative_to_the_spec_with_overrides(tmp_path: Path, tiny
 def test_base_from_missing_file_is_a_config_error(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"^config: .*nope.yml does not exist"):
         load_spec(write(tmp_path / "spec.yaml", f"base: {{from: nope.yml}}\n{DATA}"))
+
+
+def test_a_spec_as_config_resolves_its_model_and_passes_on_the_notes(
+    tmp_path: Path, tiny_models: dict[str, str]
+):
+    from planner.configs import read_training_config
+
+    write(tmp_path / "lora.yml", AXOLOTL.format(model=tiny_models["llama"]))
+    spec = write(tmp_path / "spec.yaml", f"base: {{from: lora.yml}}\nmicro_batch: 4\n{DATA}")
+    result = read_training_config(spec)
+    assert (result.format, result.config.micro_batch, result.config.seq_len) == ("vram-planner", 4, 64)
+    assert result.notes and all(note.startswith("lora.yml: ") for note in result.notes)
+    assert result.training is not None and result.training.learning_rate == 2e-4
+
+    example = Path(__file__).parents[2] / "examples" / "tiny-sweep" / "spec.yaml"
+    model = read_training_config(example).config.model
+    assert Path(model).is_absolute() and (Path(model) / "config.json").is_file()
