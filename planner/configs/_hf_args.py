@@ -165,7 +165,10 @@ def read_hf_args(source: Source, fmt: Format, model: str | None) -> ImportedConf
         source.origins["seq_len"] = lengths[0]
     elif fmt == "trl":
         fields["seq_len"] = TRL_DEFAULT_MAX_LENGTH
-        source.note(f"max_length unset: {TRL_DEFAULT_MAX_LENGTH} (SFTConfig's default)")
+        # SFTConfig's default; an explicit null means no truncation, so the longest row decides.
+        source.note(
+            f"max_length unset: {TRL_DEFAULT_MAX_LENGTH} assumed (SFTConfig's default; give --seq-len)"
+        )
     else:
         source.note(f"no sequence length in {source.name}: seq_len 512 assumed (give --seq-len)")
     source.leftovers(NOT_MODELLED)
