@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
 from planner.cli._common import emit_json, parse_sizes, user_errors_exit_2
-from planner.schema import GIB, FitReport, Method, OptimizerName, Precision
+from planner.errors import ConfigError
+from planner.schema import GIB, FitReport, Method, OptimizerName, Precision, TrainingConfig
 
 _GIB_FORMAT = "{:.2f}"
 
@@ -79,8 +81,15 @@ def training_fields(model: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command("fit")
-@click.argument("model")
+@click.argument("model", required=False)
 @training_options
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="An axolotl/LLaMA-Factory YAML, TrainingArguments/SFTConfig JSON, peft adapter_config.json or "
+    "spec to start from; MODEL and the flags given override it.",
+)
 @click.option("--card", required=True, help="Card name (see `planner cards`) or 'local'.")
 @click.option("--micro-batch", "micro_batches", help="Micro-batch sizes to report, e.g. 1,2,4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -95,32 +104,77 @@ def training_fields(model: str, options: dict[str, Any]) -> dict[str, Any]:
 )
 @user_errors_exit_2
 def fit_command(
-    model: str,
+    model: str | None,
     card: str,
+    config_path: Path | None,
     micro_batches: str | None,
     as_json: bool,
     plot: Path | None,
     profile_path: Path | None,
     **options: Any,
 ) -> None:
-    """Does MODEL fit on --card, and what is the largest micro-batch? No GPU needed.
+    """Does MODEL (or the setup in --config FILE) fit on --card, and what is the largest
+    micro-batch? No GPU needed.
 
     Profiles from `planner profile` calibrate the CUDA overheads, and their measured figures are
     shown beside the predicted ones.
     """
     from planner.cards import load_card
     from planner.profiler import fit_with_profiles
-    from planner.schema import TrainingConfig
 
     sizes = parse_sizes(micro_batches, "micro-batch")
-    config = TrainingConfig.model_validate(training_fields(model, options))
+    notes: list[str] = []
+    if config_path is not None:
+        config, notes = imported_with_flags(config_path, model, options)
+    elif model is None:
+        raise ConfigError("model", "no model given", "give MODEL, or --config FILE")
+    else:
+        config = TrainingConfig.model_validate(training_fields(model, options))
     report = fit_with_profiles(config, load_card(card), sizes, profile=profile_path)
     if plot is not None:
         plot_fit(report, plot)
     if as_json:
-        emit_json(report.model_dump(mode="json"))
+        emit_json({**report.model_dump(mode="json"), **({"notes": notes} if config_path else {})})
     else:
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
         print_fit(report)
+
+
+# CLI option -> TrainingConfig field ("lora.r": inside ``lora``).
+_OPTION_FIELDS = {
+    "method": "method",
+    "precision": "precision",
+    "optimizer": "optimizer",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "seq_len": "seq_len",
+    "grad_accum": "gradient_accumulation",
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "lora_target": "lora.target_modules",
+}
+
+
+def imported_with_flags(
+    path: Path, model: str | None, options: dict[str, Any]
+) -> tuple[TrainingConfig, list[str]]:
+    """The config read from ``path`` with the flags the user actually typed laid over it (an
+    option left at its default must not undo the file), and the reader's notes."""
+    from planner.configs import read_training_config
+
+    imported = read_training_config(path, model=model)
+    context = click.get_current_context()
+    given = training_fields(imported.config.model, options)
+    fields = imported.config.model_dump()
+    for option, field in _OPTION_FIELDS.items():
+        if context.get_parameter_source(option) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            section, _, name = field.rpartition(".")
+            if section:
+                fields[section][name] = given[section][name]
+            else:
+                fields[name] = given[name]
+    return TrainingConfig.model_validate(fields), imported.notes
 
 
 def _gib(value: int) -> str:

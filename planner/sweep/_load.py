@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from planner.configs import normalise_spec
 from planner.errors import ConfigError, from_validation_error
 from planner.schema import SweepSpec
 
@@ -28,6 +29,7 @@ def load_spec(path: Path | str) -> SweepSpec:
         raise ConfigError("spec", f"{path.name} is not a mapping of fields", "see examples/ for the layout")
     spec_dir = path.parent.resolve()
     raw.setdefault("name", path.stem)
+    raw = normalise_spec(raw, spec_dir)  # TrainingArguments names, base: {from: FILE}
     base = raw.get("base")
     if isinstance(base, dict) and isinstance(base.get("model"), str):
         # "../tiny-llama" means next to the spec, wherever the command runs from.
