@@ -69,6 +69,8 @@ PLANS = {
 CHECKOUT_WRITTEN = "/work/main"
 VOLATILE = {"created", "versions", "host", "elapsed_seconds"}
 MEASURED_TIME_KEYS = ("seconds", "interval", "start", "end", "makespan", "time", "parts", "note", "worker")
+# On the host, which trials fit a budget follows from the measured times too.
+MEASURED_BUDGET_KEYS = ("fits_budget", "successive_halving", "status")
 
 
 def _run(planner: str, args: list[str], measured_dir: str) -> Any:
@@ -90,7 +92,13 @@ def _strip(value: Any, *, drop_times: bool) -> Any:
             key: _strip(item, drop_times=drop_times)
             for key, item in value.items()
             if key not in VOLATILE
-            and not (drop_times and (key == "available_bytes" or any(k in key for k in MEASURED_TIME_KEYS)))
+            and not (
+                drop_times
+                and (
+                    key in ("available_bytes", *MEASURED_BUDGET_KEYS)
+                    or any(k in key for k in MEASURED_TIME_KEYS)
+                )
+            )
         }
     if isinstance(value, str):
         return value.replace(str(ROOT), "<checkout>").replace(CHECKOUT_WRITTEN, "<checkout>")
@@ -120,8 +128,10 @@ def _differences(before: Any, after: Any, path: str = "") -> list[str]:
     if isinstance(before, dict) and isinstance(after, dict):
         found = []
         for key in sorted(set(before) | set(after)):
-            if key not in before or key not in after:
-                found.append(f"{path}/{key}: only in {'after' if key in after else 'before'}")
+            if key not in before:
+                found.append(f"{path}/{key}: added (new output, not a changed answer)")
+            elif key not in after:
+                found.append(f"{path}/{key}: removed")
             else:
                 found += _differences(before[key], after[key], f"{path}/{key}")
         return found
