@@ -64,26 +64,17 @@ class ReplayResult:
 def replay(
     events: Iterable[Event], config: AllocatorConfig | None = None, capacity: int | None = None
 ) -> ReplayResult:
-    """Run ``events`` through a fresh :class:`CachingAllocator`; stop at the first out-of-memory."""
-    allocator = CachingAllocator(config, capacity)
+    """Run ``events`` through a fresh :class:`CachingAllocator`; stop at the first out-of-memory.
+
+    The segment layout is taken once, at the reserved peak, by replaying the events up to it a
+    second time: taking it at every new peak costs more than the replay itself on long streams.
+    """
+    stream = list(events)
+    allocator, peak_index, replayed, out_of_memory = _run(stream, config, capacity, len(stream))
     segments: tuple[SegmentInfo, ...] = ()
-    peak, peak_index, replayed = 0, -1, 0
-    out_of_memory = None
-    for index, event in enumerate(events):
-        try:
-            if event.kind == "alloc":
-                allocator.malloc(event.block_id, event.size, event.stream)
-            else:
-                allocator.free(event.block_id)
-        except AllocatorOutOfMemory as error:
-            out_of_memory = error
-            break
-        replayed = index + 1
-        # Within one event reserved only falls before it rises (releases precede new segments),
-        # so its value after the event is that event's high point.
-        if allocator.reserved > peak:
-            peak, peak_index = allocator.reserved, index
-            segments = tuple(allocator.segments())
+    if peak_index >= 0:
+        at_peak = _run(stream, config, capacity, peak_index + 1)[0]
+        segments = tuple(at_peak.segments())
     return ReplayResult(
         max_allocated=allocator.max_allocated,
         max_reserved=allocator.max_reserved,
@@ -93,3 +84,27 @@ def replay(
         num_alloc_retries=allocator.num_alloc_retries,
         events_replayed=replayed,
     )
+
+
+def _run(
+    stream: list[Event], config: AllocatorConfig | None, capacity: int | None, count: int
+) -> tuple[CachingAllocator, int, int, AllocatorOutOfMemory | None]:
+    """The first ``count`` events through a fresh allocator: (allocator, index of the event that
+    first reached the reserved peak, events replayed, the out-of-memory that stopped it)."""
+    allocator = CachingAllocator(config, capacity)
+    peak, peak_index, replayed = 0, -1, 0
+    for index in range(count):
+        event = stream[index]
+        try:
+            if event.kind == "alloc":
+                allocator.malloc(event.block_id, event.size, event.stream)
+            else:
+                allocator.free(event.block_id)
+        except AllocatorOutOfMemory as error:
+            return allocator, peak_index, replayed, error
+        replayed = index + 1
+        # Within one event reserved only falls before it rises (releases precede new segments),
+        # so its value after the event is that event's high point.
+        if allocator.reserved > peak:
+            peak, peak_index = allocator.reserved, index
+    return allocator, peak_index, replayed, None

@@ -55,6 +55,13 @@ class CudaOverhead:
         return math.floor((available - self.context_bytes) / (1.0 + self.fragmentation))
 
     @property
+    def context_source(self) -> str:
+        """How sure the context figure is: a default's spread, or where it was measured."""
+        if self.source == "defaults":
+            return f"default {self.context_bytes // MIB} MiB ±{CONTEXT_UNCERTAINTY_BYTES // MIB} MiB"
+        return f"{self.context_bytes // MIB} MiB measured in {self.source}"
+
+    @property
     def expected_error(self) -> str:
         if self.context_bytes == 0 and self.fragmentation == 0.0:
             return "±2% of live tensor bytes (the trace); the process's code and libraries are not counted"

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import math
 
+from planner.allocator import AllocatorConfig
 from planner.estimator._cuda import CudaOverhead, default_overhead
 from planner.estimator._helper import Helper
 from planner.estimator._linear import MAX_MICRO_BATCH, TRACE_KEYS, LinearPeak
+from planner.estimator._replay import ReplayedPeak, replay_step
 from planner.estimator._traces import TraceCache, full_trace_task, shared_cache
 from planner.models import load_model_config
 from planner.schema import Card, MemoryBreakdown, MemoryEstimate, TrainingConfig
 from planner.step import StepTrace, check_card_supports, cuda_target
 
 CONFIRM_ROUNDS = 4
+REPLAYED_ERROR = (
+    "allocated and reserved: the traced allocations replayed through PyTorch's caching-allocator "
+    "rules (not yet validated on a GPU); device adds the CUDA context ({context})"
+)
 """Full-depth traces the confirmation of a predicted max may take."""
 
 INCLUDES = [
@@ -38,6 +44,7 @@ class Estimator:
         overhead: CudaOverhead | None = None,
         *,
         cache: TraceCache | None = None,
+        alloc_conf: AllocatorConfig | None = None,
     ) -> None:
         check_card_supports(config, card)
         self.config = config
@@ -46,6 +53,9 @@ class Estimator:
         self.overhead = overhead or default_overhead(card)
         self.cuda = cuda_target(card, config, self.hf_config)
         self.traces = (cache or shared_cache()).get(config, self.cuda)
+        self.alloc_conf = alloc_conf if alloc_conf is not None else AllocatorConfig.from_env()
+        """The caching allocator's settings the replay follows (``PYTORCH_CUDA_ALLOC_CONF`` by default)."""
+        self._replayed: dict[int, ReplayedPeak] = {}
         self.helper: Helper | None = None
         """A helper process that traces full-depth steps for this estimator, while one runs."""
         self._pending: dict[int, int] = {}
@@ -71,6 +81,21 @@ class Estimator:
     def linear(self) -> LinearPeak:
         return self.traces.linear
 
+    def replayed(self, micro_batch: int) -> ReplayedPeak | None:
+        """The full-depth step at ``micro_batch`` replayed through the caching-allocator model
+        against the card's memory less the context; None on the host (no CUDA allocator)."""
+        if micro_batch not in self._replayed:
+            stream = self.full_trace(micro_batch).allocations
+            if stream is None:
+                return None
+            self._replayed[micro_batch] = replay_step(
+                stream,
+                workspace_bytes=self.overhead.workspace_bytes,
+                capacity=self.card.available_bytes - self.overhead.context_bytes,
+                config=self.alloc_conf,
+            )
+        return self._replayed[micro_batch]
+
     # -- answers --------------------------------------------------------------------------------
     @property
     def allocated_limit(self) -> int:
@@ -91,17 +116,26 @@ class Estimator:
             values = {key: float(getattr(step, key)) for key in TRACE_KEYS}
         else:
             values = {key: self.linear.at(micro_batch, key) for key in TRACE_KEYS}
-        allocated = self._allocated(values["peak"])
-        reserved = self.overhead.reserved(allocated)
-        device = self.overhead.device_bytes(allocated)
+        replayed = self.replayed(micro_batch) if trace else None
+        if replayed is not None:
+            allocated, reserved = replayed.allocated, replayed.reserved
+            expected_error = REPLAYED_ERROR.format(context=self.overhead.context_source)
+        else:
+            allocated = self._allocated(values["peak"])
+            reserved = self.overhead.reserved(allocated)
+            expected_error = self.overhead.expected_error
+        device = reserved + self.overhead.context_bytes
         owners = ("weights", "gradients", "optimizer_state", "activations", "temporaries")
         parts = {name: max(0, round(values[name])) for name in owners}
         # Rounding of fitted parts must not break "the breakdown sums to the peak".
         parts["temporaries"] += max(0, math.ceil(values["peak"]) - sum(parts.values()))
+        cuda_context = self.overhead.context_bytes + self.overhead.workspace_bytes
         breakdown = MemoryBreakdown(
             **parts,
-            cuda_context=self.overhead.context_bytes + self.overhead.workspace_bytes,
-            allocator_overhead=reserved - allocated,
+            cuda_context=cuda_context,
+            # Whatever the allocator holds beyond live tensors and the workspace: block and
+            # segment rounding, and cached free blocks (reserved - allocated).
+            allocator_overhead=max(0, device - cuda_context - sum(parts.values())),
         )
         return MemoryEstimate(
             config=self.config.with_changes(micro_batch=micro_batch),
@@ -113,8 +147,9 @@ class Estimator:
             available_bytes=self.card.available_bytes,
             breakdown=breakdown,
             includes=INCLUDES,
-            expected_error=self.overhead.expected_error,
+            expected_error=expected_error,
             traced=trace,
+            segments=replayed.segments if replayed is not None else None,
         )
 
     def trainable_bytes(self) -> int:
@@ -126,6 +161,8 @@ class Estimator:
 
         Each trace moves every window's line through it (slopes kept) for the next prediction,
         which stays between the largest micro-batch traced to fit and the smallest traced not to.
+        On a CUDA card "fits" is the allocator replay's verdict (see :meth:`replayed`) and the
+        answer is a size that fits with the next one failing; on the host, live bytes decide.
         """
         limit = self._tensor_limit
         predicted = self._predicted_max(limit)
@@ -135,12 +172,22 @@ class Estimator:
         candidate = max(predicted, 1)
         for _ in range(CONFIRM_ROUNDS):
             step = self.full_trace(candidate)
-            if step.peak <= limit:
+            replayed = self.replayed(candidate)
+            if replayed is not None:
+                # On CUDA the allocator's replay decides; the live-bytes limit for the next
+                # prediction takes the allocator's overhead at this micro-batch as it was.
+                limit = math.floor(
+                    (self.card.available_bytes - self.overhead.context_bytes) * step.peak / replayed.reserved
+                )
+            if replayed.fits if replayed is not None else step.peak <= limit:
                 fits = candidate
             else:
                 fails = candidate
             predicted = self.linear.corrected(step, candidate).max_micro_batch(limit)
-            if fails == fits + 1 or (fits and predicted <= fits):
+            # Live bytes grow with the micro-batch, so a corrected line that stops at a size
+            # known to fit is the answer. What the allocator reserves need not grow with it
+            # (segments round differently): there, the size above must be seen to fail.
+            if fails == fits + 1 or (fits and predicted <= fits and replayed is None):
                 return fits
             candidate = min(max(predicted, fits + 1), fails - 1)
         return fits

@@ -63,6 +63,8 @@ class MemoryEstimate(BaseModel):
     expected_error: str
     traced: bool
     """True when this micro-batch was traced at full depth; False when it is the linear fit."""
+    segments: NonNegativeInt | None = None
+    """CUDA, traced: segments the caching allocator holds at the reserved peak (by replay)."""
 
     @property
     def fits(self) -> bool:

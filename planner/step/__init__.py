@@ -23,6 +23,7 @@ from planner.step._setup import (
 from planner.step._target import CUDA_BLOCK_BYTES, CudaTarget, check_card_supports, cuda_target, sdpa_backend
 from planner.step._trace import (
     WINDOWS,
+    AllocationStream,
     PeakSplit,
     StepTrace,
     StepTracer,
@@ -38,6 +39,7 @@ __all__ = [
     "CUDA_BLOCK_BYTES",
     "TRAINER_OPTIM_NAMES",
     "WINDOWS",
+    "AllocationStream",
     "CudaTarget",
     "LiveBytesTracker",
     "LivePeak",

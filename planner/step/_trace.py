@@ -68,6 +68,37 @@ class StepTrace(PeakSplit):
 
     windows: tuple[PeakSplit, ...]
     """The peak of each of :data:`WINDOWS`, in that order."""
+    allocations: AllocationStream | None = None
+    """On a CUDA target: what the caching allocator is asked for, in order (see
+    :class:`AllocationStream`); None on the host."""
+
+
+@dataclass(frozen=True)
+class AllocationStream:
+    """The allocations and frees behind a traced step, as a caching allocator would receive them.
+
+    ``setup`` is what exists before the first step (weights, quant state) and what the warm-up
+    step creates (optimizer state), in order; ``step`` is one steady-state step. Each event is
+    ``(block, bytes)``: an allocation when ``bytes`` > 0, the block's free when < 0. Blocks are
+    numbered by first appearance, so the same step traced twice gives equal streams. Frees of
+    blocks the stream never allocated (storages of an earlier step dying late) are left out.
+    """
+
+    setup: tuple[tuple[int, int], ...]
+    step: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, setup: list[tuple[int, int]], step: list[tuple[int, int]]) -> AllocationStream:
+        numbers: dict[int, int] = {}
+        numbered: list[list[tuple[int, int]]] = [[], []]
+        for part, events in enumerate((setup, step)):
+            for block, delta in events:
+                if delta > 0:
+                    numbers[block] = len(numbers)
+                elif block not in numbers:
+                    continue
+                numbered[part].append((numbers[block], delta))
+        return cls(setup=tuple(numbered[0]), step=tuple(numbered[1]))
 
 
 def truncated_config(hf_config: Any, layers: int) -> Any:
@@ -112,12 +143,15 @@ class StepTracer:
         self.setup = build_training_setup(
             hf_config, config, fake_mode=self._fake_mode, cuda_optimizer_layout=cuda is not None
         )
-        self.tracker = LiveBytesTracker(round_to=CUDA_BLOCK_BYTES if cuda is not None else 1)
+        self.tracker = LiveBytesTracker(
+            round_to=CUDA_BLOCK_BYTES if cuda is not None else 1, record_stream=cuda is not None
+        )
         self.tracker.track(_weight_tensors(self.setup.model))
         if self.setup.loss_head is not None:
             self.setup.loss_head.register_forward_pre_hook(lambda *_: setattr(self.tracker, "phase", "loss"))
         with self._tracing():
             _create_optimizer_state(self.setup)
+        self._setup_stream = list(self.tracker.stream or [])
         self._layers = _repeated_layers(self.setup.model, num_layers(hf_config))
         self._period = layer_period(hf_config)
         self.resident_bytes = self.tracker.live_bytes
@@ -138,6 +172,7 @@ class StepTracer:
         """Run (or fake) one steady-state training step at ``micro_batch`` and return its peaks."""
         setup, tracker = self.setup, self.tracker
         marks = _WindowMarks(tracker, self._layers, self._period)
+        stream_start = len(tracker.stream) if tracker.stream is not None else 0
         with self._tracing(), marks:
             tracker.reset_peak()
             for _ in range(min(self.config.gradient_accumulation, 2)):
@@ -167,10 +202,19 @@ class StepTracer:
             if isinstance(t, torch.Tensor)
         }
         *passes, optimizer = [_split(peak, gradients, optimizer_state) for peak in peaks]
+        allocations = None
+        if tracker.stream is not None:
+            allocations = AllocationStream.of(self._setup_stream, tracker.stream[stream_start:])
+            # A reused tracer keeps only what comes before its first step.
+            del tracker.stream[stream_start:]
         # Spans come micro-batch by micro-batch; a window's peak is its higher one (the first on a tie).
         per_pass = len(WINDOWS) - 1
         windows = [max(passes[w::per_pass], key=lambda split: split.peak) for w in range(per_pass)]
-        return StepTrace(**asdict(_split(step, gradients, optimizer_state)), windows=(*windows, optimizer))
+        return StepTrace(
+            **asdict(_split(step, gradients, optimizer_state)),
+            windows=(*windows, optimizer),
+            allocations=allocations,
+        )
 
 
 def trace_step(

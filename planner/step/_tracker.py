@@ -40,9 +40,12 @@ class LiveBytesTracker(TorchDispatchMode):
     out multiples of 512 bytes), so the running total is what the allocator would report.
     """
 
-    def __init__(self, round_to: int = 1) -> None:
+    def __init__(self, round_to: int = 1, *, record_stream: bool = False) -> None:
         super().__init__()
         self.round_to = round_to
+        self.stream: list[tuple[int, int]] | None = [] if record_stream else None
+        """With ``record_stream``: every allocation ``(id, +bytes)`` and free ``(id, -bytes)`` in
+        order since the tracker was made, what a caching allocator would have been asked for."""
         self.phase = "setup"
         self.live_bytes = 0
         # Python id of each live storage -> our id, and a weak reference whose callback takes the
@@ -95,6 +98,8 @@ class LiveBytesTracker(TorchDispatchMode):
     def _record(self, sid: int, delta: int) -> None:
         self.live_bytes += delta
         self._events.append((sid, delta))
+        if self.stream is not None:
+            self.stream.append((sid, delta))
         if delta > 0 and self.live_bytes > self._peak_bytes:
             self._peak_bytes = self.live_bytes
             self._peak_event = len(self._events)

@@ -1,0 +1,67 @@
+"""What the caching allocator reserves for a traced step: its allocations replayed through the
+allocator model (:mod:`planner.allocator`), against the card's memory.
+
+A flat "reserved = allocated x (1 + fragmentation)" cannot be right: what the allocator keeps
+depends on the order and sizes of the requests, which the trace has. The replay runs the cuBLAS
+workspace (taken on the first matmul), the setup (weights, quant state, optimizer state created
+by the warm-up step), then the steady-state step twice: the allocator's cache is still filling in
+the first step, and a peak reached in the second is one a real run reaches too.
+
+"Fits" means the replay completes within the card's memory less the CUDA context: when the
+unlimited replay reserves more, it is replayed again with that capacity, so the allocator's own
+out-of-memory path (free the cache, retry) decides, as it does on the GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
+
+from planner.allocator import AllocatorConfig, Event, replay
+from planner.step import AllocationStream
+
+
+@dataclass(frozen=True)
+class ReplayedPeak:
+    """Predicted ``max_memory_allocated``/``max_memory_reserved`` of a step, and whether it fits."""
+
+    allocated: int
+    reserved: int
+    segments: int
+    """Segments the allocator holds at the reserved peak (``torch.cuda.memory_snapshot()``'s count)."""
+    fits: bool
+
+
+def _events(stream: AllocationStream, workspace_bytes: int, steps: int) -> Iterator[Event]:
+    if workspace_bytes:
+        yield Event.alloc("cublas-workspace", workspace_bytes)
+    setup_blocks: set[int] = set()
+    for block, delta in stream.setup:
+        if delta > 0:
+            setup_blocks.add(block)
+            yield Event.alloc(block, delta)
+        else:
+            setup_blocks.discard(block)
+            yield Event.free(block)
+    for repeat in range(steps):
+        for block, delta in stream.step:
+            # Blocks a step allocates get a name per repeat; frees of setup blocks keep theirs.
+            name: Hashable = block if block in setup_blocks else (repeat, block)
+            yield Event.alloc(name, delta) if delta > 0 else Event.free(name)
+
+
+def replay_step(
+    stream: AllocationStream, *, workspace_bytes: int, capacity: int, config: AllocatorConfig
+) -> ReplayedPeak:
+    """Replay ``stream`` (two steady-state steps) and say what it reserves and whether it fits."""
+    unlimited = replay(_events(stream, workspace_bytes, 2), config)
+    if unlimited.max_reserved <= capacity:
+        return ReplayedPeak(
+            unlimited.max_allocated, unlimited.max_reserved, unlimited.segment_count_at_peak, True
+        )
+    limited = replay(_events(stream, workspace_bytes, 2), config, capacity)
+    if limited.out_of_memory is None:
+        return ReplayedPeak(limited.max_allocated, limited.max_reserved, limited.segment_count_at_peak, True)
+    return ReplayedPeak(
+        unlimited.max_allocated, unlimited.max_reserved, unlimited.segment_count_at_peak, False
+    )
