@@ -189,16 +189,22 @@ def print_fit(report: FitReport) -> None:
         f"seq {config.seq_len}, checkpointing {'on' if config.gradient_checkpointing else 'off'} "
         f"on [bold]{report.card}[/] ({_gib(report.at_max.available_bytes)} GiB usable)"
     )
-    table = Table("micro-batch", "peak GiB", "headroom GiB", "fits", "source")
+    table = Table("micro-batch", "allocated", "reserved", "device GiB", "headroom", "fits", "source")
     for row in report.rows:
         table.add_row(
             str(row.micro_batch),
+            _gib(row.peak_allocated_bytes),
+            _gib(row.peak_reserved_bytes),
             _gib(row.peak_bytes),
             _gib(row.headroom_bytes),
             "[green]yes[/]" if row.fits else "[red]no[/]",
-            "traced" if row.traced else "linear fit",
+            ("traced + allocator replay" if row.segments else "traced") if row.traced else "linear fit",
         )
     console.print(table)
+    console.print(
+        "allocated ~ torch.cuda.max_memory_allocated, reserved ~ max_memory_reserved, "
+        "device ~ NVML used (reserved + CUDA context): what decides fit."
+    )
     if report.max_micro_batch:
         console.print(
             f"[bold green]Max micro-batch: {report.max_micro_batch}[/] (confirmed by a full-depth trace)"
@@ -224,6 +230,9 @@ def print_fit(report: FitReport) -> None:
         print_measured(console, report)
     console.print(f"Includes: {'; '.join(report.at_max.includes)}.")
     console.print(f"Expected error: {report.at_max.expected_error}.")
+    linear = next((row for row in report.rows if not row.traced), None)
+    if linear is not None and linear.expected_error != report.at_max.expected_error:
+        console.print(f"Expected error of linear-fit rows: {linear.expected_error}.")
 
 
 def print_measured(console: Console, report: FitReport) -> None:

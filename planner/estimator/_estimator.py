@@ -30,7 +30,8 @@ INCLUDES = [
     "weights (with 4-bit quant state), gradients, optimizer state",
     "activations saved for backward and temporaries (logits, fp32 loss upcast) at the step's peak",
     "CUDA caching-allocator 512-byte block rounding, cuBLAS workspace",
-    "CUDA context and allocator fragmentation (reserved - allocated)",
+    "CUDA context; reserved memory: fully traced rows replay the step's allocations through the "
+    "caching-allocator model (segments, splitting, caching), linear-fit rows add a fragmentation margin",
 ]
 
 
