@@ -42,6 +42,7 @@ from published_rows import (
     model_directory,
     parse_arguments,
     percent_error,
+    print_not_compared,
     print_table,
     row_setup,
     select_rows,
@@ -152,11 +153,8 @@ def run_row(row: dict[str, Any], scratch: Path) -> dict[str, Any]:
 
 
 def table_lines(record: dict[str, Any]) -> list[list[str]]:
-    head = [record["id"], record["model"], record["method"], record.get("card", "-")]
-    if record["status"] == "skipped":
-        return [[*head, "skipped: " + record["reason"], "", "", "", ""]]
-    if record["status"] == "error":
-        return [[*head, "error: " + record["error"], "", "", "", ""]]
+    """One table line per statistic a compared row publishes."""
+    head = [record["id"], record["model"], record["method"], record["card"]]
     return [
         [
             *head,
@@ -226,7 +224,9 @@ def main() -> None:
     end_load = load_average()
     print(f"load average at end: {end_load}\n")
     headers = ["row", "model", "method", "card", "statistic", "published GiB", "predicted GiB", "error %"]
-    print_table([*headers, "inside expected error"], [line for r in records for line in table_lines(r)])
+    compared = [r for r in records if r["status"] == "compared"]
+    print_table([*headers, "inside expected error"], [line for r in compared for line in table_lines(r)])
+    print_not_compared(records)
     summary = summarise(records)
     print("\nsummary (issue 10 targets: allocated within 3%, reserved and nvidia-smi within 5%)")
     print_summary(summary)

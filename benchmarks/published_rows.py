@@ -227,6 +227,15 @@ def print_table(headers: Sequence[str], lines: Sequence[Sequence[str]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
 
 
+def print_not_compared(records: Sequence[dict[str, Any]]) -> None:
+    """The rows skipped (model or card not buildable) or failed (the planner raised), one a line."""
+    for record in records:
+        if record["status"] == "skipped":
+            print(f"skipped: {record['id']}: {record['reason']}")
+        elif record["status"] == "error":
+            print(f"error: {record['id']}: {record['error']}")
+
+
 def write_results(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")

@@ -40,6 +40,7 @@ from published_rows import (
     model_directory,
     parse_arguments,
     percent_error,
+    print_not_compared,
     print_table,
     row_setup,
     select_rows,
@@ -155,14 +156,13 @@ def step_model(card: Card, models: dict[str, StepTimeModel]) -> StepTimeModel:
 
 
 def table_line(record: dict[str, Any]) -> list[str]:
-    head = [record["id"], record["model"], record["method"], record.get("card", "-")]
-    if record["status"] == "skipped":
-        return [*head, "skipped: " + record["reason"], "", "", "", ""]
-    if record["status"] == "error":
-        return [*head, "error: " + record["error"], "", "", "", ""]
+    """The table line of a compared row."""
     low, high = record["predicted"]["tokens_per_second_interval"]
     return [
-        *head,
+        record["id"],
+        record["model"],
+        record["method"],
+        record["card"],
         f"{record['published_tokens_per_second']:.0f}",
         f"{record['predicted']['tokens_per_second']:.0f}",
         f"{low:.0f}-{high:.0f}",
@@ -217,7 +217,9 @@ def main() -> None:
     end_load = load_average()
     print(f"load average at end: {end_load}\n")
     headers = ["row", "model", "method", "card", "published tok/s", "predicted tok/s", "interval"]
-    print_table([*headers, "error %", "inside"], [table_line(r) for r in records])
+    compared = [r for r in records if r["status"] == "compared"]
+    print_table([*headers, "error %", "inside"], [table_line(r) for r in compared])
+    print_not_compared(records)
     summary = summarise(records)
     print("\nsummary (issue 12 targets: median within 10%, none beyond 25%)")
     print_summary(summary)
