@@ -20,6 +20,7 @@ EXPECTED = {
     "l40s",
     "t4",
     "a10g",
+    "v100-sxm2-16gb",
 }
 
 

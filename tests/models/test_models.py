@@ -21,6 +21,10 @@ REQUIRED = {
     "openai-community/gpt2",
     "openai-community/gpt2-xl",
     "google-bert/bert-base-uncased",
+    "google-bert/bert-large-uncased",
+    "mistralai/Mistral-7B-v0.1",
+    "bigcode/gpt_bigcode-santacoder",
+    "bigscience/bloomz-7b1",
 }
 
 
