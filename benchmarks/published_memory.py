@@ -49,8 +49,7 @@ from published_rows import (
     write_results,
 )
 
-from planner.estimator import Estimator
-from planner.estimator._cuda import CONTEXT_UNCERTAINTY_BYTES, FRAGMENTATION_UNCERTAINTY
+from planner.estimator import CONTEXT_UNCERTAINTY_BYTES, FRAGMENTATION_UNCERTAINTY, Estimator
 from planner.schema import MemoryEstimate
 
 TRACE_UNCERTAINTY = 0.01

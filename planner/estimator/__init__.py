@@ -1,6 +1,8 @@
 """Peak training memory without a GPU: fake-tensor traces of a real step plus CUDA's overheads."""
 
 from planner.estimator._cuda import (
+    CONTEXT_UNCERTAINTY_BYTES,
+    FRAGMENTATION_UNCERTAINTY,
     CudaOverhead,
     default_overhead,
     overhead_for,
@@ -12,6 +14,8 @@ from planner.estimator._linear import MAX_MICRO_BATCH, LinearPeak, probe_depths
 from planner.estimator._traces import TraceCache, shared_cache
 
 __all__ = [
+    "CONTEXT_UNCERTAINTY_BYTES",
+    "FRAGMENTATION_UNCERTAINTY",
     "INCLUDES",
     "MAX_MICRO_BATCH",
     "CudaOverhead",
