@@ -39,6 +39,13 @@ def add_lora(model: nn.Module, config: TrainingConfig, task: str) -> nn.Module:
                 f"{config.lora.target_modules} match no module of {type(model).__name__}",
                 f"use 'all-linear' or some of {', '.join(lora_target_candidates(model)[:8])}",
             ) from None
+        if "lora_dropout" in str(exc):
+            # peft wraps fused expert weights (mixture-of-experts) in a ParamWrapper without dropout.
+            raise ConfigError(
+                "lora.dropout",
+                f"peft cannot apply dropout to {type(model).__name__}'s layers: {exc}",
+                "set it to 0",
+            ) from None
         raise
     if config.precision is Precision.PURE_BF16:
         # peft casts adapters to the base dtype only when they are off meta; do it in every path.

@@ -25,10 +25,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+)
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_leaves
 
+from planner.errors import ConfigError
 from planner.schema import TrainingConfig
 from planner.step._imports import entered, patched
 from planner.step._setup import TrainingSetup, build_training_setup
@@ -166,10 +171,32 @@ class StepTracer:
         stack.enter_context(self.tracker)
         stack.enter_context(_attention_as_on(self.cuda))
         stack.enter_context(_rows_are_single_sequences())
+        stack.enter_context(_experts_through_their_fallback())
         return stack
 
     def trace(self, micro_batch: int) -> StepTrace:
-        """Run (or fake) one steady-state training step at ``micro_batch`` and return its peaks."""
+        """Run (or fake) one steady-state training step at ``micro_batch`` and return its peaks.
+
+        A model whose step runs an op with a data-dependent output size (e.g. ``nonzero``) cannot
+        be traced without data: that is a one-line :class:`ConfigError` naming the op.
+        """
+        try:
+            return self._trace(micro_batch)
+        except (DataDependentOutputException, DynamicOutputShapeException) as exc:
+            model = type(self.setup.model).__name__
+            raise ConfigError(
+                "model",
+                f"{model}'s training step runs {exc.func}, whose output size depends on the data, "
+                "so a trace without data cannot follow it",
+                "measure it on the device with `planner profile`"
+                + (
+                    ", or set problem_type (e.g. single_label_classification) in its config.json"
+                    if self.setup.task == "sequence-classification"
+                    else ""
+                ),
+            ) from None
+
+    def _trace(self, micro_batch: int) -> StepTrace:
         setup, tracker = self.setup, self.tracker
         marks = _WindowMarks(tracker, self._layers, self._period)
         stream_start = len(tracker.stream) if tracker.stream is not None else 0
@@ -355,6 +382,23 @@ def _attention_as_on(cuda: CudaTarget | None) -> Any:
         return original(query, key, value, attn_mask, 0.0, *args, **kwargs)
 
     return patched(F, "scaled_dot_product_attention", fused_attention)
+
+
+def _experts_through_their_fallback() -> Any:
+    """Run mixture-of-experts layers through transformers' own grouped-matmul op.
+
+    transformers' MoE layers call ``torch.nn.functional.grouped_mm`` when the device has a kernel
+    for the dtype, else its registered fallback op (``transformers::grouped_mm_fallback``). The
+    traced CPU device has grouped_mm for bf16 only (so fp32 and mixed-precision experts fail on
+    fake tensors); the fallback has a fake implementation and, like the kernel, allocates just
+    the output (and in backward the input and weight gradients), so the trace keeps the bytes a
+    CUDA step allocates.
+    """
+    try:
+        from transformers.integrations import moe
+    except ImportError:  # a transformers without MoE integrations has nothing to redirect
+        return entered(None)
+    return patched(moe, "_can_use_grouped_mm", lambda *args, **kwargs: False)
 
 
 def _rows_are_single_sequences() -> Any:
