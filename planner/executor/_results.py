@@ -142,11 +142,11 @@ def sweep_results(study: optuna.Study) -> SweepResults:
 
 
 def load_results(storage_url: str, study_name: str) -> SweepResults:
-    """Results of the study ``study_name`` in ``storage_url``."""
+    """Results of the study ``study_name`` in ``storage_url`` (reading creates no SQLite file)."""
     from planner.executor._study import open_storage
 
     try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, must_exist=True))
     except KeyError:
         raise ConfigError(
             "study", f"no study '{study_name}' in {storage_url}", "run `planner run` first, or pass --study"
