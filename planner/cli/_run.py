@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,24 @@ from rich.table import Table
 from planner.cli._common import emit_json, format_params, parse_budget, user_errors_exit_2
 from planner.errors import ConfigError
 from planner.schema import GIB, Plan
+
+RUN_STARTED = "VRAM_PLANNER_RUN_STARTED"
+"""Set by ``planner run --gpus`` for its workers: when the run began (``time.time()``)."""
+
+
+def _budget_start() -> float:
+    """When this run's budget began: the process's start, or the ``--gpus`` parent's for its workers.
+
+    The budget is the wall time the user measures, so the interpreter's start, the imports and the
+    planning before the first trial count too.
+    """
+    from planner.executor import process_started
+
+    inherited = os.environ.get(RUN_STARTED)
+    if inherited is not None:
+        return float(inherited)
+    started = process_started()
+    return started if started is not None else time.time()
 
 
 def _gpus(value: str | None) -> list[str]:
@@ -118,6 +138,7 @@ def run_command(
     else:
         plan = plan_for_card(sweep, target, budget_seconds=seconds)
     if devices:
+        os.environ[RUN_STARTED] = repr(_budget_start())  # the workers count the budget from here too
         name = study or sweep.name
         # The study and its queue exist before the workers start: they all begin by claiming.
         open_study(sweep, plan, storage_url, name)
@@ -146,6 +167,7 @@ def run_command(
         observer=observer,
         plan_one=plan_one,
         report_to=[part for part in report_to.split(",") if part],
+        budget_start=_budget_start(),
     )
     if as_json:
         emit_json(

@@ -47,6 +47,10 @@ class TrialResult(BaseModel):
     continued_as: int | None = None
     resumed_from_step: int | None = None
     steps_done: int | None = None
+    longest_step_seconds: float | None = None
+    """The longest optimizer step and checkpoint save of the trial: how far a budget's cut may
+    overrun (the cut stops a trial at most one step and one save past the deadline)."""
+    longest_save_seconds: float | None = None
     losses: list[tuple[int, float]] = []
     evals: list[tuple[int, dict[str, float]]] = []
     training_arguments: dict[str, Any] = {}
@@ -99,6 +103,8 @@ def trial_result(frozen: FrozenTrial) -> TrialResult:
         continues=attrs.get("continues"),
         resumed_from_step=attrs.get("resumed_from_step"),
         steps_done=attrs.get("steps_done"),
+        longest_step_seconds=attrs.get("longest_step_seconds"),
+        longest_save_seconds=attrs.get("longest_save_seconds"),
         losses=[(int(s), float(v)) for s, v in attrs.get("losses", [])],
         evals=[(int(s), m) for s, m in attrs.get("evals", [])],
         training_arguments=attrs.get("training_arguments", {}),

@@ -87,7 +87,7 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
     if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
         # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; use psycopg2 when that is what exists.
         url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if must_exist and path is not None and not Path(path).is_file():
         raise ConfigError("storage", f"no sweep database at '{path}'", "run `planner run` on the spec first")
     if path is not None:
@@ -145,7 +145,7 @@ def _schema_lock(url: str) -> Iterator[None]:
         engine.dispose()
 
 
-def _sqlite_path(url: str) -> str | None:
+def sqlite_path(url: str) -> str | None:
     """The file of a ``sqlite:///`` URL; None for other databases and in-memory SQLite."""
     path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
     return None if path in (None, "", ":memory:") else path
@@ -154,7 +154,7 @@ def _sqlite_path(url: str) -> str | None:
 @contextlib.contextmanager
 def claim_lock(url: str) -> Iterator[None]:
     """Serialise claims on a SQLite file (other databases lock the claimed row themselves)."""
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is None:
         yield
         return
@@ -257,13 +257,13 @@ def open_study(spec: SweepSpec, plan: Plan, storage_url: str, name: str) -> optu
     return study
 
 
-def recover(study: optuna.Study, storage_url: str) -> list[int]:
+def recover(study: optuna.Study, storage_url: str) -> list[FrozenTrial]:
     """Fail trials of dead workers, then continue every interrupted or budget-cut trial once.
 
     The lock study ``<study>.continue-<n>`` is what says trial n has been continued (a finished
     trial's attrs cannot change); the continuation carries ``continues: n``.
 
-    Returns the numbers of the continued trials.
+    Returns the trials it continued (as they ended: interrupted or cut by the budget).
     """
     storage = study._storage
     with claim_lock(storage_url):
@@ -295,7 +295,7 @@ def recover(study: optuna.Study, storage_url: str) -> list[int]:
                 micro_batch=result["micro_batch"], gradient_accumulation=result["gradient_accumulation"]
             )
         study.enqueue_trial(params, user_attrs={**keep, "continues": trial.number})
-        continued.append(trial.number)
+        continued.append(trial)
     return continued
 
 

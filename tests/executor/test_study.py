@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import multiprocessing
+import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +17,10 @@ import pytest
 from optuna.trial import TrialState
 
 from planner.errors import ConfigError
-from planner.executor import load_results, open_storage, open_study
+from planner.executor import load_results, open_storage, open_study, run_sweep
 from planner.executor._study import claim, waiting
 from planner.sweep import load_spec
-from tests.executor.conftest import hand_plan, write_spec
+from tests.executor.conftest import Notes, hand_plan, write_spec
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 FORK = multiprocessing.get_context("fork")
@@ -106,3 +108,24 @@ def test_results_of_a_sweep_that_never_ran_create_no_database(
     with pytest.raises(ConfigError):
         load_results(f"sqlite:///{database}", "tiny")
     assert not database.exists()
+
+
+def test_an_interrupted_trial_without_a_checkpoint_is_said_to_run_again_from_step_0(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    spec = load_spec(write_spec(tmp_path, tiny_model_dir, train=8, search={"learning_rate": [1e-3]}))
+    plan = hand_plan(spec)
+    study = open_study(spec, plan, spec.storage_url, spec.name)
+    (frozen,) = waiting(study)
+    trial = claim(study, frozen, spec.storage_url)
+    assert trial is not None
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a worker of this host that died before its trial saved any checkpoint
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": gone.pid, "started": None})
+
+    observer = Notes()
+    (continued,) = run_sweep(spec, plan, observer=observer).trials
+    assert observer.notes[0] == (
+        "trial 0 was interrupted before its first complete checkpoint: running it again from step 0"
+    )
+    assert continued.continues == 0 and continued.resumed_from_step == 0 and continued.status == "complete"
