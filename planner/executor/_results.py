@@ -149,10 +149,15 @@ def sweep_results(study: optuna.Study) -> SweepResults:
 
 def load_results(storage_url: str, study_name: str) -> SweepResults:
     """Results of the study ``study_name`` in ``storage_url`` (reading creates no SQLite file)."""
-    from planner.executor._study import open_storage
+    from planner.executor._study import open_storage, sqlite_path
 
+    database = sqlite_path(storage_url)
+    if database is not None and not Path(database).is_file():  # opening it would create it, empty
+        raise ConfigError(
+            "study", f"no study '{study_name}' in {storage_url} (no such file)", "run `planner run` first"
+        )
     try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, must_exist=True))
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
     except KeyError:
         raise ConfigError(
             "study", f"no study '{study_name}' in {storage_url}", "run `planner run` first, or pass --study"

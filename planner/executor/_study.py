@@ -73,24 +73,20 @@ def _worker_alive(worker: dict[str, Any], heartbeat: float | None) -> bool:
     return heartbeat is not None and time.time() - heartbeat < STALE_SECONDS
 
 
-def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBStorage:
+def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage; SQLite waits for its lock instead of failing under several workers.
 
     Workers started together on an empty database would all create Optuna's tables at once, and
     all but one fail (PostgreSQL: ``UniqueViolation`` on ``pg_type``, ``DuplicateTable``): the
     creation is serialised, by a PostgreSQL advisory lock or the SQLite file's lock (see
-    :func:`_schema_lock`). ``must_exist``: a SQLite file that does not exist is an error, not
-    created (reading the results of a sweep that never ran).
+    :func:`_schema_lock`).
     """
     engine_kwargs: dict[str, Any] = {}
     given = url
     if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
         # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; use psycopg2 when that is what exists.
         url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
-    path = sqlite_path(url)
-    if must_exist and path is not None and not Path(path).is_file():
-        raise ConfigError("storage", f"no sweep database at '{path}'", "run `planner run` on the spec first")
-    if path is not None:
+    if sqlite_path(url) is not None:
         engine_kwargs["connect_args"] = {"timeout": 120}
     # What RDBStorage imports lazily (~0.5 s) is imported before the lock, not while others wait.
     for module in ("alembic.command", "alembic.migration", "alembic.script", "optuna.storages._rdb.models"):
