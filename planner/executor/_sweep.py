@@ -195,7 +195,7 @@ class _Worker:
                 )
                 self._execute(trial, frozen, planned, ratio, after * ratio)
 
-    def infrastructure_fault(self, error: BaseException) -> str | None:
+    def infrastructure_fault(self, error: BaseException) -> tuple[str, str] | None:
         """What ``error`` says about the machine (see :func:`infrastructure_fault`), or None."""
         roots = [self.spec.output_dir]
         database = sqlite_path(self.storage_url)
@@ -286,10 +286,11 @@ class _Worker:
         except Exception as exc:  # one trial's crash must not end the sweep; the machine's must
             fault = self.infrastructure_fault(exc)
             if fault is not None:
-                self._interrupt(trial, fault, time.monotonic() - start)
+                failed, problem = fault
+                self._interrupt(trial, f"{failed}: {problem}", time.monotonic() - start)
                 raise InfrastructureError(
-                    "output_dir" if "storage" not in fault else "storage",
-                    f"trial {trial.number} stopped: {fault}",
+                    failed,
+                    f"trial {trial.number} stopped: {problem}",
                     f"{INFRASTRUCTURE_FIX}: it continues from its last complete checkpoint",
                 ) from exc
             outcome, error = TrialOutcome(), f"{type(exc).__name__}: {exc}"
@@ -420,7 +421,7 @@ def run_sweep(
         fault = worker.infrastructure_fault(exc)
         if fault is None or isinstance(exc, InfrastructureError):
             raise
-        raise InfrastructureError("storage", fault, INFRASTRUCTURE_FIX) from exc
+        raise InfrastructureError(*fault, INFRASTRUCTURE_FIX) from exc
     finally:
         gc.unfreeze()
     elapsed = time.time() - since

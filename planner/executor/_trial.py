@@ -100,8 +100,9 @@ ACCESS_FAULTS = frozenset({errno.EACCES, errno.EPERM})
 """OS errors that say the machine failed when they concern the run's own files (output, storage)."""
 
 
-def infrastructure_fault(error: BaseException, roots: Sequence[Path]) -> str | None:
-    """What about the machine ``error`` (or an error it was raised from) reports, or None.
+def infrastructure_fault(error: BaseException, roots: Sequence[Path]) -> tuple[str, str] | None:
+    """What failed on the machine, ``storage`` or ``output_dir``, and how, if ``error`` (or an error
+    it was raised from) is the machine's; else None.
 
     A read-only or full disk (anywhere), a permission refused on the run's own files (under
     ``roots``), or the storage failing (SQLAlchemy's ``OperationalError``) would fail every later
@@ -116,17 +117,14 @@ def infrastructure_fault(error: BaseException, roots: Sequence[Path]) -> str | N
         seen.add(id(current))
         if isinstance(current, OperationalError):
             cause = current.orig if current.orig is not None else current
-            return f"the storage failed ({type(cause).__name__}: {(str(cause).splitlines() or [''])[0]})"
+            return "storage", f"it failed ({type(cause).__name__}: {(str(cause).splitlines() or [''])[0]})"
         if isinstance(current, OSError) and current.errno in DISK_FAULTS | ACCESS_FAULTS:
             where = current.filename
             if current.errno in DISK_FAULTS or (
                 where is not None and _under(Path(os.fsdecode(where)), roots)
             ):
-                return (
-                    f"{os.strerror(current.errno)}: {where}"
-                    if where is not None
-                    else os.strerror(current.errno)
-                )
+                problem = os.strerror(current.errno)
+                return "output_dir", f"{problem}: {where}" if where is not None else problem
         current = current.__cause__ or current.__context__
     return None
 
