@@ -288,10 +288,10 @@ class _Worker:
             if fault is not None:
                 failed, problem = fault
                 self._interrupt(trial, f"{failed}: {problem}", time.monotonic() - start)
+                step = checkpoint_step(last_checkpoint(output_dir))
+                then = f"it continues from its checkpoint at step {step}" if step else "it runs again"
                 raise InfrastructureError(
-                    failed,
-                    f"trial {trial.number} stopped: {problem}",
-                    f"{INFRASTRUCTURE_FIX}: it continues from its last complete checkpoint",
+                    failed, f"trial {trial.number} stopped: {problem}", f"{INFRASTRUCTURE_FIX}: {then}"
                 ) from exc
             outcome, error = TrialOutcome(), f"{type(exc).__name__}: {exc}"
             logger.error("trial %d failed", trial.number, exc_info=True)
@@ -424,8 +424,8 @@ def run_sweep(
         raise InfrastructureError(*fault, INFRASTRUCTURE_FIX) from exc
     finally:
         gc.unfreeze()
+        observer.sweep_finished(time.time() - since)  # a live display ends on every way out
     elapsed = time.time() - since
-    observer.sweep_finished(elapsed)
     return SweepRun(worker.ran, elapsed, budget, left, learned_ratio(worker.study))
 
 

@@ -99,6 +99,7 @@ def test_a_read_only_disk_mid_save_stops_the_run_and_a_rerun_completes_every_tri
     assert len(first.stderr.strip().splitlines()) == 1, first.stderr  # one line, no traceback
     line = first.stderr.strip()
     assert line.startswith("error: output_dir: trial 1 stopped: Read-only file system"), line
+    assert line.endswith("then run again: it continues from its checkpoint at step 2"), line
     before = load_results(spec.storage_url, spec.name).trials
     # The trial it stopped is resumable, and no other trial was tried (and failed) meanwhile.
     assert [(t.status, t.state) for t in before] == [
