@@ -37,6 +37,16 @@ class ProfileError(PlannerError):
     """A measured profile is missing, unreadable, or was taken on another card/config."""
 
 
+class InfrastructureError(PlannerError):
+    """The machine failed the run, not a trial: its output directory or storage could not be written.
+
+    A read-only or full disk, a permission lost, the database gone. ``planner run`` stops (every
+    later trial would fail the same way, in no time) with the running trial resumable; the user
+    fixes the machine and runs again, which is why the CLI treats it like the other user-fixable
+    errors: one line, exit code 2.
+    """
+
+
 def from_validation_error(exc: object, *, prefix: str = "") -> ConfigError:
     """Turn a pydantic ``ValidationError`` into a :class:`ConfigError` about its first problem.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -14,6 +15,18 @@ from planner.cli._common import emit_json, parse_budget, user_errors_exit_2
 from planner.errors import ConfigError
 from planner.formatting import format_params
 from planner.schema import GIB, Plan
+
+
+def _budget_start() -> float:
+    """When this run's budget began: the process's start (``--gpus`` workers get it in their order).
+
+    The budget is the wall time the user measures, so the interpreter's start, the imports and the
+    planning before the first trial count too.
+    """
+    from planner.executor import process_started
+
+    started = process_started()
+    return started if started is not None else time.time()
 
 
 def _gpus(value: str | None) -> list[str]:
@@ -131,6 +144,7 @@ def run_command(
             storage_url=storage_url,
             study_name=name,
             budget_seconds=seconds,
+            budget_start=_budget_start(),  # the workers count the budget from this process's start
             report_to=[part for part in report_to.split(",") if part],
             show_progress=not as_json,
         )
@@ -155,6 +169,7 @@ def run_command(
         observer=observer,
         card=target,
         report_to=[part for part in report_to.split(",") if part],
+        budget_start=_budget_start(),
     )
     if as_json:
         emit_json(

@@ -5,7 +5,7 @@
 """
 
 from planner.executor._display import LiveObserver, PlainObserver, SweepObserver
-from planner.executor._monitor import Deadline, Reporter, TrialLog, TrialStopped
+from planner.executor._monitor import Deadline, Reporter, TrialLog, TrialStopped, process_started
 from planner.executor._report import write_report
 from planner.executor._results import (
     SweepResults,
@@ -49,6 +49,7 @@ __all__ = [
     "oom_records",
     "open_storage",
     "open_study",
+    "process_started",
     "run_function",
     "run_sweep",
     "run_workers",

@@ -99,6 +99,8 @@ class BudgetCallback(TrainerCallback):
     ) -> None:
         now = time.monotonic()
         step_seconds, self._mark = now - self._mark, now
+        log = self.reporter.log
+        log.longest_step_seconds = max(log.longest_step_seconds, step_seconds)
         deadline = self.reporter.deadline.at
         if deadline is None:
             return
@@ -130,6 +132,8 @@ class BudgetCallback(TrainerCallback):
     ) -> None:
         now = time.monotonic()
         self.save_seconds = max(self.save_seconds, now - self._mark)
+        log = self.reporter.log
+        log.longest_save_seconds = max(log.longest_save_seconds, now - self._mark)
         self._mark = now
 
     def on_epoch_end(

@@ -1,16 +1,20 @@
 """What watches a running trial, whatever trains it: its log, the budget's deadline, pruning, heartbeat.
 
 :class:`Reporter` is the one place metrics enter: the Trainer callbacks call it, and so does a
-user's training function (``run_function``). It feeds the Optuna pruner, checks the budget, keeps
-the per-trial metrics that ``planner results`` shows, and refreshes the trial's heartbeat.
+user's training function (``run_function``). It feeds the Optuna pruner, checks the budget, and
+keeps the per-trial metrics that ``planner results`` shows. :class:`Heartbeat` tells other hosts
+the trial's worker is alive, whatever the trial is doing.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -22,6 +26,8 @@ StopReason = Literal["diverged", "budget", "pruned"]
 HEARTBEAT_SECONDS = 20.0
 """How often a running trial refreshes its ``heartbeat`` user attr (what other hosts use to tell
 a dead worker's trial from a live one)."""
+
+logger = logging.getLogger(__name__)
 
 
 class TrialStopped(Exception):
@@ -39,11 +45,77 @@ class Deadline:
     at: float | None
 
     @classmethod
-    def after(cls, seconds: float | None) -> Deadline:
-        return cls(None if seconds is None else time.monotonic() + seconds)
+    def after(cls, seconds: float | None, *, since: float | None = None) -> Deadline:
+        """``seconds`` from ``since`` (a ``time.time()``, e.g. :func:`process_started`), else from now."""
+        if seconds is None:
+            return cls(None)
+        spent = 0.0 if since is None else time.time() - since
+        return cls(time.monotonic() + seconds - spent)
 
     def remaining(self) -> float:
         return math.inf if self.at is None else self.at - time.monotonic()
+
+
+def process_started() -> float | None:
+    """When this process started, as a ``time.time()``; None where Linux's ``/proc`` cannot tell.
+
+    A budget is the wall time the user measures: the interpreter's start, imports and planning
+    count as much as the trials do.
+    """
+    try:
+        with open("/proc/self/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # starttime: clock ticks after boot (field 22 of proc(5))
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - age
+
+
+class Heartbeat:
+    """Refreshes a running trial's ``heartbeat`` user attr every ``HEARTBEAT_SECONDS`` from a thread.
+
+    A worker on another host can only tell a dead worker's trial from a live one by this attr
+    (see ``_study.recover``). Refreshed from the training loop, it would go stale during any one
+    step, eval or checkpoint save longer than the grace period, and a live trial would be failed
+    and run twice; a daemon thread refreshes it whatever the trial does, and dies with the process.
+
+    Optuna's own RDB heartbeat (``RDBStorage(heartbeat_interval=...)``) runs the same kind of
+    thread, but only inside ``Study.optimize``, which this executor does not use (workers claim the
+    trials of their choice), and its stale-trial handling has none of this executor's recovery
+    (same-host PID check, resumable statuses, continuation locks): the attr that recovery already
+    reads is kept. Hosts compare it to their own clock, so their clocks must agree to well within
+    the grace period (NTP does).
+    """
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial.number}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        warned = False
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self.trial.set_user_attr("heartbeat", time.time())
+            except UpdateFinishedTrialError:
+                return  # finished (or failed by recovery) meanwhile: nothing left to keep alive
+            except Exception:  # the storage is unreachable: the trial itself will hit it and stop
+                if not warned:
+                    logger.warning("trial %d: cannot record its heartbeat", self.trial.number, exc_info=True)
+                    warned = True
 
 
 def rss_bytes() -> int:
@@ -67,6 +139,10 @@ class TrialLog:
     step: int = 0
     max_steps: int = 0
     peak_rss_bytes: int = 0
+    longest_step_seconds: float = 0.0
+    """The longest optimizer step seen (Trainer trials): what a budget's cut may overrun by."""
+    longest_save_seconds: float = 0.0
+    """The longest checkpoint save seen (Trainer trials), the other part of that overrun."""
 
     def stop(self, why: StopReason, reason: str) -> None:
         if self.stopped is None:
@@ -96,8 +172,6 @@ class Reporter:
         self.observer = observer
         self.divergence_factor = divergence_factor
         self.log = log if log is not None else TrialLog()
-        self._last_heartbeat = time.monotonic()
-        self._started = time.monotonic()
 
     @property
     def should_stop(self) -> bool:
@@ -125,7 +199,6 @@ class Reporter:
             self.log.evals.append((step, evaluated))
             self._prune(step, evaluated[self.objective])
         self.log.peak_rss_bytes = max(self.log.peak_rss_bytes, rss_bytes())
-        self._heartbeat()
         self.observer.trial_progress(self.log)
         return self.log.stopped
 
@@ -149,16 +222,12 @@ class Reporter:
         if self.trial.should_prune():
             self.log.stop("pruned", f"the pruner stopped it at step {step} ({self.objective} {value:.4g})")
 
-    def _heartbeat(self) -> None:
-        now = time.monotonic()
-        if self.trial is not None and now - self._last_heartbeat >= HEARTBEAT_SECONDS:
-            self.trial.set_user_attr("heartbeat", time.time())
-            self._last_heartbeat = now
-
     def attrs(self) -> dict[str, Any]:
         """The log as Optuna user attrs (JSON values)."""
         return {
             "losses": [[step, loss] for step, loss in self.log.losses],
             "evals": [[step, metrics] for step, metrics in self.log.evals],
             "steps_done": self.log.step,
+            "longest_step_seconds": self.log.longest_step_seconds,
+            "longest_save_seconds": self.log.longest_save_seconds,
         }

@@ -47,6 +47,10 @@ class TrialResult(BaseModel):
     continued_as: int | None = None
     resumed_from_step: int | None = None
     steps_done: int | None = None
+    longest_step_seconds: float | None = None
+    """The longest optimizer step and checkpoint save of the trial: how far a budget's cut may
+    overrun (the cut stops a trial at most one step and one save past the deadline)."""
+    longest_save_seconds: float | None = None
     losses: list[tuple[int, float]] = []
     evals: list[tuple[int, dict[str, float]]] = []
     training_arguments: dict[str, Any] = {}
@@ -100,6 +104,8 @@ def trial_result(frozen: FrozenTrial) -> TrialResult:
         continues=attrs.get("continues"),
         resumed_from_step=attrs.get("resumed_from_step"),
         steps_done=attrs.get("steps_done"),
+        longest_step_seconds=attrs.get("longest_step_seconds"),
+        longest_save_seconds=attrs.get("longest_save_seconds"),
         losses=[(int(s), float(v)) for s, v in attrs.get("losses", [])],
         evals=[(int(s), m) for s, m in attrs.get("evals", [])],
         training_arguments=attrs.get("training_arguments", {}),
@@ -143,9 +149,14 @@ def sweep_results(study: optuna.Study) -> SweepResults:
 
 
 def load_results(storage_url: str, study_name: str) -> SweepResults:
-    """Results of the study ``study_name`` in ``storage_url``."""
-    from planner.executor._study import open_storage
+    """Results of the study ``study_name`` in ``storage_url`` (reading creates no SQLite file)."""
+    from planner.executor._study import open_storage, sqlite_path
 
+    database = sqlite_path(storage_url)
+    if database is not None and not Path(database).is_file():  # opening it would create it, empty
+        raise ConfigError(
+            "study", f"no study '{study_name}' in {storage_url} (no such file)", "run `planner run` first"
+        )
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
     except KeyError:

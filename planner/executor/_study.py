@@ -72,21 +72,26 @@ def _worker_alive(worker: dict[str, Any], heartbeat: float | None) -> bool:
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage; SQLite waits for its lock instead of failing under several workers."""
+    """An Optuna RDB storage; SQLite waits for its lock instead of failing under several workers.
+
+    Workers started together on an empty database would all create Optuna's tables at once, and
+    all but one fail (PostgreSQL: ``UniqueViolation`` on ``pg_type``, ``DuplicateTable``): the
+    creation is serialised, by a PostgreSQL advisory lock or the SQLite file's lock (see
+    :func:`_schema_lock`).
+    """
     engine_kwargs: dict[str, Any] = {}
     given = url
     if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
         # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; use psycopg2 when that is what exists.
         url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
-    if url.startswith("sqlite"):
+    if sqlite_path(url) is not None:
         engine_kwargs["connect_args"] = {"timeout": 120}
     # What RDBStorage imports lazily (~0.5 s) is imported before the lock, not while others wait.
     for module in ("alembic.command", "alembic.migration", "alembic.script", "optuna.storages._rdb.models"):
         importlib.import_module(module)
 
     try:
-        # Two workers creating a fresh SQLite file's tables at once would collide: serialise.
-        with claim_lock(url):
+        with _schema_lock(url):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except Exception as exc:  # SQLAlchemy raises many kinds; the user's URL is at fault in each
         # The driver's own error (SQLAlchemy wraps it as .orig), first line: errors are one line.
@@ -99,11 +104,52 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         ) from None
 
 
+SCHEMA_LOCK_KEY = 0x706C616E6E6572  # "planner": any constant shared by every worker works
+"""The PostgreSQL advisory lock taken while a worker creates or checks Optuna's tables."""
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Hold a lock that every worker of this database takes around ``RDBStorage(url)``.
+
+    ``RDBStorage`` runs ``CREATE TABLE`` (and ``CREATE TYPE`` for enums) for whatever is missing,
+    which is not safe to run concurrently on PostgreSQL. A session-level advisory lock on a
+    connection of its own serialises it (scoped to the database; released when the connection
+    closes, even if this process dies). SQLite's file lock does the same for a SQLite file.
+    """
+    if not url.startswith("postgresql"):
+        with claim_lock(url):
+            yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(
+                    sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY}
+                )
+                connection.commit()
+    finally:
+        engine.dispose()
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a ``sqlite:///`` URL; None for other databases and in-memory SQLite."""
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    return None if path in (None, "", ":memory:") else path
+
+
 @contextlib.contextmanager
 def claim_lock(url: str) -> Iterator[None]:
     """Serialise claims on a SQLite file (other databases lock the claimed row themselves)."""
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
-    if path is None or path in ("", ":memory:"):
+    path = sqlite_path(url)
+    if path is None:
         yield
         return
     with open(f"{path}.lock", "a") as handle:
@@ -205,13 +251,13 @@ def open_study(spec: SweepSpec, plan: Plan, storage_url: str, name: str) -> optu
     return study
 
 
-def recover(study: optuna.Study, storage_url: str) -> list[int]:
+def recover(study: optuna.Study, storage_url: str) -> list[FrozenTrial]:
     """Fail trials of dead workers, then continue every interrupted or budget-cut trial once.
 
     The lock study ``<study>.continue-<n>`` is what says trial n has been continued (a finished
     trial's attrs cannot change); the continuation carries ``continues: n``.
 
-    Returns the numbers of the continued trials.
+    Returns the trials it continued (as they ended: interrupted or cut by the budget).
     """
     storage = study._storage
     with claim_lock(storage_url):
@@ -243,7 +289,7 @@ def recover(study: optuna.Study, storage_url: str) -> list[int]:
                 micro_batch=result["micro_batch"], gradient_accumulation=result["gradient_accumulation"]
             )
         study.enqueue_trial(params, user_attrs={**keep, "continues": trial.number})
-        continued.append(trial.number)
+        continued.append(trial)
     return continued
 
 
@@ -254,9 +300,17 @@ def waiting(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def claim(study: optuna.Study, frozen: FrozenTrial, storage_url: str) -> optuna.Trial | None:
-    """Take ``frozen`` for this worker (WAITING -> RUNNING), or None if another worker got it first."""
+    """Take ``frozen`` for this worker (WAITING -> RUNNING), or None if another worker got it first.
+
+    Another worker may have taken it since ``frozen`` was read (the storage says so: False), or
+    taken and already finished it (the storage raises ``UpdateFinishedTrialError``, as Optuna's
+    own ``Study._pop_waiting_trial_id`` expects); either way the caller tries the next one.
+    """
     with claim_lock(storage_url):
-        if not study._storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING):
+        try:
+            if not study._storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING):
+                return None
+        except optuna.exceptions.UpdateFinishedTrialError:
             return None
     trial = optuna.Trial(study, frozen._trial_id)
     trial.set_user_attr("worker", worker_identity())

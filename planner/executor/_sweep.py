@@ -7,6 +7,7 @@ the ratio of measured to predicted seconds over the study's completed trials.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
@@ -20,14 +21,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from planner.cards import load_card
+from planner.errors import InfrastructureError
 from planner.executor._display import SweepObserver
-from planner.executor._monitor import Deadline, Reporter, TrialLog, TrialStopped
+from planner.executor._monitor import Deadline, Heartbeat, Reporter, TrialLog, TrialStopped
 from planner.executor._results import TrialResult, record_oom, trial_result
-from planner.executor._study import claim, open_study, recover, waiting
+from planner.executor._study import claim, open_study, recover, sqlite_path, waiting
 from planner.executor._trial import (
     TrialOutcome,
     TrialRun,
     checkpoint_step,
+    infrastructure_fault,
     last_checkpoint,
     release_memory,
     run_trial,
@@ -39,10 +42,11 @@ from planner.sweep import plan_sampled
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
-logger = logging.getLogger(__name__)
-
 DIVERGENCE_FACTOR = 4.0
 """A training loss above this multiple of the trial's first logged loss counts as divergence."""
+INFRASTRUCTURE_FIX = "make it writable (free space, permissions, storage), then run again"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -98,6 +102,20 @@ def _predicted(frozen: FrozenTrial | None, planned: PlannedTrial) -> float:
     return startup + (seconds - startup) * left
 
 
+def _continuation_note(interrupted: FrozenTrial) -> str:
+    """What happens to a trial recovery continues: from which checkpoint, or from the start."""
+    attrs = interrupted.user_attrs
+    why = "was cut by the budget" if attrs.get("status") == "budget" else "was interrupted"
+    output_dir = attrs.get("output_dir")
+    step = checkpoint_step(last_checkpoint(Path(output_dir))) if output_dir else 0
+    if step == 0:
+        return (
+            f"trial {interrupted.number} {why} before its first complete checkpoint: running it again "
+            "from step 0"
+        )
+    return f"trial {interrupted.number} {why}: continuing it from its checkpoint at step {step}"
+
+
 def _suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
     """Register the trial's params with Optuna (fixed for enqueued trials, sampled for TPE)."""
     from planner.sweep import search_distributions
@@ -137,11 +155,14 @@ class _Worker:
         self.plan_one, self.report_to, self.callbacks = plan_one, report_to, callbacks
         self.study = open_study(spec, plan, storage_url, study_name)
         self.ran: list[TrialResult] = []
+        self.wrap_up = 0.0
+        """The longest a trial took to be stored once it stopped training (or, before any, a claim):
+        trials stop this much before the deadline, so that storing the last one fits the budget."""
 
     def run(self) -> int:
         """Run trials until none is left that fits; returns how many are left waiting."""
-        for number in recover(self.study, self.storage_url):
-            self.observer.note(f"trial {number} was interrupted: continuing it from its last checkpoint")
+        for interrupted in recover(self.study, self.storage_url):
+            self.observer.note(_continuation_note(interrupted))
         ratio = learned_ratio(self.study)
         queue = waiting(self.study)
         total = sum(_predicted(t, PlannedTrial.model_validate(t.user_attrs["planned"])) for t in queue)
@@ -166,7 +187,9 @@ class _Worker:
                     return 0
                 continue
             frozen, planned = chosen
+            claiming = time.monotonic()
             trial = claim(self.study, frozen, self.storage_url)
+            self.wrap_up = max(self.wrap_up, time.monotonic() - claiming)  # as many storage writes
             if trial is not None:
                 after = sum(
                     _predicted(t, PlannedTrial.model_validate(t.user_attrs["planned"]))
@@ -174,6 +197,14 @@ class _Worker:
                     if t.number != frozen.number
                 )
                 self._execute(trial, frozen, planned, ratio, after * ratio)
+
+    def infrastructure_fault(self, error: BaseException) -> tuple[str, str] | None:
+        """What ``error`` says about the machine (see :func:`infrastructure_fault`), or None."""
+        roots = [self.spec.output_dir]
+        database = sqlite_path(self.storage_url)
+        if database is not None:
+            roots += [Path(database), Path(f"{database}.lock")]
+        return infrastructure_fault(error, roots)
 
     @property
     def deadline_seconds(self) -> float | None:
@@ -234,7 +265,7 @@ class _Worker:
         reporter = Reporter(
             trial,
             self.spec.objective.metric,
-            self.deadline,
+            Deadline(None if self.deadline.at is None else self.deadline.at - self.wrap_up),
             self.observer,
             divergence_factor=DIVERGENCE_FACTOR,
         )
@@ -252,14 +283,41 @@ class _Worker:
         )
         start = time.monotonic()
         try:
-            outcome = run_trial(run, self.attempt)
+            with Heartbeat(trial):
+                outcome = run_trial(run, self.attempt)
             error = None
-        except Exception as exc:  # one trial's crash must not end the sweep
+        except Exception as exc:  # one trial's crash must not end the sweep; the machine's must
+            fault = self.infrastructure_fault(exc)
+            if fault is not None:
+                failed, problem = fault
+                self._interrupt(trial, f"{failed}: {problem}", time.monotonic() - start)
+                step = checkpoint_step(last_checkpoint(output_dir))
+                then = f"it continues from its checkpoint at step {step}" if step else "it runs again"
+                raise InfrastructureError(
+                    failed, f"trial {trial.number} stopped: {problem}", f"{INFRASTRUCTURE_FIX}: {then}"
+                ) from exc
             outcome, error = TrialOutcome(), f"{type(exc).__name__}: {exc}"
-            logger.exception("trial %d failed", trial.number)
+            logger.error("trial %d failed", trial.number, exc_info=True)
             release_memory()
-        seconds = time.monotonic() - start
-        self._store(trial, planned, outcome, reporter.log, reporter, seconds, error)
+        trained = time.monotonic()
+        self._store(trial, planned, outcome, reporter.log, reporter, trained - start, error)
+        self.wrap_up = max(self.wrap_up, time.monotonic() - trained)
+
+    def _interrupt(self, trial: optuna.Trial, fault: str, seconds: float) -> None:
+        """Leave a trial the machine stopped resumable: ``interrupted``, as if its worker had died.
+
+        The next run's :func:`recover` continues it from its last complete checkpoint. When the
+        storage itself is what failed these writes may fail too; the trial then stays RUNNING
+        with this worker's identity, and the next run's recovery finds that worker dead.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        reason = f"stopped by the machine: {fault}"
+        with contextlib.suppress(SQLAlchemyError):
+            trial.set_user_attr("status", "interrupted")
+            trial.set_user_attr("reason", reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+        self.observer.trial_finished(trial.number, "interrupted", None, seconds, reason)
 
     def _store(
         self,
@@ -323,13 +381,19 @@ def run_sweep(
     report_to: Sequence[str] = (),
     callbacks: Sequence[TrainerCallback] = (),
     attempt: Callable[..., None] = trainer_attempt,
+    budget_start: float | None = None,
 ) -> SweepRun:
     """Run the plan's trials (or TPE's) through Trainer on this worker, inside the budget.
 
     ``storage_url`` defaults to the spec's SQLite file, ``study_name`` to the spec's name,
-    ``budget_seconds`` to the spec's budget (counted from this call). ``plan_one`` plans one
-    sampled configuration (TPE); by default :func:`planner.sweep.plan_sampled` on ``card`` (by
-    default the plan's card). ``callbacks`` are extra ``TrainerCallback`` s for every trial.
+    ``budget_seconds`` to the spec's budget, counted from ``budget_start`` (a ``time.time()``;
+    ``planner run`` passes its process's start) or else from when the storage is open and
+    Trainer imported. ``plan_one`` plans one sampled configuration (TPE); by default
+    :func:`planner.sweep.plan_sampled` on ``card`` (by default the plan's card). ``callbacks``
+    are extra ``TrainerCallback`` s for every trial.
+
+    Raises :class:`~planner.errors.InfrastructureError` when the machine fails the run (output
+    directory or storage unwritable): the running trial is left to continue on the next run.
     """
     # Import Trainer before the clock starts, so the first trial's time is comparable to the others'.
     import transformers.trainer  # noqa: F401
@@ -350,19 +414,25 @@ def run_sweep(
         report_to,
         callbacks,
     )
-    # The budget counts from here: imports and opening the storage are the process's start-up.
-    start = time.monotonic()
-    worker.deadline = Deadline.after(budget)
+    # Without a start of the caller's, the budget counts from here: the imports and opening the
+    # storage are the caller's start-up.
+    since = budget_start if budget_start is not None else time.time()
+    worker.deadline = Deadline.after(budget, since=since)
     # What exists now (torch's and transformers' modules: about a million objects) outlives every
     # trial; frozen, the collections that release each trial's memory (ours and accelerate's, two
     # per trial) do not rescan it, which would otherwise cost ~0.25 s each.
     gc.freeze()
     try:
         left = worker.run()
+    except Exception as exc:  # the storage or a lock file failing between trials
+        fault = worker.infrastructure_fault(exc)
+        if fault is None or isinstance(exc, InfrastructureError):
+            raise
+        raise InfrastructureError(*fault, INFRASTRUCTURE_FIX) from exc
     finally:
         gc.unfreeze()
-    elapsed = time.monotonic() - start
-    observer.sweep_finished(elapsed)
+        observer.sweep_finished(time.time() - since)  # a live display ends on every way out
+    elapsed = time.time() - since
     return SweepRun(worker.ran, elapsed, budget, left, learned_ratio(worker.study))
 
 

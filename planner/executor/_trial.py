@@ -7,9 +7,11 @@ resumes from the trial's last checkpoint, or restarts when there is none.
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +96,46 @@ def _complete(checkpoint: Path) -> bool:
 
 def checkpoint_step(checkpoint: Path | None) -> int:
     return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint is not None else 0
+
+
+DISK_FAULTS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO})
+"""OS errors that say the disk failed, wherever the file was."""
+ACCESS_FAULTS = frozenset({errno.EACCES, errno.EPERM})
+"""OS errors that say the machine failed when they concern the run's own files (output, storage)."""
+
+
+def infrastructure_fault(error: BaseException, roots: Sequence[Path]) -> tuple[str, str] | None:
+    """What failed on the machine, ``storage`` or ``output_dir``, and how, if ``error`` (or an error
+    it was raised from) is the machine's; else None.
+
+    A read-only or full disk (anywhere), a permission refused on the run's own files (under
+    ``roots``), or the storage failing (SQLAlchemy's ``OperationalError``) would fail every later
+    trial too, in no time: these stop the sweep instead of failing the trial. Anything else, a
+    permission refused on a dataset for instance, is the trial's (or the user's) error.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OperationalError):
+            cause = current.orig if current.orig is not None else current
+            return "storage", f"it failed ({type(cause).__name__}: {(str(cause).splitlines() or [''])[0]})"
+        if isinstance(current, OSError) and current.errno in DISK_FAULTS | ACCESS_FAULTS:
+            where = current.filename
+            if current.errno in DISK_FAULTS or (
+                where is not None and _under(Path(os.fsdecode(where)), roots)
+            ):
+                problem = os.strerror(current.errno)
+                return "output_dir", f"{problem}: {where}" if where is not None else problem
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _under(path: Path, roots: Sequence[Path]) -> bool:
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(root.resolve()) for root in roots)
 
 
 def release_memory() -> None:

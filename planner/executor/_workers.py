@@ -35,6 +35,8 @@ class WorkerOrder(BaseModel):
     storage_url: str
     study_name: str
     budget_seconds: float | None = None
+    budget_start: float | None = None
+    """When the budget began (a ``time.time()``): the launching process's start, say."""
     report_to: list[str] = []
     show_progress: bool = True
     """Print one line per event (prefixed with the GPU) on stdout."""
@@ -80,6 +82,7 @@ def worker_main(argv: Sequence[str]) -> int:
             storage_url=order.storage_url,
             study_name=order.study_name,
             budget_seconds=order.budget_seconds,
+            budget_start=order.budget_start,
             observer=observer,
             card=load_card(order.card),
             report_to=order.report_to,

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from planner.executor import SweepObserver
 from planner.schema import Hyperparameters, Plan, PlannedTrial, SweepSpec, TimeEstimate, TrainingConfig
 from tests.conftest import TINY_CONFIGS, write_model
 
@@ -41,6 +42,16 @@ def one_thread_and_own_measurements(measured: Path) -> Iterator[None]:
 def _one_thread_and_own_measurements(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with one_thread_and_own_measurements(tmp_path_factory.mktemp("measured")):
         yield
+
+
+class Notes(SweepObserver):
+    """Keeps the sweep's notes (what the display shows between trials: recovered trials, leftovers)."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
 
 
 def tiny_model(directory: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Real worker processes: kill -9 mid-trial then rerun, and two workers sharing SQLite and PostgreSQL.
+"""Real worker processes: kill -9 mid-trial then rerun, two workers sharing SQLite and PostgreSQL, and a
+worker stalled inside one step seen from another host.
 
 Workers are forked from the test process, which has imported torch and transformers already: a
 fresh interpreter would spend ~5 s importing them per worker. Each fork is a separate process with
@@ -11,6 +12,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import socket
 import time
 import uuid
 from collections import Counter
@@ -23,10 +25,11 @@ import pytest
 from optuna.trial import TrialState
 from transformers import TrainerCallback
 
-from planner.executor import delete_study, load_results, open_storage, run_sweep
+from planner.executor import _monitor, _study, delete_study, load_results, open_storage, run_sweep
+from planner.executor._study import recover
 from planner.schema import Plan, SweepSpec
 from planner.sweep import load_spec
-from tests.executor.conftest import hand_plan, write_spec
+from tests.executor.conftest import Notes, hand_plan, write_spec
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 FORK = multiprocessing.get_context("fork")
@@ -91,7 +94,9 @@ def test_kill_9_mid_trial_then_rerun_loses_nothing_and_runs_nothing_twice(
     before = {r.number: r for r in load_results(storage, name).trials}
     assert before[0].status == "complete" and before[1].status == "running"
 
-    rerun = run_sweep(spec, plan)  # this process: the killed worker's PID is gone
+    observer = Notes()
+    rerun = run_sweep(spec, plan, observer=observer)  # this process: the killed worker's PID is gone
+    assert observer.notes[0] == "trial 1 was interrupted: continuing it from its checkpoint at step 2"
     assert [t.params["learning_rate"] for t in rerun.trials] == [2e-3, 3e-3]
     after = load_results(storage, name)
     by_number = {r.number: r for r in after.trials}
@@ -133,3 +138,44 @@ def test_two_workers_split_the_trials_without_duplicates(
         assert pids == {w.pid for w in workers}  # both workers took trials
     finally:
         delete_study(storage, name)
+
+
+class StallOnce(TrainerCallback):
+    """The second optimizer step takes ``seconds`` more, as a long eval or checkpoint save would;
+    ``stalled`` is set when it starts."""
+
+    def __init__(self, seconds: float, stalled: Any) -> None:
+        self.seconds, self.stalled = seconds, stalled
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == 2:
+            self.stalled.set()
+            time.sleep(self.seconds)
+
+
+def test_a_worker_stalled_inside_one_step_is_not_taken_for_dead_by_another_host(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grace = 1.0
+    monkeypatch.setattr(_monitor, "HEARTBEAT_SECONDS", grace / 5)  # the forked worker inherits it
+    monkeypatch.setattr(_study, "STALE_SECONDS", grace)
+    spec, plan = _setup(tmp_path, tiny_model_dir, [1e-3])
+    stalled = FORK.Event()
+    worker = _fork(lambda: run_sweep(spec, plan, callbacks=[StallOnce(4 * grace, stalled)]))
+    assert stalled.wait(120), f"worker exit code {worker.exitcode}"
+    stall_began = time.monotonic()  # or a little later: seen from here
+    # This process plays a second worker on another host: it sees the trial's worker by its
+    # heartbeat only (no PID to check), all through the stall.
+    monkeypatch.setattr(socket, "gethostname", lambda: "another-host")
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage_url))
+    checked_at = []  # seconds into the stall (at least), of checks a grace period before its end
+    while time.monotonic() < stall_began + 3 * grace:
+        checked_at.append(time.monotonic() - stall_began)
+        assert recover(study, spec.storage_url) == [], "a live worker's trial was failed as dead"
+        time.sleep(grace / 5)
+    monkeypatch.undo()
+    _finish(worker)
+    (trial,) = load_results(spec.storage_url, spec.name).trials
+    # At least one check came over a grace period into the stall: by then only a heartbeat
+    # refreshed during the step kept the trial alive (however slow the checks were under load).
+    assert max(checked_at) > grace and trial.status == "complete" and trial.steps_done == 4

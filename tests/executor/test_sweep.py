@@ -161,7 +161,9 @@ def test_budget_cuts_a_running_trial_with_a_checkpoint(
     budget = 0.6 * plan.total_seconds
     deadlines: list[Deadline] = []
     after = Deadline.after
-    monkeypatch.setattr(Deadline, "after", lambda seconds: deadlines.append(after(seconds)) or deadlines[-1])
+    monkeypatch.setattr(
+        Deadline, "after", lambda seconds, **since: deadlines.append(after(seconds, **since)) or deadlines[-1]
+    )
     # By construction, whatever the machine's load: the first trial lasts >= 1.4 s (8 steps paced
     # 0.2 s apart), and the executor corrects the others' predictions by what it measured. The
     # second fits the R ~ 5.5 s left and starts; its steps are paced R/6 apart, so at the end of
