@@ -11,7 +11,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from planner._files import check_output_dir, check_output_file, check_readable, read_model
 from planner.cli._common import emit_json, format_params, parse_budget, user_errors_exit_2
+from planner.cli._plan import infeasible_groups
 from planner.errors import ConfigError
 from planner.schema import GIB, Plan
 
@@ -43,28 +45,69 @@ def _study_of(spec_path: Path | None, storage: str | None, study: str | None) ->
         from planner.sweep import load_spec
 
         spec = load_spec(spec_path)
-        return storage or spec.storage_url, study or spec.name
-    if storage is None or study is None:
+        storage, study = storage or spec.storage_url, study or spec.name
+    elif storage is None or study is None:
         raise ConfigError("spec", "no spec given", "pass SPEC, or both --storage and --study")
+    _existing_storage(storage)
     return storage, study
 
 
 def _read_plan(path: Path, spec_name: str) -> Plan:
     """A plan written by ``planner plan --json`` for this spec."""
-    from pydantic import ValidationError
-
-    try:
-        plan = Plan.model_validate_json(path.read_text())
-    except (OSError, ValidationError) as exc:
-        problem = exc.strerror if isinstance(exc, OSError) else "not a plan written by `planner plan --json`"
-        raise ConfigError(
-            "--plan", f"cannot read '{path}': {problem}", "write it with planner plan --json"
-        ) from None
+    plan = read_model(path, Plan, field="--plan", expect="a plan written by `planner plan --json`")
     if plan.spec_name != spec_name:
         raise ConfigError(
             "--plan", f"'{path}' plans the sweep '{plan.spec_name}', not '{spec_name}'", "plan this spec"
         )
     return plan
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///path`` URL (query dropped); None for other databases and memory."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _check_run_storage(url: str) -> None:
+    """Fail on a bad storage URL before planning, without creating a database nobody asked for.
+
+    An existing SQLite file or another database is opened now; a new SQLite file only needs a
+    writable directory (the run creates it once it has trials to run).
+    """
+    from planner.executor import open_storage
+
+    path = _sqlite_file(url)
+    if path is None or path.exists():
+        if path is not None and path.is_dir():
+            raise ConfigError(
+                "storage", f"{path} is a directory", "give a database file, e.g. sqlite:///sweep.db"
+            )
+        open_storage(url)
+    else:
+        check_output_file(path, field="storage")
+
+
+def _existing_storage(url: str) -> None:
+    """Refuse a SQLite study database that does not exist: reading must not create an empty one."""
+    path = _sqlite_file(url)
+    if path is not None and not path.exists():
+        raise ConfigError(
+            "storage", f"no study database at {path}", "run `planner run` first, or pass --storage"
+        )
+    if path is not None:
+        check_readable(path, field="storage", expect="the study database of `planner run`")
+
+
+def _refuse_if_nothing_runs(plan: Plan) -> None:
+    """A plan whose every trial is infeasible is an input to fix, not a finished sweep."""
+    if any(trial.feasible for trial in plan.trials):
+        return
+    groups = infeasible_groups(plan)
+    reasons = "; ".join(f"{reason} (trial {', '.join(map(str, numbers))})" for reason, _, numbers in groups)
+    fixes = "; ".join(dict.fromkeys(fix for _, fix, _ in groups if fix)) or "change the spec or the card"
+    raise ConfigError("spec", f"no trial of '{plan.spec_name}' can run on {plan.card}: {reasons}", fixes)
 
 
 @click.command("run")
@@ -96,27 +139,22 @@ def run_command(
 ) -> None:
     """Run the sweep in SPEC: the planned trials that fit the budget, resumable after any crash."""
     from planner.cards import load_card
-    from planner.executor import (
-        LiveObserver,
-        PlainObserver,
-        SweepObserver,
-        open_storage,
-        open_study,
-        run_sweep,
-    )
-    from planner.sweep import load_spec, plan_for_card
+    from planner.executor import LiveObserver, PlainObserver, SweepObserver, open_study, run_sweep
+    from planner.sweep import check_model_limits, load_spec, plan_for_card
 
     sweep = load_spec(spec)
     seconds = parse_budget(budget)
     devices = _gpus(gpus)
     card_name = card or _default_card()
     target = load_card(card_name)
+    check_model_limits(sweep)
     storage_url = storage or sweep.storage_url
-    open_storage(storage_url)  # a bad URL fails now, not after planning
+    _check_run_storage(storage_url)  # a bad URL fails now, not after planning
     if plan_path is not None:
         plan = _read_plan(plan_path, sweep.name)
     else:
         plan = plan_for_card(sweep, target, budget_seconds=seconds)
+    _refuse_if_nothing_runs(plan)
     if devices:
         name = study or sweep.name
         # The study and its queue exist before the workers start: they all begin by claiming.
@@ -189,6 +227,8 @@ def results_command(
     """Every trial of the sweep (run, waiting, infeasible) and the best configuration."""
     from planner.executor import export_best, load_results
 
+    if export is not None:
+        check_output_file(export, field="--export", suffixes=(".yaml", ".yml", ".json"))
     results = load_results(*_study_of(spec, storage, study))
     if export is not None:
         export_best(results, export)
@@ -257,6 +297,7 @@ def report_command(
     """PNG plots of the sweep: loss curves, predicted vs measured time, and memory per trial."""
     from planner.executor import load_results, write_report
 
+    check_output_dir(out, field="--out")
     paths = write_report(load_results(*_study_of(spec, storage, study)), out)
     if as_json:
         emit_json({"written": [str(p) for p in paths]})
