@@ -120,6 +120,27 @@ def read_model(
         ) from None
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_database(path: Path | str, *, field: str) -> Path:
+    """``path`` when it is an SQLite database file (its header says so); an empty file is refused.
+
+    Checked before SQLAlchemy opens it: opening a text file or an empty one would write to it.
+    """
+    expect = "an SQLite database, e.g. sqlite:///sweep.db"
+    path = check_readable(path, field=field, expect=expect)
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise ConfigError(field, f"cannot read {path}: {exc.strerror or exc}", f"give {expect}") from None
+    if header != SQLITE_HEADER:
+        what = "empty" if not header else "not an SQLite database"
+        raise ConfigError(field, f"{path} is {what}", f"give {expect}")
+    return path
+
+
 def _file_above(path: Path) -> Path | None:
     """The nearest ancestor of ``path`` that exists as a non-directory (``file.txt/out.png``), if any."""
     for parent in path.parents:

@@ -74,15 +74,26 @@ def from_validation_error(
         else:
             fix = "remove it"
         return ConfigError(field, f"unknown key '{key}'", fix)
-    messages = [str(first.get("msg", "invalid value")).removeprefix("Value error, ")]
-    for other in errors[1:]:
-        # The other members of a union on the same field: "greater than 0", or "'auto'".
-        same = _user_location(schema, tuple(other.get("loc", ())), keep_last=False) == parts
-        message = str(other.get("msg", "")).removeprefix("Value error, ")
-        if same and message and message not in messages:
+    # The members of a union report on the same field ("greater than 0", or "'auto'"): the
+    # member whose kind of value matched speaks first ("low must be below high", not "a list").
+    alternatives = [
+        e for e in errors if _user_location(schema, tuple(e.get("loc", ())), keep_last=False) == parts
+    ] or [first]
+    alternatives.sort(key=_wrong_kind)
+    messages: list[str] = []
+    for error in alternatives:
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if message not in messages:
             messages.append(message)
     problem = messages[0] + "".join(f" (or: {m})" for m in messages[1:])
-    return ConfigError(field, problem, f"set '{field}' to a valid value")
+    fix = f"set '{field}' to a valid value" if location else "change the fields the message names"
+    return ConfigError(field, problem, fix)
+
+
+def _wrong_kind(error: Any) -> bool:
+    """Whether pydantic says the value is of the wrong kind (a string for a list), not out of range."""
+    kind = str(error.get("type", ""))
+    return kind.endswith(("_type", "_parsing")) or kind == "literal_error"
 
 
 # Location parts pydantic adds for the members of a union or constrained type, not the user's keys.

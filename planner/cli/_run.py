@@ -11,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from planner._files import check_output_dir, check_output_file, check_readable, read_model
+from planner._files import check_output_dir, check_output_file, check_sqlite_database, read_model
 from planner.cli._common import emit_json, format_params, parse_budget, user_errors_exit_2
 from planner.cli._plan import infeasible_groups
 from planner.errors import ConfigError
@@ -73,31 +73,31 @@ def _sqlite_file(url: str) -> Path | None:
 def _check_run_storage(url: str) -> None:
     """Fail on a bad storage URL before planning, without creating a database nobody asked for.
 
-    An existing SQLite file or another database is opened now; a new SQLite file only needs a
-    writable directory (the run creates it once it has trials to run).
+    An existing SQLite database or another kind of database is opened now; a new (or empty)
+    SQLite file only needs a writable directory: the run creates it once it has trials to run.
     """
     from planner.executor import open_storage
 
     path = _sqlite_file(url)
-    if path is None or path.exists():
-        if path is not None and path.is_dir():
-            raise ConfigError(
-                "storage", f"{path} is a directory", "give a database file, e.g. sqlite:///sweep.db"
-            )
+    if path is None:
         open_storage(url)
-    else:
+    elif not path.exists() or (path.is_file() and path.stat().st_size == 0):
         check_output_file(path, field="storage")
+    else:
+        check_sqlite_database(path, field="storage")  # a directory or a text file is refused here
+        open_storage(url)
 
 
 def _existing_storage(url: str) -> None:
     """Refuse a SQLite study database that does not exist: reading must not create an empty one."""
     path = _sqlite_file(url)
-    if path is not None and not path.exists():
+    if path is None:
+        return
+    if not path.exists():
         raise ConfigError(
             "storage", f"no study database at {path}", "run `planner run` first, or pass --storage"
         )
-    if path is not None:
-        check_readable(path, field="storage", expect="the study database of `planner run`")
+    check_sqlite_database(path, field="storage")
 
 
 def _refuse_if_nothing_runs(plan: Plan) -> None:

@@ -101,11 +101,14 @@ def _config_from(path: Path) -> PretrainedConfig:
             "model", f"{path} holds a JSON {type(raw).__name__}, not an object", f"give {_CONFIG}"
         )
     model_type = raw.get("model_type")
+    if model_type is None:
+        raise UnknownModelError(
+            "model", f"{path} has no model_type", 'add the architecture, e.g. "model_type": "llama"'
+        )
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
         known = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=1)
-        hint = f"did you mean '{known[0]}'?" if known else f"give {_CONFIG}"
-        problem = "has no model_type" if model_type is None else f"has unknown model_type '{model_type}'"
-        raise UnknownModelError("model", f"{path} {problem}", hint)
+        hint = f"did you mean '{known[0]}'?" if known else "use a model_type transformers knows, e.g. llama"
+        raise UnknownModelError("model", f"{path} has unknown model_type '{model_type}'", hint)
     try:
         return CONFIG_MAPPING[model_type].from_pretrained(str(path.parent))
     except (ValueError, KeyError, TypeError, OSError) as exc:

@@ -19,11 +19,12 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     PrivateAttr,
+    ValidationError,
     field_validator,
     model_validator,
 )
 
-from planner.schema._training import TrainingConfig
+from planner.schema._training import LoraSettings, TrainingConfig
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
 
@@ -83,6 +84,22 @@ CONFIG_NAMES = (
     "lora_dropout",
 )
 SEARCHABLE = HYPERPARAMETER_NAMES + CONFIG_NAMES
+
+
+def _check_searched_value(name: str, value: Any) -> None:
+    """Validate one searched value as its field would be: a bad one is refused when the spec loads,
+    named as ``search``'s, not when planning reaches its trial."""
+    model: type[BaseModel]
+    if name in HYPERPARAMETER_NAMES:
+        model, fields = Hyperparameters, {name: value}
+    elif name.startswith("lora_"):
+        model, fields = LoraSettings, {name.removeprefix("lora_"): value}
+    else:
+        model, fields = TrainingConfig, {"model": "-", name: value}
+    try:
+        model.model_validate(fields)
+    except ValidationError as exc:
+        raise ValueError(f"'{name}' value {value!r}: {exc.errors()[0]['msg']}") from None
 
 
 class Range(BaseModel):
@@ -217,6 +234,8 @@ class SweepSpec(BaseModel):
                 raise ValueError(f"cannot search over '{name}'; searchable: {', '.join(SEARCHABLE)}")
             if isinstance(values, list) and not values:
                 raise ValueError(f"'{name}' has an empty list of values")
+            for value in values if isinstance(values, list) else []:
+                _check_searched_value(name, value)
         return search
 
     @model_validator(mode="after")

@@ -107,7 +107,8 @@ def test_find_max_on_the_host_then_profiles_up_to_it(tmp_path: Path, monkeypatch
         (["--micro-batch", "0,2"], "micro-batch"),
         (["--micro-batch", "-1"], "micro-batch"),
         (["--micro-batch", "2,-4"], "micro-batch"),
-        (["--steps", "0"], "steps"),
+        (["--steps", "0"], "--steps"),
+        (["--warmup", "-1"], "--warmup"),
         (["--device", "cuda"], "device"),
     ],
 )
