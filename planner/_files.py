@@ -45,8 +45,18 @@ def check_readable(
     return path
 
 
-def read_text(path: Path | str, *, field: str, expect: str, error: type[PlannerError] = ConfigError) -> str:
-    """The UTF-8 text of ``path``; a missing, unreadable, binary or empty file raises ``error``."""
+def read_text(
+    path: Path | str,
+    *,
+    field: str,
+    expect: str,
+    error: type[PlannerError] = ConfigError,
+    allow_empty: bool = False,
+) -> str:
+    """The UTF-8 text of ``path``; a missing, unreadable, binary or empty file raises ``error``.
+
+    ``allow_empty`` leaves an empty file to the caller, which knows what it lacks ("no examples").
+    """
     path = check_readable(path, field=field, expect=expect, error=error)
     fix = f"give the path of {expect}"
     try:
@@ -63,7 +73,7 @@ def read_text(path: Path | str, *, field: str, expect: str, error: type[PlannerE
         ) from None
     if "\x00" in text:
         raise error(field, f"{path} holds NUL bytes (a binary file?)", fix)
-    if not text.strip():
+    if not allow_empty and not text.strip():
         raise error(field, f"{path} is empty", fix)
     return text
 

@@ -33,7 +33,9 @@ def read_examples(path: Path, *, field: str = "data.train") -> list[str]:
     ``datasets.save_to_disk`` directory (its ``text`` column, or ``prompt``/``response``)."""
     if path.is_dir():
         return _read_saved_dataset(path, field)
-    text = read_text(path, field=field, expect="a JSONL file, a text file or a saved dataset")
+    text = read_text(
+        path, field=field, expect="a JSONL file, a text file or a saved dataset", allow_empty=True
+    )
     lines = [line for line in text.splitlines() if line.strip()]
     if path.suffix == ".jsonl":
         texts = []
