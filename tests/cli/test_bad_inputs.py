@@ -130,6 +130,11 @@ CASES: list[Case] = [
     Case("fit-lora-dropout-high", f"{FIT} --lora-dropout 1.5", "lora.dropout"),
     Case("fit-lora-dropout-nan", f"{FIT} --lora-dropout nan", "lora.dropout"),
     Case("fit-lora-target-unknown", f"{FIT} --method lora --lora-target nope", "lora.target_modules"),
+    Case(
+        "fit-lora-target-gpt2",
+        "fit {gpt2} --card rtx-4090 --seq-len 64 --method lora --lora-target q_proj",
+        "lora.target_modules",
+    ),
     Case("fit-lora-target-empty", f"{FIT} --method lora --lora-target ''", "lora.target_modules"),
     Case("fit-lora-target-commas", f"{FIT} --method lora --lora-target q_proj,,", "lora.target_modules"),
     Case("fit-qlora-pure-bf16", f"{FIT} --method qlora --precision pure-bf16", "precision"),
@@ -144,6 +149,7 @@ CASES: list[Case] = [
     Case("fit-profile-empty", f"{FIT} --profile {{empty}}", "profile"),
     Case("fit-profile-bad-json", f"{FIT} --profile {{case}}/p.json", "line 1", {"p.json": "{oops"}),
     Case("fit-profile-not-profile", f"{FIT} --profile {{case}}/p.json", "is not a profile", {"p.json": "{}"}),
+    Case("fit-profile-under-file", f"{FIT} --profile {{somefile}}/p.json", "{somefile} is a file"),
     Case("fit-profile-is-dir", f"{FIT} --profile {{adir}}", "--profile"),
     # --- fit: the command line itself ---
     Case("fit-unknown-option", f"{FIT} --bogus", "--bogus"),
@@ -173,6 +179,7 @@ CASES: list[Case] = [
     Case("profile-no-model", "profile", "MODEL"),
     # --- plan: the spec file ---
     Case("plan-spec-missing", "plan {case}/none.yaml --card rtx-4090", "does not exist"),
+    Case("plan-spec-under-file", "plan {somefile}/spec.yaml --card rtx-4090", "{somefile} is a file"),
     Case("plan-spec-is-dir", "plan {adir} --card rtx-4090", "is a directory"),
     Case("plan-spec-empty", "plan {empty} --card rtx-4090", "is empty"),
     Case("plan-spec-binary", "plan {binary} --card rtx-4090", "not UTF-8"),
@@ -191,6 +198,8 @@ CASES: list[Case] = [
     _plan_case(
         "plan-key-counts", {"data": {"counts": {"train_exampels": 5}}}, "did you mean 'train_examples'"
     ),
+    _plan_case("plan-key-eval", {"eval": {"strategi": "steps"}}, "did you mean 'strategy'"),
+    _plan_case("plan-key-objective", {"objective": {"metrik": "eval_loss"}}, "did you mean 'metric'"),
     _plan_case("plan-key-budgett", {"budgett": "1h"}, "did you mean 'budget'"),
     _plan_case(
         "plan-key-range",
@@ -238,6 +247,11 @@ CASES: list[Case] = [
     _plan_case("plan-search-seq-zero", {"search": {"seq_len": [0]}}, "search: 'seq_len' value 0"),
     _plan_case("plan-search-not-list", {"search": {"learning_rate": 0.1}}, "search.learning_rate"),
     _plan_case("plan-search-seq-beyond", {"search": {"seq_len": [64, 100000]}}, "search.seq_len: 100000"),
+    _plan_case(
+        "plan-search-seq-range-beyond",
+        {"strategy": "tpe", "n_trials": 2, "search": {"seq_len": {"low": 16, "high": 1000}}},
+        "search.seq_len: 1000 tokens",
+    ),
     _plan_case("plan-seq-beyond", {"base": {"seq_len": 100000}}, "base.seq_len: 100000"),
     _plan_case("plan-budget-5x", {"budget": "5x"}, "budget"),
     _plan_case("plan-budget-negative", {"budget": "-1h"}, "budget"),
@@ -299,6 +313,16 @@ CASES: list[Case] = [
         PLAN,
         "data.tokenizer",
         {"spec.yaml": spec(data={"counts": DROP, "train": "d.txt", "tokenizer": "no-tok"}), "d.txt": "a b\n"},
+    ),
+    Case(
+        "plan-data-eval-binary",
+        PLAN,
+        "data.eval",
+        {
+            "spec.yaml": spec(data={"counts": DROP, "train": "t.txt", "eval": "e.txt"}),
+            "t.txt": "a b\n",
+            "e.txt": b"\x00\x01\xfe",
+        },
     ),
     _plan_case("plan-data-both", {"data": {"train": "d.txt"}}, "data"),
     _plan_case("plan-data-neither", {"data": {"counts": DROP}}, "data"),
