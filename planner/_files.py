@@ -97,7 +97,10 @@ def read_yaml(path: Path | str, *, field: str, expect: str, error: type[PlannerE
 
 def read_json(path: Path | str, *, field: str, expect: str, error: type[PlannerError] = ConfigError) -> Any:
     """The parsed JSON of ``path``; a syntax error is reported with its line and column."""
-    text = read_text(path, field=field, expect=expect, error=error)
+    return _parse_json(read_text(path, field=field, expect=expect, error=error), path, field, expect, error)
+
+
+def _parse_json(text: str, path: Path | str, field: str, expect: str, error: type[PlannerError]) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -117,9 +120,10 @@ def read_model(
     error: type[PlannerError] = ConfigError,
 ) -> M:
     """A JSON file validated as ``model``; a file of another shape names its first wrong field."""
-    raw = read_json(path, field=field, expect=expect, error=error)
+    text = read_text(path, field=field, expect=expect, error=error)
+    _parse_json(text, path, field, expect, error)  # syntax errors with their line, as for any JSON
     try:
-        return model.model_validate_json(json.dumps(raw))
+        return model.model_validate_json(text)
     except ValidationError as exc:
         first = exc.errors()[0]
         location = ".".join(str(part) for part in first["loc"]) or "top level"
