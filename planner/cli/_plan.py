@@ -18,7 +18,7 @@ from planner.cli._common import (
     parse_budget,
     user_errors_exit_2,
 )
-from planner.schema import GIB, MIB, Plan
+from planner.schema import GIB, MAX_WORKERS, MIB, Plan
 
 
 def format_duration(seconds: float) -> str:
@@ -37,7 +37,9 @@ def format_duration(seconds: float) -> str:
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("--card", required=True, help="Card name (see `planner cards`), 'local' or 'cpu'.")
 @click.option("--budget", help="Wall-clock budget, e.g. 5h or 90m (default: the spec's).")
-@click.option("--workers", type=click.IntRange(min=1), help="Workers/GPUs (default: the spec's).")
+@click.option(
+    "--workers", type=click.IntRange(min=1, max=MAX_WORKERS), help="Workers/GPUs (default: the spec's)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a timeline PNG.")
 @user_errors_exit_2

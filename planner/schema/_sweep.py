@@ -84,6 +84,14 @@ CONFIG_NAMES = (
     "lora_dropout",
 )
 SEARCHABLE = HYPERPARAMETER_NAMES + CONFIG_NAMES
+# Searchable names whose values are choices, not numbers: a list of them, never a range.
+_CHOICE_NAMES = frozenset({"method", "precision", "optimizer", "gradient_checkpointing", "scheduler"})
+
+
+MAX_TRIALS = 10_000
+"""Most trials a sweep may plan: each is estimated and timed, and more would take the planner hours."""
+MAX_WORKERS = 1024
+"""Most workers a plan schedules onto (one per GPU): beyond it a number is a typo, not a cluster."""
 
 
 def _check_searched_value(name: str, value: Any) -> None:
@@ -118,6 +126,8 @@ class Range(BaseModel):
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
             raise ValueError("a log range needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("a log range takes no step (Optuna samples it continuously)")
         return self
 
 
@@ -199,12 +209,12 @@ class SweepSpec(BaseModel):
     training: Hyperparameters = Hyperparameters()
     search: dict[str, list[Any] | Range] = {}
     strategy: Literal["grid", "random", "tpe"] = "grid"
-    n_trials: PositiveInt | None = None
+    n_trials: int | None = Field(None, ge=1, le=MAX_TRIALS)
     seed: int = 0
     objective: Objective = Objective()
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
     budget_seconds: PositiveFloat | None = Field(None, validation_alias="budget")
-    workers: PositiveInt = 1
+    workers: int = Field(1, ge=1, le=MAX_WORKERS)
     spec_dir: Path = Path(".")
     """Directory of the spec file; relative paths resolve against it (set by the loader)."""
 
@@ -234,7 +244,10 @@ class SweepSpec(BaseModel):
                 raise ValueError(f"cannot search over '{name}'; searchable: {', '.join(SEARCHABLE)}")
             if isinstance(values, list) and not values:
                 raise ValueError(f"'{name}' has an empty list of values")
-            for value in values if isinstance(values, list) else []:
+            if isinstance(values, Range) and name in _CHOICE_NAMES:
+                raise ValueError(f"'{name}' takes a list of values, not a range")
+            # A range's ends are values of the field too (an integer field takes integer ends).
+            for value in values if isinstance(values, list) else [values.low, values.high]:
                 _check_searched_value(name, value)
         return search
 

@@ -237,6 +237,32 @@ CASES: list[Case] = [
         "search.learning_rate",
     ),
     _plan_case(
+        "plan-search-log-step",
+        {
+            "strategy": "random",
+            "n_trials": 2,
+            "search": {"lora_r": {"low": 4, "high": 64, "log": True, "step": 4}},
+        },
+        "search.lora_r: a log range takes no step",
+    ),
+    _plan_case(
+        "plan-search-range-below-one",
+        {"strategy": "random", "n_trials": 2, "search": {"effective_batch": {"low": 0.1, "high": 0.9}}},
+        "search: 'effective_batch' value 0.1",
+    ),
+    _plan_case(
+        "plan-search-range-fraction",
+        {"strategy": "random", "n_trials": 2, "search": {"seq_len": {"low": 16.5, "high": 64}}},
+        "search: 'seq_len' value 16.5",
+    ),
+    _plan_case(
+        "plan-search-method-range",
+        {"strategy": "random", "n_trials": 2, "search": {"method": {"low": 1, "high": 2}}},
+        "search: 'method' takes a list",
+    ),
+    _plan_case("plan-n-trials-huge", {"strategy": "random", "n_trials": 10**9}, "n_trials"),
+    _plan_case("plan-workers-huge", {"workers": 10**9}, "workers"),
+    _plan_case(
         "plan-search-batch-zero", {"search": {"effective_batch": [0]}}, "search: 'effective_batch' value 0"
     ),
     _plan_case(
@@ -335,6 +361,7 @@ CASES: list[Case] = [
     Case("plan-budget-option-negative", f"{PLAN} --budget -1h", "--budget", {"spec.yaml": spec()}),
     Case("plan-budget-option-empty", f"{PLAN} --budget ''", "--budget", {"spec.yaml": spec()}),
     Case("plan-workers-option-zero", f"{PLAN} --workers 0", "--workers", {"spec.yaml": spec()}),
+    Case("plan-workers-option-huge", f"{PLAN} --workers 1000000000", "--workers", {"spec.yaml": spec()}),
     Case("plan-workers-option-text", f"{PLAN} --workers two", "--workers", {"spec.yaml": spec()}),
     Case("plan-card-unknown", "plan {case}/spec.yaml --card bogus", "card", {"spec.yaml": spec()}),
     Case("plan-no-card", "plan {case}/spec.yaml", "--card", {"spec.yaml": spec()}),
