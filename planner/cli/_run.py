@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,33 @@ def _gpus(value: str | None) -> list[str]:
     if not gpus or not all(part.isdigit() for part in gpus):
         raise ConfigError("--gpus", f"'{value}' is not a list of GPU indices", "e.g. --gpus 0,1,2,3")
     return gpus
+
+
+def _report_to(value: str) -> list[str]:
+    """The Trainer integrations named by ``--report-to``: known to transformers and installed here.
+
+    Checked before the run: transformers only refuses a name when a trial builds its Trainer.
+    """
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if names in ([], ["none"]):
+        return []
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    if names == ["all"]:
+        return list(get_available_reporting_integrations())
+
+    known = sorted(INTEGRATION_TO_CALLBACK)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"use some of {', '.join(known)}"
+            raise ConfigError("--report-to", f"'{name}' is not a Trainer integration", hint)
+        if name not in get_available_reporting_integrations():
+            raise ConfigError(
+                "--report-to", f"'{name}' is not installed here", f"pip install {name}, or drop it"
+            )
+    return names
 
 
 def _default_card() -> str:
@@ -123,7 +151,9 @@ def _refuse_if_nothing_runs(plan: Plan) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Run this plan (from `planner plan --json`) instead of planning again.",
 )
-@click.option("--report-to", default="", help="Trainer integrations to log to, e.g. wandb,tensorboard.")
+@click.option(
+    "--report-to", default="", help="Trainer integrations to log to, e.g. wandb,tensorboard (or all, none)."
+)
 @click.option("--json", "as_json", is_flag=True, help="No live display; print this worker's trials as JSON.")
 @user_errors_exit_2
 def run_command(
@@ -145,6 +175,7 @@ def run_command(
     sweep = load_spec(spec)
     seconds = parse_budget(budget)
     devices = _gpus(gpus)
+    integrations = _report_to(report_to)
     card_name = card or _default_card()
     target = load_card(card_name)
     check_model_limits(sweep)
@@ -183,7 +214,7 @@ def run_command(
         budget_seconds=seconds,
         observer=observer,
         plan_one=plan_one,
-        report_to=[part for part in report_to.split(",") if part],
+        report_to=integrations,
     )
     if as_json:
         emit_json(

@@ -401,6 +401,8 @@ CASES: list[Case] = [
     Case("run-plan-not-plan", f"{STUDY_RUN} --plan {{case}}/p.json", "not a plan", {"p.json": "{}"}),
     Case("run-plan-other-spec", f"{STUDY_RUN} --plan {{other_plan}}", "plans the sweep 'other'"),
     Case("run-plan-is-dir", f"{STUDY_RUN} --plan {{adir}}", "--plan"),
+    Case("run-report-to-typo", f"{STUDY_RUN} --report-to wandbb", "--report-to: 'wandbb'"),
+    Case("run-report-to-mixed", f"{STUDY_RUN} --report-to none,nope", "--report-to: 'none'"),
     Case("run-unknown-option", f"{STUDY_RUN} --bogus", "--bogus"),
     Case("run-no-spec", "run", "SPEC"),
     # --- results ---
