@@ -31,6 +31,9 @@ _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:
 
 def parse_duration(text: str | float | int) -> float:
     """Seconds in ``"5h"``, ``"90m"``, ``"1h30m"``, ``"45s"`` or a bare number of seconds."""
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        # YAML reads "budget: yes" as True (1 as a number), "budget: [1h]" as a list.
+        raise ValueError(f"{text!r} is not a duration such as 5h, 90m, 1h30m or 600s")
     if isinstance(text, int | float):
         seconds = float(text)
     else:

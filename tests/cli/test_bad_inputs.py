@@ -281,6 +281,8 @@ CASES: list[Case] = [
     _plan_case("plan-seq-beyond", {"base": {"seq_len": 100000}}, "base.seq_len: 100000"),
     _plan_case("plan-budget-5x", {"budget": "5x"}, "budget"),
     _plan_case("plan-budget-negative", {"budget": "-1h"}, "budget"),
+    _plan_case("plan-budget-yes", "budget: yes\n" + yaml.safe_dump(spec()), "budget: True is not a duration"),
+    _plan_case("plan-budget-list", {"budget": ["1h"]}, "budget"),
     _plan_case("plan-budget-zero", {"budget": 0}, "budget"),
     _plan_case("plan-name", {"name": "bad name!"}, "name"),
     _plan_case("plan-workers-zero", {"workers": 0}, "workers"),
