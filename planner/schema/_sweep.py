@@ -91,6 +91,8 @@ SEARCHABLE = HYPERPARAMETER_NAMES + CONFIG_NAMES
 _CHOICE_NAMES = frozenset({"method", "precision", "optimizer", "gradient_checkpointing", "scheduler"})
 
 
+MAX_EXAMPLES = 10**12
+MAX_TOKENS = 10**9
 MAX_TRIALS = 10_000
 """Most trials a sweep may plan: each is estimated and timed, and more would take the planner hours."""
 MAX_WORKERS = 1024
@@ -139,10 +141,11 @@ class DataCounts(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    train_examples: PositiveInt
-    mean_tokens: PositiveFloat
-    max_tokens: PositiveInt | None = None
-    eval_examples: int = Field(0, ge=0)
+    # Bounded far above any dataset: a bigger number is a typo, and overflows the planner's arithmetic.
+    train_examples: int = Field(ge=1, le=MAX_EXAMPLES)
+    mean_tokens: float = Field(gt=0, le=MAX_TOKENS)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    eval_examples: int = Field(0, ge=0, le=MAX_EXAMPLES)
 
 
 class DataSpec(BaseModel):
@@ -213,7 +216,8 @@ class SweepSpec(BaseModel):
     search: dict[str, list[Any] | Range] = {}
     strategy: Literal["grid", "random", "tpe"] = "grid"
     n_trials: int | None = Field(None, ge=1, le=MAX_TRIALS)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
+    """Seeds Optuna's samplers (numpy's generator takes 0 to 2**32 - 1)."""
     objective: Objective = Objective()
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
     budget_seconds: PositiveFloat | None = Field(None, validation_alias="budget")

@@ -58,7 +58,8 @@ class LoraSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    r: PositiveInt = 16
+    r: int = Field(16, ge=1, le=65_536)
+    """The adapters' rank; bounded by the widest layer of any model (a bigger one is a typo)."""
     alpha: PositiveInt = 32
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"

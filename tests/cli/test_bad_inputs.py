@@ -288,6 +288,11 @@ CASES: list[Case] = [
     _plan_case("plan-workers-zero", {"workers": 0}, "workers"),
     _plan_case("plan-pruner", {"pruner": "foo"}, "pruner"),
     _plan_case("plan-direction", {"objective": {"direction": "up"}}, "objective.direction"),
+    _plan_case("plan-seed-negative", {"strategy": "random", "n_trials": 2, "seed": -1}, "seed"),
+    _plan_case("plan-lora-r-huge", {"base": {"lora": {"r": 10**30}}}, "base.lora.r"),
+    _plan_case(
+        "plan-examples-huge", {"data": {"counts": {"train_examples": 10**30}}}, "data.counts.train_examples"
+    ),
     _plan_case("plan-seed-text", {"seed": "x"}, "seed"),
     _plan_case("plan-checkpoint-zero", {"checkpoint_every_steps": 0}, "checkpoint_every_steps"),
     _plan_case("plan-eval-steps", {"eval": {"strategy": "steps"}}, "eval"),
