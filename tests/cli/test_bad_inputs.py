@@ -62,9 +62,15 @@ class Case:
     names: str
     files: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    pending: str | None = None
+    """Why the case cannot pass yet: it is an expected failure until that change lands (strict)."""
 
 
 FIT = "fit {llama} --card rtx-4090 --seq-len 64"
+LORA_CANDIDATES = (
+    "estimator/_setup.py _add_lora: suggest planner.models.lora_target_candidates(model), and turn "
+    "peft's 'Target module ... is not supported' (a target naming a whole layer) into the same error"
+)
 PROFILE = "profile {llama} --precision fp32 --seq-len 16 --device cpu"
 PLAN = "plan {case}/spec.yaml --card rtx-4090"
 STUDY_RUN = "run {study} --card cpu"
@@ -134,6 +140,18 @@ CASES: list[Case] = [
         "fit-lora-target-gpt2",
         "fit {gpt2} --card rtx-4090 --seq-len 64 --method lora --lora-target q_proj",
         "lora.target_modules",
+    ),
+    Case(
+        "fit-lora-target-gpt2-suggests-conv1d",
+        "fit {gpt2} --card rtx-4090 --seq-len 64 --method lora --lora-target q_proj",
+        "some of c_attn, c_fc, c_proj",
+        pending=LORA_CANDIDATES,
+    ),
+    Case(
+        "fit-lora-target-a-layer-index",
+        f"{FIT} --method lora --lora-target 0",
+        "lora.target_modules",
+        pending=LORA_CANDIDATES,
     ),
     Case("fit-lora-target-empty", f"{FIT} --method lora --lora-target ''", "lora.target_modules"),
     Case("fit-lora-target-commas", f"{FIT} --method lora --lora-target q_proj,,", "lora.target_modules"),
@@ -542,7 +560,14 @@ def test_the_corpus_is_large_and_covers_every_command() -> None:
     assert {"fit", "profile", "plan", "run", "results", "report", "cards", "models"} <= commands
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=case.pending) if case.pending else ())
+        for case in CASES
+    ],
+    ids=[case.id for case in CASES],
+)
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(world: dict[str, Any], case: Case) -> None:
     root: Path = world["root"]
     values = {**world["values"], "case": str(root / "cases" / case.id)}
