@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -545,13 +544,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture(autouse=True)
-def _no_gpu_offline(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _no_gpu_offline(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """No GPU and no hub, whatever this machine has; profiles stored under the world (not created)."""
     no_gpu(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("VRAM_PLANNER_MEASURED", str(world["root"] / "measured"))
     monkeypatch.chdir(world["root"])
-    yield
 
 
 def test_the_corpus_is_large_and_covers_every_command() -> None:
