@@ -13,7 +13,8 @@ from rich.table import Table
 from planner._files import check_output_dir
 from planner.cli._common import emit_json, parse_sizes, user_errors_exit_2
 from planner.cli._fit import training_config, training_options
-from planner.schema import GIB, MIB, Profile
+from planner.errors import ConfigError
+from planner.schema import GIB, MIB, Card, Profile, TrainingConfig
 
 
 @click.command("profile")
@@ -67,6 +68,8 @@ def profile_command(
     config = training_config(model, options)
     target = local_device(device)
     card = device_card(target)
+    if target.type == "cpu" and sizes:
+        _check_host_memory(config, card, max(sizes))
     console = Console(stderr=True)
     with console.status("starting") as status:
         profile = profile_config(
@@ -84,6 +87,25 @@ def profile_command(
         emit_json({"path": str(path), "profile": profile.model_dump(mode="json")})
     else:
         print_profile(profile, path)
+
+
+def _check_host_memory(config: TrainingConfig, card: Card, micro_batch: int) -> None:
+    """Refuse a CPU micro-batch beyond half the host's available memory, before building anything.
+
+    A failed CPU allocation kills the process (and can take the host's other work with it) instead
+    of raising: the profiler's own finder keeps to the same half for that reason.
+    """
+    from planner.estimator import Estimator
+
+    need = Estimator(config, card).estimate(micro_batch, trace=False).peak_bytes
+    half = card.available_bytes // 2
+    if need > half:
+        raise ConfigError(
+            "micro-batch",
+            f"{micro_batch} needs ~{need / GIB:.1f} GiB on this host; half its available memory is "
+            f"{half / GIB:.1f} GiB (a failed CPU allocation kills the process)",
+            "ask for smaller sizes, or pass --find-max to find the largest that fits",
+        )
 
 
 def _gib(value: int | None) -> str:

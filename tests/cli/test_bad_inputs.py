@@ -190,6 +190,7 @@ CASES: list[Case] = [
         env={"VRAM_PLANNER_MEASURED": "{somefile}/measured"},
     ),
     Case("profile-micro-zero", f"{PROFILE} --micro-batch 0", "micro-batch"),
+    Case("profile-micro-beyond-host", f"{PROFILE} --micro-batch 1,100000000", "micro-batch: 100000000 needs"),
     Case("profile-unknown-model", "profile no-such/model --device cpu", "model"),
     Case("profile-method", f"{PROFILE} --method foo", "--method"),
     Case("profile-lora-r-zero", f"{PROFILE} --method lora --lora-r 0", "lora.r"),
