@@ -611,3 +611,58 @@ def test_lora_targets_of_gpt2_are_its_conv1d_projections_not_the_head() -> None:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     assert lora_target_candidates(model) == ["c_attn", "c_fc", "c_proj"]
+
+
+def _one_line(result: Any) -> str:
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def test_permissions_root_does_not_feel_are_still_answered(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tests run as root, where chmod blocks nothing: the refusals are faked for one path each.
+    import os
+
+    values = world["values"]
+    real_access = os.access
+
+    def deny(mode: int, target: str) -> None:
+        def access(path: Any, wanted: int, **kwargs: Any) -> bool:
+            return False if str(path) == target and wanted & mode else real_access(path, wanted, **kwargs)
+
+        monkeypatch.setattr(os, "access", access)
+
+    case = world["root"] / "cases" / "plan-data-bad-line"
+    deny(os.R_OK, str(case / "d.jsonl"))
+    line = _one_line(CliRunner().invoke(cli, ["plan", str(case / "spec.yaml"), "--card", "rtx-4090"]))
+    assert line.startswith("error: data.train: cannot read") and "permission denied" in line
+    deny(os.W_OK, values["adir"])
+    args = [
+        "fit",
+        values["llama"],
+        "--card",
+        "rtx-4090",
+        "--seq-len",
+        "64",
+        "--plot",
+        f"{values['adir']}/x.png",
+    ]
+    line = _one_line(CliRunner().invoke(cli, args))
+    assert line.startswith("error: --plot: cannot write in") and "permission denied" in line
+
+
+def test_a_directory_that_refuses_the_probe_file_is_unwritable(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", full)
+    out = f"{world['values']['adir']}/plots"
+    line = _one_line(CliRunner().invoke(cli, ["report", world["values"]["study"], "--out", out]))
+    assert line.startswith("error: --out: cannot write in") and "No space left on device" in line
