@@ -11,13 +11,14 @@ import warnings
 import click
 
 from planner.cli._catalog import cards_command, models_command
+from planner.cli._common import PlannerGroup
 from planner.cli._fit import fit_command
 from planner.cli._plan import plan_command
 from planner.cli._profile import profile_command
 from planner.cli._run import report_command, results_command, run_command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PlannerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vram-planner")
 @click.option("-v", "--verbose", count=True, help="Log what the planner does (-v) and why (-vv), on stderr.")
 def cli(verbose: int) -> None:
@@ -44,6 +45,8 @@ def configure_logging(verbose: int) -> None:
     # Library chatter that says nothing about the user's input (transformers' deprecation notices
     # raised by peft's calls, bitsandbytes' optional CPU kernel, Optuna's per-trial lines, which
     # our display shows in its own words): keep stderr for our one-liners.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
     quiet = logging.ERROR if verbose < 2 else logging.INFO
     for name in ("bitsandbytes", "transformers", "optuna"):
         logging.getLogger(name).setLevel(quiet)

@@ -10,7 +10,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -21,8 +21,23 @@ from planner.schema import parse_duration
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: a user error is one line on stderr, whatever a library put in it."""
+    return " ".join(text.split())
+
+
+def report_and_exit(error: PlannerError) -> NoReturn:
+    """``error: <field>: <problem>. Fix: <fix>`` on stderr, then exit code 2."""
+    click.echo(one_line(f"error: {error}"), err=True)
+    sys.exit(2)
+
+
 def user_errors_exit_2(command: F) -> F:
-    """Turn user errors into ``error: <field>: <problem>. Fix: <fix>`` and exit code 2."""
+    """Turn user errors into ``error: <field>: <problem>. Fix: <fix>`` and exit code 2.
+
+    An ``OSError`` reaching here is the machine refusing a path the checks could not foresee
+    (a disk filling up mid-write, a file removed under us): it is reported the same way.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -32,10 +47,65 @@ def user_errors_exit_2(command: F) -> F:
             error: PlannerError = from_validation_error(exc)
         except PlannerError as exc:
             error = exc
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
+        except OSError as exc:
+            where = exc.filename if exc.filename is not None else "system"
+            problem = exc.strerror or str(exc)
+            error = ConfigError(str(where), problem, "check that path and the disk, then retry")
+        report_and_exit(error)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _usage_error(exc: click.UsageError) -> ConfigError:
+    """A click parsing error (wrong option value, missing argument, unknown command) as a ConfigError."""
+    ctx = exc.ctx
+    command = ctx.command_path if ctx is not None else "planner"
+    fix = f"see `{command} --help`"
+    message = exc.format_message()
+    if "Did you mean" in message:  # click's own suggestion ("fti" -> "fit") is the fix
+        message, suggestion = message.split("Did you mean", 1)
+        fix = f"did you mean{suggestion.rstrip('.')} (see `{command} --help`)"
+    if isinstance(exc, click.NoSuchOption):
+        return ConfigError(exc.option_name, message.strip().rstrip("."), fix)
+    if isinstance(exc, click.BadParameter) and exc.param is not None:
+        hint = exc.param_hint or (exc.param.get_error_hint(ctx) if ctx is not None else exc.param.name)
+        field = str(hint).replace("'", "").replace('"', "")
+        if isinstance(exc, click.MissingParameter):
+            return ConfigError(field, "missing (required)", fix)
+        return ConfigError(field, exc.message.rstrip("."), fix)
+    return ConfigError(command, message.strip().rstrip("."), fix)
+
+
+# ``planner`` alone prints the help (click raises it as a usage error): that stays as it is.
+_HELP: tuple[type[Exception], ...] = tuple(
+    cls for cls in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if cls is not None
+)
+
+
+class PlannerGroup(click.Group):
+    """The ``planner`` group: click's own parsing errors are one line and exit code 2 as well.
+
+    Click prints usage, a hint and the error on three lines; a wrong ``--method`` or a missing
+    ``--card`` is a user error like any other, so it gets the same one-line form.
+    """
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except _HELP:
+            raise
+        except click.UsageError as exc:
+            report_and_exit(_usage_error(exc))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _HELP:
+            raise
+        except click.UsageError as exc:
+            report_and_exit(_usage_error(exc))
 
 
 def emit_json(payload: Any) -> None:
@@ -65,3 +135,7 @@ def parse_budget(value: str | None) -> float | None:
         return parse_duration(value)
     except ValueError as exc:
         raise ConfigError("--budget", str(exc), "e.g. --budget 5h, 90m or 1h30m") from None
+
+
+# What matplotlib's savefig writes: the file's suffix chooses the format.
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".webp", ".eps", ".ps", ".tif", ".tiff")

@@ -10,7 +10,8 @@ from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli._common import emit_json, parse_sizes, user_errors_exit_2
+from planner._files import check_output_file
+from planner.cli._common import PLOT_SUFFIXES, emit_json, parse_sizes, user_errors_exit_2
 from planner.errors import ConfigError
 from planner.schema import GIB, FitReport, Method, OptimizerName, Precision, TrainingConfig
 
@@ -80,6 +81,15 @@ def training_fields(model: str, options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def training_config(model: str, options: dict[str, Any]) -> TrainingConfig:
+    """The validated config of the CLI options, refused when its ``seq_len`` exceeds the model's."""
+    from planner.models import check_seq_len
+
+    config = TrainingConfig.model_validate(training_fields(model, options))
+    check_seq_len(config.model, config.seq_len, option="--seq-len")
+    return config
+
+
 @click.command("fit")
 @click.argument("model", required=False)
 @training_options
@@ -120,17 +130,22 @@ def fit_command(
     shown beside the predicted ones.
     """
     from planner.cards import load_card
+    from planner.models import check_seq_len
     from planner.profiler import fit_with_profiles
 
+    if plot is not None:
+        check_output_file(plot, field="--plot", suffixes=PLOT_SUFFIXES)
     sizes = parse_sizes(micro_batches, "micro-batch")
     notes: list[str] = []
+    target = load_card(card)
     if config_path is not None:
         config, notes = imported_with_flags(config_path, model, options)
+        check_seq_len(config.model, config.seq_len, option="--seq-len")
     elif model is None:
         raise ConfigError("model", "no model given", "give MODEL, or --config FILE")
     else:
-        config = TrainingConfig.model_validate(training_fields(model, options))
-    report = fit_with_profiles(config, load_card(card), sizes, profile=profile_path)
+        config = training_config(model, options)
+    report = fit_with_profiles(config, target, sizes, profile=profile_path)
     if plot is not None:
         plot_fit(report, plot)
     if as_json:

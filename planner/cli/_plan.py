@@ -9,16 +9,19 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli._common import emit_json, parse_budget, user_errors_exit_2
+from planner._files import check_output_file
+from planner.cli._common import PLOT_SUFFIXES, emit_json, parse_budget, user_errors_exit_2
 from planner.formatting import PARAM_LABELS, format_duration, format_value
-from planner.schema import GIB, MIB, Plan
+from planner.schema import GIB, MAX_WORKERS, MIB, Plan
 
 
 @click.command("plan")
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("--card", required=True, help="Card name (see `planner cards`), 'local' or 'cpu'.")
 @click.option("--budget", help="Wall-clock budget, e.g. 5h or 90m (default: the spec's).")
-@click.option("--workers", type=click.IntRange(min=1), help="Workers/GPUs (default: the spec's).")
+@click.option(
+    "--workers", type=click.IntRange(min=1, max=MAX_WORKERS), help="Workers/GPUs (default: the spec's)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a timeline PNG.")
 @user_errors_exit_2
@@ -27,16 +30,30 @@ def plan_command(
 ) -> None:
     """Plan the sweep in SPEC on --card: what fits, each trial's shape and time, and the budget."""
     from planner.cards import load_card
-    from planner.sweep import load_spec, plan_for_card
+    from planner.sweep import check_model_limits, load_spec, plan_for_card
 
+    if plot is not None:
+        check_output_file(plot, field="--plot", suffixes=PLOT_SUFFIXES)
+    seconds = parse_budget(budget)
     sweep = load_spec(spec)
-    plan = plan_for_card(sweep, load_card(card), workers=workers, budget_seconds=parse_budget(budget))
+    target = load_card(card)
+    check_model_limits(sweep)
+    plan = plan_for_card(sweep, target, workers=workers, budget_seconds=seconds)
     if plot is not None:
         plot_timeline(plan, plot)
     if as_json:
         emit_json(plan.model_dump(mode="json"))
     else:
         print_plan(plan)
+
+
+def infeasible_groups(plan: Plan) -> list[tuple[str, str, list[int]]]:
+    """The plan's infeasible trials grouped by (reason, fix): each with its trial numbers."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for trial in plan.trials:
+        if not trial.feasible:
+            groups.setdefault((trial.reason or "infeasible", trial.fix or ""), []).append(trial.number)
+    return [(reason, fix, numbers) for (reason, fix), numbers in sorted(groups.items(), key=str)]
 
 
 def print_plan(plan: Plan) -> None:
@@ -68,12 +85,16 @@ def print_plan(plan: Plan) -> None:
             status,
         )
     console.print(table)
-    console.print(
-        f"Total (one worker): [bold]{format_duration(plan.total_seconds)}[/] "
-        f"({format_duration(plan.total_low_seconds)}-{format_duration(plan.total_high_seconds)}); "
-        f"with {plan.workers} worker(s): {format_duration(plan.makespan_seconds)}."
-    )
-    if plan.budget_seconds is not None:
+    if not any(trial.feasible for trial in plan.trials):
+        # No total and no budget verdict: "the sweep fits; 0 trial(s) run" would read as success.
+        console.print(f"[bold red]No trial can run on {plan.card}[/]: every trial is infeasible (why below).")
+    else:
+        console.print(
+            f"Total (one worker): [bold]{format_duration(plan.total_seconds)}[/] "
+            f"({format_duration(plan.total_low_seconds)}-{format_duration(plan.total_high_seconds)}); "
+            f"with {plan.workers} worker(s): {format_duration(plan.makespan_seconds)}."
+        )
+    if plan.budget_seconds is not None and any(trial.feasible for trial in plan.trials):
         verdict = "[green]fits[/]" if plan.fits_budget else "[red]does not fit[/]"
         planned = sum(t.status == "planned" for t in plan.trials)
         console.print(
@@ -86,10 +107,8 @@ def print_plan(plan: Plan) -> None:
             f"{r.trials} trial(s) at {r.fraction:.0%} of the data" for r in plan.successive_halving
         )
         console.print(f"Successive halving that fits instead: {rungs} (pruner: successive_halving).")
-    fixes = {(t.reason, t.fix) for t in plan.trials if not t.feasible}
-    for reason, fix in sorted(fixes, key=str):
-        numbers = ", ".join(str(t.number) for t in plan.trials if (t.reason, t.fix) == (reason, fix))
-        console.print(f"[red]Infeasible[/] ({numbers}): {reason}. Fix: {fix}.")
+    for reason, fix, numbers in infeasible_groups(plan):
+        console.print(f"[red]Infeasible[/] ({', '.join(map(str, numbers))}): {reason}. Fix: {fix}.")
     sources = sorted({(t.time.source, t.time.note) for t in plan.trials if t.time is not None})
     for source, note in sources:
         console.print(f"Step time ({source}): {note}.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from planner._files import check_output_dir
 from planner.cli._common import emit_json, parse_sizes, user_errors_exit_2
-from planner.cli._fit import training_fields, training_options
-from planner.schema import GIB, MIB, MeasuredProfile
+from planner.cli._fit import training_config, training_options
+from planner.errors import ConfigError
+from planner.schema import GIB, MIB, Card, MeasuredProfile, TrainingConfig
 
 
 @click.command("profile")
@@ -26,8 +29,12 @@ from planner.schema import GIB, MIB, MeasuredProfile
     "--micro-batch", "micro_batches", help="Sizes to measure, e.g. 1,4,8 (default: the estimator's)."
 )
 @click.option("--find-max", is_flag=True, help="Find the true max micro-batch first (a few probe steps).")
-@click.option("--steps", type=int, default=5, show_default=True, help="Timed steps per micro-batch.")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed steps before them.")
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=5, show_default=True, help="Timed steps per micro-batch."
+)
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed steps before them."
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -51,13 +58,18 @@ def profile_command(
     The profile is saved, and `planner fit` then uses it: calibrated CUDA overheads, and measured
     figures beside the predicted ones.
     """
-    from planner.profiler import ProfileStore, device_card, local_device, profile_config
-    from planner.schema import TrainingConfig
+    from planner.profiler import MEASURED_ENV, ProfileStore, device_card, local_device, profile_config
 
+    store = ProfileStore(out)
+    # Checked before minutes of measuring, not when saving after them.
+    where = "--out" if out is not None else (MEASURED_ENV if os.environ.get(MEASURED_ENV) else "profiles")
+    check_output_dir(store.directory, field=where)
     sizes = parse_sizes(micro_batches, "micro-batch")
-    config = TrainingConfig.model_validate(training_fields(model, options))
+    config = training_config(model, options)
     target = local_device(device)
     card = device_card(target)
+    if target.type == "cpu" and sizes:
+        _check_host_memory(config, card, max(sizes))
     console = Console(stderr=True)
     with console.status("starting") as status:
         profile = profile_config(
@@ -70,11 +82,30 @@ def profile_command(
             warmup=warmup,
             find_max=find_max,
         )
-    path = ProfileStore(out).save(profile)
+    path = store.save(profile)
     if as_json:
         emit_json({"path": str(path), "profile": profile.model_dump(mode="json")})
     else:
         print_profile(profile, path)
+
+
+def _check_host_memory(config: TrainingConfig, card: Card, micro_batch: int) -> None:
+    """Refuse a CPU micro-batch beyond half the host's available memory, before building anything.
+
+    A failed CPU allocation kills the process (and can take the host's other work with it) instead
+    of raising: the profiler's own finder keeps to the same half for that reason.
+    """
+    from planner.estimator import Estimator
+
+    need = Estimator(config, card).estimate(micro_batch, trace=False).peak_bytes
+    half = card.available_bytes // 2
+    if need > half:
+        raise ConfigError(
+            "micro-batch",
+            f"{micro_batch} needs ~{need / GIB:.1f} GiB on this host; half its available memory is "
+            f"{half / GIB:.1f} GiB (a failed CPU allocation kills the process)",
+            "ask for smaller sizes, or pass --find-max to find the largest that fits",
+        )
 
 
 def _gib(value: int | None) -> str:

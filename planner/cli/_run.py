@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from planner._files import check_output_dir, check_output_file, check_sqlite_database, read_model
 from planner.cli._common import emit_json, parse_budget, user_errors_exit_2
+from planner.cli._plan import infeasible_groups
 from planner.errors import ConfigError
 from planner.formatting import format_params
 from planner.schema import GIB, Plan
@@ -38,6 +41,33 @@ def _gpus(value: str | None) -> list[str]:
     return gpus
 
 
+def _report_to(value: str) -> list[str]:
+    """The Trainer integrations named by ``--report-to``: known to transformers and installed here.
+
+    Checked before the run: transformers only refuses a name when a trial builds its Trainer.
+    """
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if names in ([], ["none"]):
+        return []
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    if names == ["all"]:
+        return list(get_available_reporting_integrations())
+
+    known = sorted(INTEGRATION_TO_CALLBACK)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"use some of {', '.join(known)}"
+            raise ConfigError("--report-to", f"'{name}' is not a Trainer integration", hint)
+        if name not in get_available_reporting_integrations():
+            raise ConfigError(
+                "--report-to", f"'{name}' is not installed here", f"pip install {name}, or drop it"
+            )
+    return names
+
+
 def _default_card() -> str:
     """This machine's GPU when there is one, else the host CPU."""
     from planner.cards import load_card
@@ -56,28 +86,69 @@ def _study_of(spec_path: Path | None, storage: str | None, study: str | None) ->
         from planner.sweep import load_spec
 
         spec = load_spec(spec_path)
-        return storage or spec.storage_url, study or spec.name
-    if storage is None or study is None:
+        storage, study = storage or spec.storage_url, study or spec.name
+    elif storage is None or study is None:
         raise ConfigError("spec", "no spec given", "pass SPEC, or both --storage and --study")
+    _existing_storage(storage)
     return storage, study
 
 
 def _read_plan(path: Path, spec_name: str) -> Plan:
     """A plan written by ``planner plan --json`` for this spec."""
-    from pydantic import ValidationError
-
-    try:
-        plan = Plan.model_validate_json(path.read_text())
-    except (OSError, ValidationError) as exc:
-        problem = exc.strerror if isinstance(exc, OSError) else "not a plan written by `planner plan --json`"
-        raise ConfigError(
-            "--plan", f"cannot read '{path}': {problem}", "write it with planner plan --json"
-        ) from None
+    plan = read_model(path, Plan, field="--plan", expect="a plan written by `planner plan --json`")
     if plan.spec_name != spec_name:
         raise ConfigError(
             "--plan", f"'{path}' plans the sweep '{plan.spec_name}', not '{spec_name}'", "plan this spec"
         )
     return plan
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///path`` URL (query dropped); None for other databases and memory."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _check_run_storage(url: str) -> None:
+    """Fail on a bad storage URL before planning, without creating a database nobody asked for.
+
+    An existing SQLite database or another kind of database is opened now; a new (or empty)
+    SQLite file only needs a writable directory: the run creates it once it has trials to run.
+    """
+    from planner.executor import open_storage
+
+    path = _sqlite_file(url)
+    if path is None:
+        open_storage(url)
+    elif not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        check_output_file(path, field="storage")
+    else:
+        check_sqlite_database(path, field="storage")  # a directory or a text file is refused here
+        open_storage(url)
+
+
+def _existing_storage(url: str) -> None:
+    """Refuse a SQLite study database that does not exist: reading must not create an empty one."""
+    path = _sqlite_file(url)
+    if path is None:
+        return
+    if not path.exists():
+        raise ConfigError(
+            "storage", f"no study database at {path}", "run `planner run` first, or pass --storage"
+        )
+    check_sqlite_database(path, field="storage")
+
+
+def _refuse_if_nothing_runs(plan: Plan) -> None:
+    """A plan whose every trial is infeasible is an input to fix, not a finished sweep."""
+    if any(trial.feasible for trial in plan.trials):
+        return
+    groups = infeasible_groups(plan)
+    reasons = "; ".join(f"{reason} (trial {', '.join(map(str, numbers))})" for reason, _, numbers in groups)
+    fixes = "; ".join(dict.fromkeys(fix for _, fix, _ in groups if fix)) or "change the spec or the card"
+    raise ConfigError("spec", f"no trial of '{plan.spec_name}' can run on {plan.card}: {reasons}", fixes)
 
 
 @click.command("run")
@@ -93,7 +164,9 @@ def _read_plan(path: Path, spec_name: str) -> Plan:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Run this plan (from `planner plan --json`) instead of planning again.",
 )
-@click.option("--report-to", default="", help="Trainer integrations to log to, e.g. wandb,tensorboard.")
+@click.option(
+    "--report-to", default="", help="Trainer integrations to log to, e.g. wandb,tensorboard (or all, none)."
+)
 @click.option("--json", "as_json", is_flag=True, help="No live display; print this worker's trials as JSON.")
 @user_errors_exit_2
 def run_command(
@@ -115,24 +188,26 @@ def run_command(
         SweepObserver,
         WorkerOrder,
         load_results,
-        open_storage,
         open_study,
         run_sweep,
         run_workers,
     )
-    from planner.sweep import load_spec, plan_for_card
+    from planner.sweep import check_model_limits, load_spec, plan_for_card
 
     sweep = load_spec(spec)
     seconds = parse_budget(budget)
     devices = _gpus(gpus)
+    integrations = _report_to(report_to)
     card_name = card or _default_card()
     target = load_card(card_name)
+    check_model_limits(sweep)
     storage_url = storage or sweep.storage_url
-    open_storage(storage_url)  # a bad URL fails now, not after planning
+    _check_run_storage(storage_url)  # a bad URL fails now, not after planning
     if plan_path is not None:
         plan = _read_plan(plan_path, sweep.name)
     else:
         plan = plan_for_card(sweep, target, budget_seconds=seconds)
+    _refuse_if_nothing_runs(plan)
     if devices:
         name = study or sweep.name
         # The study and its queue exist before the workers start: they all begin by claiming.
@@ -145,7 +220,7 @@ def run_command(
             study_name=name,
             budget_seconds=seconds,
             budget_start=_budget_start(),  # the workers count the budget from this process's start
-            report_to=[part for part in report_to.split(",") if part],
+            report_to=integrations,
             show_progress=not as_json,
         )
         code = run_workers(devices, order)
@@ -168,7 +243,7 @@ def run_command(
         budget_seconds=seconds,
         observer=observer,
         card=target,
-        report_to=[part for part in report_to.split(",") if part],
+        report_to=integrations,
         budget_start=_budget_start(),
     )
     if as_json:
@@ -201,6 +276,8 @@ def results_command(
     """Every trial of the sweep (run, waiting, infeasible) and the best configuration."""
     from planner.executor import export_best, load_results
 
+    if export is not None:
+        check_output_file(export, field="--export", suffixes=(".yaml", ".yml", ".json"))
     results = load_results(*_study_of(spec, storage, study))
     if export is not None:
         export_best(results, export)
@@ -269,6 +346,7 @@ def report_command(
     """PNG plots of the sweep: loss curves, predicted vs measured time, and memory per trial."""
     from planner.executor import load_results, write_report
 
+    check_output_dir(out, field="--out")
     paths = write_report(load_results(*_study_of(spec, storage, study)), out)
     if as_json:
         emit_json({"written": [str(p) for p in paths]})

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from planner._files import read_text
 from planner.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -30,11 +31,12 @@ def _text_of(row: Any, where: str) -> str:
 def read_examples(path: Path, *, field: str = "data.train") -> list[str]:
     """The examples of ``path``: JSONL (``text`` or ``prompt``/``response``), text lines, or a
     ``datasets.save_to_disk`` directory (its ``text`` column, or ``prompt``/``response``)."""
-    if not path.exists():
-        raise ConfigError(field, f"{path} does not exist", "point it at a JSONL, text file or saved dataset")
     if path.is_dir():
         return _read_saved_dataset(path, field)
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = read_text(
+        path, field=field, expect="a JSONL file, a text file or a saved dataset", allow_empty=True
+    )
+    lines = [line for line in text.splitlines() if line.strip()]
     if path.suffix == ".jsonl":
         texts = []
         for number, line in enumerate(lines, start=1):
@@ -92,5 +94,13 @@ def load_tokenizer(spec: SweepSpec) -> PreTrainedTokenizerBase | None:
     if model_dir.is_dir() and any(
         (model_dir / name).exists() for name in ("tokenizer.json", "tokenizer.model")
     ):
-        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        try:
+            return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        except Exception as exc:  # tokenizers and sentencepiece raise their own kinds on a bad file
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                "base.model",
+                f"the tokenizer in {model_dir} does not load ({detail})",
+                "fix or remove its tokenizer files, or name one with data.tokenizer",
+            ) from None
     return None

@@ -7,18 +7,20 @@ ship in ``profiles/models/<org>/<name>/config.json`` and resolve offline. No wei
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from planner.errors import UnknownModelError
+from planner._files import read_json
+from planner.errors import ConfigError, UnknownModelError
 from planner.shipped import shipped_dir
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
+
+_CONFIG = "a model directory holding a transformers config.json"
 
 
 def models_dir() -> Path:
@@ -33,7 +35,7 @@ def shipped_models() -> list[str]:
 
 def describe_model(model_id: str) -> dict[str, object]:
     """Key facts of a shipped config without importing transformers (for ``planner models``)."""
-    raw = json.loads((models_dir() / model_id / "config.json").read_text())
+    raw = read_json(models_dir() / model_id / "config.json", field="model", expect=_CONFIG)
     return {
         "id": model_id,
         "model_type": raw.get("model_type"),
@@ -64,18 +66,13 @@ def load_model_config(reference: str) -> PretrainedConfig:
     shipped = models_dir() / reference
     local = Path(reference).expanduser()
     for directory in (shipped, local):
-        if (directory / "config.json").is_file():
-            try:
-                return AutoConfig.from_pretrained(str(directory))
-            except (ValueError, KeyError, OSError) as exc:
-                raise UnknownModelError(
-                    "model",
-                    f"{directory}/config.json is not a valid transformers config ({exc})",
-                    "point to a directory holding a model's config.json",
-                ) from None
+        if (directory / "config.json").exists() or (directory is local and local.is_dir()):
+            return _config_from(directory / "config.json")
     if local.exists():
         raise UnknownModelError(
-            "model", f"{reference} has no config.json", "point to a directory holding a model's config.json"
+            "model",
+            f"{reference} is a file, not a directory holding config.json",
+            "pass the model's directory (the one holding config.json)",
         )
     try:
         # The hub is only a fallback, tried when it answers at once (no retries while offline).
@@ -83,6 +80,7 @@ def load_model_config(reference: str) -> PretrainedConfig:
             raise ConnectionError
         return AutoConfig.from_pretrained(reference)
     except Exception:
+        # Whatever failed (offline, no such repo, a malformed remote config), the answer is the same.
         close = difflib.get_close_matches(reference, shipped_models(), n=3, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else "run `planner models` for the shipped ids"
         raise UnknownModelError(
@@ -96,3 +94,58 @@ def head_dim(hf_config: PretrainedConfig) -> int:
     """Size of one attention head: the config's ``head_dim`` where it sets one (Gemma, Qwen3),
     else hidden size over heads, as transformers' attention modules compute it."""
     return int(getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads)
+
+
+def _config_from(path: Path) -> PretrainedConfig:
+    """The transformers config in ``path`` (a ``config.json``), read through the one file reader."""
+    from transformers import CONFIG_MAPPING
+
+    raw = read_json(path, field="model", expect=_CONFIG, error=UnknownModelError)
+    if not isinstance(raw, dict):
+        raise UnknownModelError(
+            "model", f"{path} holds a JSON {type(raw).__name__}, not an object", f"give {_CONFIG}"
+        )
+    model_type = raw.get("model_type")
+    if model_type is None:
+        raise UnknownModelError(
+            "model", f"{path} has no model_type", 'add the architecture, e.g. "model_type": "llama"'
+        )
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        known = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=1)
+        hint = f"did you mean '{known[0]}'?" if known else "use a model_type transformers knows, e.g. llama"
+        raise UnknownModelError("model", f"{path} has unknown model_type '{model_type}'", hint)
+    try:
+        return CONFIG_MAPPING[model_type].from_pretrained(str(path.parent))
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise UnknownModelError(
+            "model", f"{path} is not a valid {model_type} config ({exc})", f"give {_CONFIG}"
+        ) from None
+
+
+def max_positions(config: PretrainedConfig) -> tuple[str, int] | None:
+    """The model's longest sequence and the config key that says so, if the config has one.
+
+    ``max_position_embeddings`` (Llama, BERT, Qwen2, ...) or ``n_positions`` (GPT-2), whichever the
+    config itself holds (GPT-2's maps one name onto the other).
+    """
+    held = vars(config)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = held.get(name)
+        if isinstance(value, int) and value > 0:
+            return name, value
+    return None
+
+
+def check_seq_len(model: str, seq_len: int, *, field: str = "seq_len", option: str | None = None) -> None:
+    """Refuse ``seq_len`` beyond ``model``'s positions (an index error deep in the model otherwise).
+
+    The fix names ``option`` (a command-line flag) when given, else ``field``.
+    """
+    limit = max_positions(load_model_config(model))
+    if limit is not None and seq_len > limit[1]:
+        name, value = limit
+        raise ConfigError(
+            field,
+            f"{seq_len} tokens is beyond the model's limit of {value} ({name} in its config)",
+            f"pass {option} {value} or less" if option else f"set {field} to {value} or less",
+        )

@@ -14,8 +14,7 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-from pydantic import ValidationError
-
+from planner._files import read_model
 from planner.errors import ProfileError
 from planner.schema import MeasuredProfile, ProfileKey, TrainingConfig
 
@@ -88,19 +87,13 @@ def load_profile(
 ) -> MeasuredProfile:
     """Read a profile file; with ``card_name``/``config``, refuse one taken on another card or config."""
     path = Path(path)
-    try:
-        profile = MeasuredProfile.model_validate_json(path.read_text())
-    except OSError as exc:
-        raise ProfileError(
-            "profile", f"cannot read {path}: {exc.strerror}", "pass an existing file"
-        ) from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ProfileError(
-            "profile",
-            f"{path} is not a profile ({'.'.join(map(str, first['loc']))}: {first['msg']})",
-            "pass a file written by `planner profile`",
-        ) from None
+    profile = read_model(
+        path,
+        MeasuredProfile,
+        field="profile",
+        expect="a profile written by `planner profile`",
+        error=ProfileError,
+    )
     if card_name is not None and profile.key.card != card_name:
         raise ProfileError(
             "profile",

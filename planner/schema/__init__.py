@@ -14,6 +14,8 @@ from planner.schema._profile import (
 from planner.schema._sweep import (
     CONFIG_NAMES,
     HYPERPARAMETER_NAMES,
+    MAX_TRIALS,
+    MAX_WORKERS,
     SEARCHABLE,
     DataCounts,
     DataSpec,
@@ -31,6 +33,8 @@ __all__ = [
     "CONFIG_NAMES",
     "GIB",
     "HYPERPARAMETER_NAMES",
+    "MAX_TRIALS",
+    "MAX_WORKERS",
     "MIB",
     "SEARCHABLE",
     "Card",

@@ -19,17 +19,21 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     PrivateAttr,
+    ValidationError,
     field_validator,
     model_validator,
 )
 
-from planner.schema._training import TrainingConfig
+from planner.schema._training import LoraSettings, TrainingConfig
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
 
 
 def parse_duration(text: str | float | int) -> float:
     """Seconds in ``"5h"``, ``"90m"``, ``"1h30m"``, ``"45s"`` or a bare number of seconds."""
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        # YAML reads "budget: yes" as True (1 as a number), "budget: [1h]" as a list.
+        raise ValueError(f"{text!r} is not a duration such as 5h, 90m, 1h30m or 600s")
     if isinstance(text, int | float):
         seconds = float(text)
     else:
@@ -83,6 +87,32 @@ CONFIG_NAMES = (
     "lora_dropout",
 )
 SEARCHABLE = HYPERPARAMETER_NAMES + CONFIG_NAMES
+# Searchable names whose values are choices, not numbers: a list of them, never a range.
+_CHOICE_NAMES = frozenset({"method", "precision", "optimizer", "gradient_checkpointing", "scheduler"})
+
+
+MAX_EXAMPLES = 10**12
+MAX_TOKENS = 10**9
+MAX_TRIALS = 10_000
+"""Most trials a sweep may plan: each is estimated and timed, and more would take the planner hours."""
+MAX_WORKERS = 1024
+"""Most workers a plan schedules onto (one per GPU): beyond it a number is a typo, not a cluster."""
+
+
+def _check_searched_value(name: str, value: Any) -> None:
+    """Validate one searched value as its field would be: a bad one is refused when the spec loads,
+    named as ``search``'s, not when planning reaches its trial."""
+    model: type[BaseModel]
+    if name in HYPERPARAMETER_NAMES:
+        model, fields = Hyperparameters, {name: value}
+    elif name.startswith("lora_"):
+        model, fields = LoraSettings, {name.removeprefix("lora_"): value}
+    else:
+        model, fields = TrainingConfig, {"model": "-", name: value}
+    try:
+        model.model_validate(fields)
+    except ValidationError as exc:
+        raise ValueError(f"'{name}' value {value!r}: {exc.errors()[0]['msg']}") from None
 
 
 class Range(BaseModel):
@@ -101,6 +131,8 @@ class Range(BaseModel):
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
             raise ValueError("a log range needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("a log range takes no step (Optuna samples it continuously)")
         return self
 
 
@@ -109,10 +141,11 @@ class DataCounts(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    train_examples: PositiveInt
-    mean_tokens: PositiveFloat
-    max_tokens: PositiveInt | None = None
-    eval_examples: int = Field(0, ge=0)
+    # Bounded far above any dataset: a bigger number is a typo, and overflows the planner's arithmetic.
+    train_examples: int = Field(ge=1, le=MAX_EXAMPLES)
+    mean_tokens: float = Field(gt=0, le=MAX_TOKENS)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    eval_examples: int = Field(0, ge=0, le=MAX_EXAMPLES)
 
 
 class DataSpec(BaseModel):
@@ -182,12 +215,13 @@ class SweepSpec(BaseModel):
     training: Hyperparameters = Hyperparameters()
     search: dict[str, list[Any] | Range] = {}
     strategy: Literal["grid", "random", "tpe"] = "grid"
-    n_trials: PositiveInt | None = None
-    seed: int = 0
+    n_trials: int | None = Field(None, ge=1, le=MAX_TRIALS)
+    seed: int = Field(0, ge=0, lt=2**32)
+    """Seeds Optuna's samplers (numpy's generator takes 0 to 2**32 - 1)."""
     objective: Objective = Objective()
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
     budget_seconds: PositiveFloat | None = Field(None, validation_alias="budget")
-    workers: PositiveInt = 1
+    workers: int = Field(1, ge=1, le=MAX_WORKERS)
     spec_dir: Path = Path(".")
     """Directory of the spec file; relative paths resolve against it (set by the loader)."""
 
@@ -217,6 +251,11 @@ class SweepSpec(BaseModel):
                 raise ValueError(f"cannot search over '{name}'; searchable: {', '.join(SEARCHABLE)}")
             if isinstance(values, list) and not values:
                 raise ValueError(f"'{name}' has an empty list of values")
+            if isinstance(values, Range) and name in _CHOICE_NAMES:
+                raise ValueError(f"'{name}' takes a list of values, not a range")
+            # A range's ends are values of the field too (an integer field takes integer ends).
+            for value in values if isinstance(values, list) else [values.low, values.high]:
+                _check_searched_value(name, value)
         return search
 
     @model_validator(mode="after")

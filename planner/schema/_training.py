@@ -5,7 +5,15 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class Method(str, Enum):
@@ -50,10 +58,18 @@ class LoraSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    r: PositiveInt = 16
+    r: int = Field(16, ge=1, le=65_536)
+    """The adapters' rank; bounded by the widest layer of any model (a bigger one is a typo)."""
     alpha: PositiveInt = 32
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _named_modules(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and (not value or not all(name.strip() for name in value)):
+            raise ValueError("give module names (e.g. q_proj,v_proj) or 'all-linear', not an empty name")
+        return value
 
 
 class TrainingConfig(BaseModel):
@@ -85,13 +101,14 @@ class TrainingConfig(BaseModel):
             data = {**data, "gradient_checkpointing": data.get("method") == Method.QLORA}
         return data
 
-    @model_validator(mode="after")
-    def _qlora_needs_half_compute(self) -> TrainingConfig:
-        if self.method is Method.QLORA and self.precision is Precision.PURE_BF16:
+    @field_validator("precision")
+    @classmethod
+    def _qlora_needs_half_compute(cls, precision: Precision, info: ValidationInfo) -> Precision:
+        if info.data.get("method") is Method.QLORA and precision is Precision.PURE_BF16:
             # QLoRA's base is 4-bit whatever the precision; pure-bf16 only names the adapters'
             # dtype, which peft keeps fp32 anyway. Refuse rather than silently reinterpret.
             raise ValueError("qlora takes precision bf16, fp16 or fp32 (the 4-bit compute dtype)")
-        return self
+        return precision
 
     def with_changes(self, **changes: object) -> TrainingConfig:
         """A validated copy with some fields replaced (``model_copy`` skips validation)."""

@@ -33,7 +33,7 @@ def add_lora(model: nn.Module, config: TrainingConfig, task: str) -> nn.Module:
             model, lora, autocast_adapter_dtype=config.precision is not Precision.PURE_BF16
         )
     except ValueError as exc:
-        if "not found in the base model" in str(exc) or "Target modules" in str(exc):
+        if "not found in the base model" in str(exc) or "Target module" in str(exc):
             raise ConfigError(
                 "lora.target_modules",
                 f"{config.lora.target_modules} match no module of {type(model).__name__}",

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from planner.cli import cli
+from tests.cli.fake_nvml import fake_gpu, no_gpu
 
 
 def run(*args: str):
@@ -62,8 +63,13 @@ def test_fit_json_and_plot(tiny_models: dict[str, str], tmp_path):
         (["fit", "{llama}", "--card", "local"], "card"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(tiny_models: dict[str, str], args: list[str], field: str):
-    result = run(*(arg.format(**tiny_models) for arg in args))
+def test_bad_input_is_one_line_exit_2(
+    tiny_models: dict[str, str], args: list[str], field: str, monkeypatch: pytest.MonkeyPatch
+):
+    no_gpu(monkeypatch)  # "--card local" on a machine without a GPU, whatever this one has
+    # The tiny models have 256 positions: a length within them unless the case sets its own.
+    length = [] if "--seq-len" in args else ["--seq-len", "64"]
+    result = run(*(arg.format(**tiny_models) for arg in args), *length)
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
@@ -77,6 +83,14 @@ def test_malformed_model_config_is_one_line_exit_2(tmp_path):
     result = run("fit", str(tmp_path), "--card", "rtx-4090")
     assert result.exit_code == 2
     assert result.output.startswith("error: model")
+
+
+def test_local_card_with_a_gpu_answers_for_it(tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch):
+    fake_gpu(monkeypatch, "NVIDIA GeForce RTX 4090", total_mib=24_564, free_mib=20_000, capability=(8, 9))
+    result = run("fit", tiny_models["llama"], "--seq-len", "64", "--card", "local", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["card"] == "local" and report["max_micro_batch"] > 0
 
 
 def test_unknown_card_suggests_close_names(tiny_models: dict[str, str]):

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from planner.cards import host_card
 from planner.cli import cli
 from planner.estimator import Estimator
 from planner.schema import TrainingConfig
+from tests.cli.fake_nvml import no_gpu
 from tests.conftest import TINY_CONFIGS, write_model
 
 TINY = ["--precision", "fp32", "--seq-len", "16"]
@@ -73,8 +73,8 @@ def test_fit_then_uses_the_profile(tiny_models: dict[str, str], measured: tuple[
 
 def test_text_output_shows_the_table_and_where_it_saved(tiny_models: dict[str, str], tmp_path: Path):
     result = run(
-        "profile", tiny_models["gpt2"], *TINY, "--micro-batch", "2", "--steps", "1", "--warmup", "0",
-        "--out", str(tmp_path),
+        "profile", tiny_models["gpt2"], *TINY, "--device", "cpu", "--micro-batch", "2", "--steps", "1",
+        "--warmup", "0", "--out", str(tmp_path),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "tokens/s" in result.stdout and "Profile saved" in result.stdout
@@ -91,8 +91,8 @@ def test_find_max_on_the_host_then_profiles_up_to_it(tmp_path: Path, monkeypatch
         "planner.profiler.device_card", lambda _device: host_card().model_copy(update={"free_bytes": budget})
     )
     result = run(
-        "profile", model, "--precision", "fp32", "--seq-len", "64", "--find-max", "--steps", "1",
-        "--warmup", "0", "--out", str(tmp_path / "out"), "--json",
+        "profile", model, "--precision", "fp32", "--seq-len", "64", "--device", "cpu", "--find-max",
+        "--steps", "1", "--warmup", "0", "--out", str(tmp_path / "out"), "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     profile = json.loads(result.stdout)["profile"]
@@ -107,14 +107,15 @@ def test_find_max_on_the_host_then_profiles_up_to_it(tmp_path: Path, monkeypatch
         (["--micro-batch", "0,2"], "micro-batch"),
         (["--micro-batch", "-1"], "micro-batch"),
         (["--micro-batch", "2,-4"], "micro-batch"),
-        (["--steps", "0"], "steps"),
+        (["--steps", "0"], "--steps"),
+        (["--warmup", "-1"], "--warmup"),
         (["--device", "cuda"], "device"),
     ],
 )
 def test_bad_profile_input_is_one_line_exit_2(
     tiny_models: dict[str, str], args: list[str], field: str, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a machine with CUDA
+    no_gpu(monkeypatch)  # "--device cuda" refused also on a machine with CUDA
     result = run("profile", tiny_models["llama"], *TINY, *args)
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()

@@ -132,7 +132,7 @@ def test_gpus_starts_one_worker_per_gpu_and_they_split_the_trials(tmp_path: Path
         (["run", "{spec}", "--card", "cpu", "--gpus", "0,one"], "--gpus"),
         (["run", "{spec}", "--card", "cpu", "--gpus", ","], "--gpus"),
         (["run", "{spec}", "--card", "cpu", "--plan", "{dir}/broken.yaml"], "--plan"),
-        (["results", "{spec}", "--study", "nope"], "no study 'nope'"),
+        (["results", "{spec}", "--study", "nope"], "no study database"),  # and none is created
         (["results"], "no spec given"),
         (["report", "{dir}/missing.yaml", "--out", "{dir}/out"], "does not exist"),
     ],
@@ -151,4 +151,4 @@ def test_bad_input_gets_one_line_and_exit_2(
 def test_export_of_an_unknown_format_exits_2(swept: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     spec, _ = swept
     result = run("results", spec, "--export", tmp_path / "best.toml")
-    assert result.exit_code == 2 and "neither .yaml nor .json" in result.output
+    assert result.exit_code == 2 and "is not one of the formats .yaml, .yml, .json" in result.output
