@@ -14,7 +14,7 @@ out-of-memory path (free the cache, retry) decides, as it does on the GPU.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from planner.allocator import AllocatorConfig, Event, replay
@@ -43,10 +43,19 @@ def _events(stream: AllocationStream, workspace_bytes: int, steps: int) -> Itera
         else:
             setup_blocks.discard(block)
             yield Event.free(block)
+    # Blocks are numbered by first allocation, setup first: below this one, a step only frees.
+    first_step_block = 1 + max((block for block, _ in stream.setup), default=-1)
     for repeat in range(steps):
         for block, delta in stream.step:
-            # Blocks a step allocates get a name per repeat; frees of setup blocks keep theirs.
-            name: Hashable = block if block in setup_blocks else (repeat, block)
+            if block < first_step_block:
+                # State an optimizer replaces rather than updates in place is freed once; what
+                # replaced it in the first step then stays through the second (a slight overcount).
+                if block in setup_blocks:
+                    setup_blocks.discard(block)
+                    yield Event.free(block)
+                continue
+            # Blocks a step allocates get a name per repeat.
+            name = (repeat, block)
             yield Event.alloc(name, delta) if delta > 0 else Event.free(name)
 
 
