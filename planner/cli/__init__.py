@@ -43,13 +43,24 @@ def configure_logging(verbose: int) -> None:
     root.setLevel(level)
     root.propagate = False
     # Library chatter that says nothing about the user's input (transformers' deprecation notices
-    # raised by peft's calls, bitsandbytes' optional CPU kernel, Optuna's per-trial lines, which
-    # our display shows in its own words): keep stderr for our one-liners.
+    # raised by peft's calls, save progress bars, bitsandbytes' optional CPU kernel, Optuna's
+    # per-trial lines, which our display shows in its own words): keep stderr for our one-liners.
+    # transformers and huggingface_hub read these variables when first imported.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
     quiet = logging.ERROR if verbose < 2 else logging.INFO
-    for name in ("bitsandbytes", "transformers", "optuna"):
+    for name in ("bitsandbytes", "transformers"):
         logging.getLogger(name).setLevel(quiet)
+    if click.get_current_context().invoked_subcommand in OPTUNA_COMMANDS:
+        # Importing Optuna sets its own logger to INFO: import it first, then set its level.
+        import optuna
+
+        optuna.logging.set_verbosity(quiet)
+
+
+OPTUNA_COMMANDS = ("plan", "run", "results", "report")
+"""The commands that drive Optuna (studies, samplers)."""
 
 
 cli.add_command(fit_command)
@@ -67,7 +78,4 @@ def main() -> None:
     # Interpreter shutdown collects garbage over the whole heap of torch and transformers (~0.6 s
     # of a cold command); frozen at exit, that heap goes back to the OS with the process.
     atexit.register(gc.freeze)
-    # transformers reads its verbosity when first imported, before any option is parsed.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
     cli()

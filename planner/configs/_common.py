@@ -194,9 +194,6 @@ class Source:
         except ValidationError as exc:
             error = from_validation_error(exc)
             key = self.origins.get(error.field, error.field)
-            if error.field == "config":
-                # TrainingConfig's one whole-config rule: method qlora refuses precision pure-bf16.
-                key = f"{self.origins.get('method', 'method')}/{self.origins.get('precision', 'precision')}"
             raise ConfigError(
                 key, f"{error.problem} (in {self.name})", f"set '{key}' to a valid value"
             ) from None

@@ -163,7 +163,8 @@ CASES: list[Case] = [
     # --- fit: the command line itself ---
     Case("fit-unknown-option", f"{FIT} --bogus", "--bogus"),
     Case("fit-no-card", "fit {llama}", "--card"),
-    Case("fit-no-model", "fit", "MODEL"),
+    Case("fit-no-model", "fit --card rtx-4090", "model"),
+    Case("fit-no-card", "fit {llama}", "--card"),
     Case("fit-extra-argument", "fit {llama} extra --card rtx-4090", "extra"),
     # --- profile ---
     Case("profile-warmup-negative", f"{PROFILE} --warmup -1", "--warmup"),

@@ -49,7 +49,7 @@ TRL_BASE = {"model_name_or_path": "m", "packing": False}
         (
             "a.yml",
             {**AXOLOTL_BASE, "adapter": "qlora", "load_in_4bit": True, "bfloat16": True},
-            "adapter/bfloat16",
+            "bfloat16",
             "qlora",
         ),
         (
@@ -61,7 +61,7 @@ TRL_BASE = {"model_name_or_path": "m", "packing": False}
         ("b.yaml", {**LLAMA_FACTORY_BASE, "finetuning_type": "freeze"}, "finetuning_type", "freeze"),
         ("b.yaml", {**LLAMA_FACTORY_BASE, "quantization_bit": 3}, "quantization_bit", "3-bit"),
         ("b.yaml", {**LLAMA_FACTORY_BASE, "cutoff_len": -1}, "cutoff_len", "greater than 0"),
-        ("b.yaml", {**LLAMA_FACTORY_BASE, "lora_rank": 0}, "lora_rank", "greater than 0"),
+        ("b.yaml", {**LLAMA_FACTORY_BASE, "lora_rank": 0}, "lora_rank", "greater than or equal to 1"),
         (
             "c.json",
             {**TRL_BASE, "max_length": 128, "max_seq_length": 256},

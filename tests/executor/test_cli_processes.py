@@ -20,9 +20,12 @@ PLANNER = "from planner.cli import main; main()"
 READ_ONLY_ONCE = """
 import errno
 import logging
+import os
 from pathlib import Path
 
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # as main() does, before Trainer's import
+# As the CLI does before anything imports transformers (this code imports it first).
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from transformers import Trainer
 
 saves = []

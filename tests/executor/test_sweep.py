@@ -338,5 +338,8 @@ def test_tpe_from_python_plans_each_sampled_trial_itself(tmp_path: Path, tiny_mo
     run = run_sweep(spec, hand_plan(spec))  # no plan_one: the library plans on the plan's card
     assert len(run.trials) == 2 and all(t.status == "complete" for t in run.trials)
     stored = load_results(spec.storage_url, spec.name)
-    # Each sampled trial was planned by the planner (a measured CPU profile), not by the test.
-    assert all(t.predicted_seconds and t.micro_batch == 4 for t in stored.trials)
+    # Each sampled trial was planned by the planner (a measured CPU profile), not by the test:
+    # its shape keeps the effective batch (an OOM recorded by another test here may cap it).
+    for trial in stored.trials:
+        assert trial.predicted_seconds and trial.micro_batch and trial.gradient_accumulation
+        assert trial.micro_batch * trial.gradient_accumulation == 4
