@@ -162,7 +162,6 @@ CASES: list[Case] = [
     Case("fit-profile-is-dir", f"{FIT} --profile {{adir}}", "--profile"),
     # --- fit: the command line itself ---
     Case("fit-unknown-option", f"{FIT} --bogus", "--bogus"),
-    Case("fit-no-card", "fit {llama}", "--card"),
     Case("fit-no-model", "fit --card rtx-4090", "model"),
     Case("fit-no-card", "fit {llama}", "--card"),
     Case("fit-extra-argument", "fit {llama} extra --card rtx-4090", "extra"),
