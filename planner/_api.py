@@ -68,17 +68,19 @@ def plan(
 
 def run(
     spec: str | Path | SweepSpec,
-    card: str | Card = "cpu",
+    card: str | Card | None = None,
     *,
     planned: Plan | None = None,
     budget_seconds: float | None = None,
     storage_url: str | None = None,
 ) -> SweepRun:
     """Run the sweep's trials through ``transformers.Trainer`` on this worker, inside the budget,
-    resumable after any crash (the plan is made on ``card`` unless ``planned`` is given)."""
+    resumable after any crash. The plan is made on ``card`` (default: this machine's GPU, else
+    its CPU) unless ``planned`` is given."""
+    from planner.cards import this_machine_card
     from planner.executor import run_sweep
 
-    sweep, target = _spec(spec), _card(card)
+    sweep, target = _spec(spec), _card(card if card is not None else this_machine_card())
     if planned is None:
         planned = plan(sweep, target, budget_seconds=budget_seconds)
     return run_sweep(sweep, planned, card=target, budget_seconds=budget_seconds, storage_url=storage_url)

@@ -63,3 +63,15 @@ def load_card(name: str) -> Card:
     raise UnknownCardError(
         "card", f"unknown card '{name}'", f"{hint} (or 'local' for this machine's GPU, 'cpu' for the host)"
     )
+
+
+def this_machine_card() -> str:
+    """The card a run on this machine uses by default: ``local`` (its GPU) when NVML sees one,
+    else the host CPU."""
+    from planner.errors import DeviceError
+
+    try:
+        load_card("local")
+    except DeviceError:
+        return HOST_CARD_NAME
+    return "local"

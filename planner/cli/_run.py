@@ -68,18 +68,6 @@ def _report_to(value: str) -> list[str]:
     return names
 
 
-def _default_card() -> str:
-    """This machine's GPU when there is one, else the host CPU."""
-    from planner.cards import load_card
-    from planner.errors import DeviceError
-
-    try:
-        load_card("local")
-    except DeviceError:
-        return "cpu"
-    return "local"
-
-
 def _study_of(spec_path: Path | None, storage: str | None, study: str | None) -> tuple[str, str]:
     """Storage URL and study name: from the options, else the spec's defaults."""
     if spec_path is not None:
@@ -181,7 +169,7 @@ def run_command(
     as_json: bool,
 ) -> None:
     """Run the sweep in SPEC: the planned trials that fit the budget, resumable after any crash."""
-    from planner.cards import load_card
+    from planner.cards import load_card, this_machine_card
     from planner.executor import (
         LiveObserver,
         PlainObserver,
@@ -198,7 +186,7 @@ def run_command(
     seconds = parse_budget(budget)
     devices = _gpus(gpus)
     integrations = _report_to(report_to)
-    card_name = card or _default_card()
+    card_name = card or this_machine_card()
     target = load_card(card_name)
     check_model_limits(sweep)
     storage_url = storage or sweep.storage_url
