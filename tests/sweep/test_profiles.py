@@ -9,7 +9,7 @@ import pytest
 from planner.cards import host_card
 from planner.errors import ProfileError
 from planner.profiler import MEASURED_ENV, ProfileStore
-from planner.schema import SweepSpec
+from planner.schema import GIB, SweepSpec
 from planner.sweep import plan_for_card
 
 
@@ -39,6 +39,9 @@ def test_host_plan_measures_a_missing_profile_once(
 
 def test_host_plan_refuses_to_measure_a_big_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(MEASURED_ENV, str(tmp_path))
+    # A host with room for the trial (free RAM varies from run to run: on a machine with less, the
+    # trial would be infeasible and never reach the measuring step this test is about).
+    roomy = host_card().model_copy(update={"free_bytes": 256 * GIB})
     with pytest.raises(ProfileError, match="planner profile"):
-        plan_for_card(spec_for("meta-llama/Llama-3.2-1B", seq_len=512), host_card())
+        plan_for_card(spec_for("meta-llama/Llama-3.2-1B", seq_len=512), roomy)
     assert not list(tmp_path.rglob("*.json"))
