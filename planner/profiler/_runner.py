@@ -41,6 +41,9 @@ class ProbeMemory:
     """CUDA: NVML used minus reserved at the same instant (context, cuBLAS/cuDNN handles)."""
     live: int | None = None
     """CPU: peak of live tensor bytes."""
+    segments: int | None = None
+    """CUDA: segments the caching allocator holds after the probe (``torch.cuda.memory_snapshot()``;
+    the cache was emptied before it, and keeps what the peak reserved)."""
 
     def device_bytes(self, context_fallback: int) -> int:
         """What the estimator's ``peak_bytes`` predicts: peak reserved plus context, or live bytes."""
@@ -164,6 +167,7 @@ class StepRunner:
             reserved=torch.cuda.max_memory_reserved(self.device),
             nvml_used=nvml,
             context=None if nvml is None else max(0, nvml - torch.cuda.memory_reserved(self.device)),
+            segments=len(torch.cuda.memory_snapshot()),
         )
 
     # -- a measurement ----------------------------------------------------------------------------
