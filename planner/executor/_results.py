@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict
 
 from planner.errors import ConfigError
-from planner.schema import PlannedTrial
+from planner.schema import Hyperparameters, PlannedTrial, TrainingConfig
 
 
 class TrialResult(BaseModel):
@@ -55,6 +55,10 @@ class TrialResult(BaseModel):
     evals: list[tuple[int, dict[str, float]]] = []
     training_arguments: dict[str, Any] = {}
     worker: dict[str, Any] | None = None
+    config: TrainingConfig | None = None
+    """What the trial trained: model, method, LoRA, precision, optimizer, sequence length, and the
+    micro-batch x accumulation it ran with (after any OOM change)."""
+    hyper: Hyperparameters | None = None
 
 
 class SweepResults(BaseModel):
@@ -110,7 +114,18 @@ def trial_result(frozen: FrozenTrial) -> TrialResult:
         evals=[(int(s), m) for s, m in attrs.get("evals", [])],
         training_arguments=attrs.get("training_arguments", {}),
         worker=attrs.get("worker"),
+        config=_ran_config(planned, attrs),
+        hyper=planned.hyper if planned else None,
     )
+
+
+def _ran_config(planned: PlannedTrial | None, attrs: dict[str, Any]) -> TrainingConfig | None:
+    """The planned config with the shape the trial ran at (an OOM halves the micro-batch)."""
+    if planned is None:
+        return None
+    micro = attrs.get("micro_batch") or planned.config.micro_batch
+    accumulation = attrs.get("gradient_accumulation") or planned.config.gradient_accumulation
+    return planned.config.with_changes(micro_batch=micro, gradient_accumulation=accumulation)
 
 
 def sweep_results(study: optuna.Study) -> SweepResults:
@@ -167,13 +182,24 @@ def load_results(storage_url: str, study_name: str) -> SweepResults:
 
 
 def export_best(results: SweepResults, path: Path) -> dict[str, Any]:
-    """Write the best trial's ``TrainingArguments`` keyword arguments as YAML or JSON (by suffix).
+    """Write the best trial complete, as YAML or JSON (by suffix), in the planner's spec form.
 
-    ``TrainingArguments(output_dir=..., **yaml.safe_load(open(path)))`` reproduces the trial.
+    ``base`` is the trial's training config (model id, method, LoRA, precision, optimizer,
+    checkpointing, sequence length, micro-batch x accumulation), ``training`` its searched
+    hyperparameters, ``training_arguments`` the ``TrainingArguments`` keyword arguments it ran
+    with: ``TrainingArguments(output_dir=..., **exported["training_arguments"])`` reproduces its
+    Trainer, and ``planner fit --config FILE`` (``planner.configs.read_training_config``) reads
+    the same config back.
     """
     if results.best is None:
-        raise ConfigError("export", "no trial has completed yet", "run the sweep, then export")
-    arguments = results.trial(results.best).training_arguments
+        raise ConfigError("--export", "no trial has completed yet", "run the sweep, then export")
+    best = results.trial(results.best)
+    arguments: dict[str, Any] = {"name": f"{results.study}-best-trial-{best.number}"}
+    if best.config is not None:
+        arguments["base"] = best.config.model_dump(mode="json")
+    if best.hyper is not None:
+        arguments["training"] = best.hyper.model_dump(mode="json", exclude_none=True)
+    arguments["training_arguments"] = best.training_arguments
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
@@ -182,7 +208,7 @@ def export_best(results: SweepResults, path: Path) -> dict[str, Any]:
         path.write_text(json.dumps(arguments, indent=2))
     else:
         raise ConfigError(
-            "export", f"'{path.name}' is neither .yaml nor .json", "name the file best.yaml or best.json"
+            "--export", f"'{path.name}' is neither .yaml nor .json", "name the file best.yaml or best.json"
         )
     return arguments
 

@@ -430,7 +430,7 @@ CASES: list[Case] = [
     Case("results-export-suffix", "results {study} --export {case}/best.toml", "--export"),
     Case("results-export-no-dir", "results {study} --export {root}/nodir/best.json", "--export"),
     Case("results-export-is-dir", "results {study} --export {adir}", "--export"),
-    Case("results-export-nothing-done", "results {study} --export {case}/best.json", "export: no trial"),
+    Case("results-export-nothing-done", "results {study} --export {case}/best.json", "--export: no trial"),
     Case("results-no-database", "results {case}/spec.yaml", "no study database", {"spec.yaml": spec()}),
     Case(
         "results-storage-not-db", "results --storage sqlite:///{binary} --study x", "not an SQLite database"

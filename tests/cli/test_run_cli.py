@@ -84,13 +84,36 @@ def test_export_writes_training_arguments(
     spec, _ = swept
     path = tmp_path / f"best{suffix}"
     results = payload(run("results", spec, "--export", path, "--json"))
-    loaded = yaml.safe_load(path.read_text()) if suffix == ".yaml" else json.loads(path.read_text())
+    exported = yaml.safe_load(path.read_text()) if suffix == ".yaml" else json.loads(path.read_text())
+    loaded = exported["training_arguments"]
     best = next(t for t in results["trials"] if t["number"] == results["best"])
     assert loaded["learning_rate"] == best["params"]["learning_rate"]
     assert loaded["per_device_train_batch_size"] * loaded["gradient_accumulation_steps"] == 4
     monkeypatch.chdir(tmp_path)  # TrainingArguments' default output_dir is relative
     arguments = TrainingArguments(**loaded)
     assert arguments.learning_rate == loaded["learning_rate"]
+
+
+def test_the_export_reads_back_as_the_best_trials_config(
+    swept: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Round trip: what ``--export`` writes is read back (``planner fit --config``) as the config
+    the best trial trained, model id, method, LoRA and shape included."""
+    from planner.configs import read_training_config
+    from planner.schema import TrainingConfig
+
+    spec, _ = swept
+    path = tmp_path / "best.yaml"
+    results = payload(run("results", spec, "--export", path, "--json"))
+    best = next(t for t in results["trials"] if t["number"] == results["best"])
+    imported = read_training_config(path)
+    assert imported.format == "vram-planner"
+    assert imported.config == TrainingConfig.model_validate(best["config"])
+    assert imported.config.micro_batch == best["micro_batch"]
+    assert imported.training is not None
+    assert imported.training.learning_rate == best["params"]["learning_rate"]
+    fit = run("fit", "--config", path, "--card", "cpu", "--json")
+    assert fit.exit_code == 0, fit.output
 
 
 def test_report_writes_the_plots(swept: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:

@@ -78,11 +78,14 @@ def test_grid_runs_every_trial_and_exports_the_best(tmp_path: Path, tiny_model_d
     assert results.best == best.number
     exported = export_best(results, tmp_path / "best.yaml")
     assert yaml.safe_load((tmp_path / "best.yaml").read_text()) == exported
-    assert exported["learning_rate"] == best.params["learning_rate"]
-    assert exported["per_device_train_batch_size"] * exported["gradient_accumulation_steps"] == 4
+    assert exported["base"]["model"] == str(tiny_model_dir) and exported["base"]["micro_batch"] == 2
+    assert exported["training"]["learning_rate"] == best.params["learning_rate"]
+    arguments = exported["training_arguments"]
+    assert arguments["learning_rate"] == best.params["learning_rate"]
+    assert arguments["per_device_train_batch_size"] * arguments["gradient_accumulation_steps"] == 4
     from transformers import TrainingArguments
 
-    TrainingArguments(output_dir=str(tmp_path / "out"), **exported)  # TrainingArguments-ready
+    TrainingArguments(output_dir=str(tmp_path / "out"), **arguments)  # TrainingArguments-ready
 
 
 def test_rerun_runs_nothing_twice(tmp_path: Path, tiny_model_dir: Path) -> None:
