@@ -46,10 +46,6 @@ class CudaOverhead:
         """Predicted ``max_memory_reserved`` for a predicted ``max_memory_allocated``."""
         return math.ceil(allocated * (1.0 + self.fragmentation))
 
-    def device_bytes(self, allocated: int) -> int:
-        """Predicted NVML "used" of the process: reserved plus the context."""
-        return self.reserved(allocated) + self.context_bytes
-
     def allocated_limit(self, available: int) -> int:
         """Largest allocated peak whose device bytes still fit in ``available``."""
         return math.floor((available - self.context_bytes) / (1.0 + self.fragmentation))

@@ -16,9 +16,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from planner.errors import ConfigError, PlannerError, from_validation_error
+from planner._files import read_model
+from planner.errors import PlannerError
 from planner.schema import Plan
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,9 @@ def worker_main(argv: Sequence[str]) -> int:
         print("usage: python -m planner.executor ORDER.json", file=sys.stderr)
         return 2
     try:
-        order = _read_order(Path(argv[0]))
+        order = read_model(
+            argv[0], WorkerOrder, field="order", expect="a worker order written by run_workers"
+        )
         spec = load_spec(order.spec)
         observer = PlainObserver(sys.stdout) if order.show_progress else SweepObserver()
         run_sweep(
@@ -91,14 +94,3 @@ def worker_main(argv: Sequence[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _read_order(path: Path) -> WorkerOrder:
-    try:
-        return WorkerOrder.model_validate_json(path.read_text())
-    except OSError as exc:
-        raise ConfigError(
-            "order", f"cannot read '{path}': {exc.strerror}", "pass a file run_workers wrote"
-        ) from None
-    except ValidationError as exc:
-        raise from_validation_error(exc, prefix="order.") from None
