@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 
 from planner.executor import _monitor, _study, delete_study, load_results, open_storage, run_sweep
 from planner.executor._study import recover
+from planner.executor._trial import checkpoint_step, last_checkpoint
 from planner.schema import Plan, SweepSpec
 from planner.sweep import load_spec
 from tests.executor.conftest import Notes, hand_plan, write_spec
@@ -82,10 +83,11 @@ def test_kill_9_mid_trial_then_rerun_loses_nothing_and_runs_nothing_twice(
     storage, name = spec.storage_url, spec.name
     worker = _fork(lambda: run_sweep(spec, plan, callbacks=[SlowSteps(0.3)]))
     # Kill it once the second trial has a complete checkpoint (Trainer writes trainer_state.json
-    # last): mid-trial, with one trial finished and two steps left in this one.
-    saved = spec.output_dir / "trial-001" / "checkpoint-2" / "trainer_state.json"
+    # last, and not atomically: the file exists a moment before it is whole): mid-trial, with one
+    # trial finished and two steps left in this one.
+    trial_dir = spec.output_dir / "trial-001"
     deadline = time.monotonic() + 120
-    while not saved.exists():
+    while checkpoint_step(last_checkpoint(trial_dir)) != 2:
         assert worker.is_alive() and time.monotonic() < deadline, f"worker exit code {worker.exitcode}"
         time.sleep(0.02)
     assert worker.pid is not None
