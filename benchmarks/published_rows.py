@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from planner.cards import load_card
 from planner.errors import UnknownCardError, UnknownModelError
 from planner.models import load_model_config
-from planner.schema import Card, LoraSettings, Method, Precision, TrainingConfig
+from planner.schema import Attention, Card, LoraSettings, Method, Precision, TrainingConfig
 
 DATA = Path(__file__).parent / "data"
 RESULTS = Path(__file__).parent / "results"
@@ -173,9 +173,14 @@ def _unmodelled(row: dict[str, Any]) -> list[str]:
         notes.append("torchao NF4 traced as bitsandbytes NF4 with double quantization")
     elif "bitsandbytes" in row.get("quantization", ""):
         notes.append("bitsandbytes NF4 traced with double quantization (the source assumes it off)")
-    if row.get("attention") == "eager":
-        notes.append("source ran eager attention; the trace uses the current transformers default (SDPA)")
     return notes
+
+
+def _attention(row: dict[str, Any]) -> Attention:
+    """The row's ``attn_implementation``: its ``attention`` starts with the transformers name
+    (e.g. "flash_attention_2 requested (...)"); anything else ran transformers' default (SDPA)."""
+    stated = str(row.get("attention", "")).strip()
+    return next((a for a in Attention if stated.startswith(a.value)), Attention.SDPA)
 
 
 def row_setup(row: dict[str, Any], scratch: Path, seq_len: int | None = None) -> RowSetup:
@@ -190,6 +195,7 @@ def row_setup(row: dict[str, Any], scratch: Path, seq_len: int | None = None) ->
         lora=LoraSettings(**lora) if lora else LoraSettings(),
         precision=_precision(row, assumptions),
         optimizer=row["optimizer"],
+        attention=_attention(row),
         gradient_checkpointing=row["gradient_checkpointing"],
         seq_len=seq_len or row["seq_len"],
         micro_batch=row["micro_batch"],

@@ -16,6 +16,7 @@ from planner.configs._common import (
     Format,
     ImportedConfig,
     Source,
+    attention_from_name,
     lora_targets,
     optimizer_from_name,
     precision_from_flags,
@@ -23,7 +24,7 @@ from planner.configs._common import (
     warmup,
 )
 from planner.errors import ConfigError
-from planner.schema import Method, Precision
+from planner.schema import Attention, Method, Precision
 
 # TrainingArguments keys that change memory in ways the estimate leaves out.
 NOT_MODELLED = {
@@ -96,6 +97,18 @@ def load_dtype(source: Source) -> str | None:
     return None
 
 
+def attn_implementation(source: Source) -> Attention | None:
+    """The attention the model is loaded with: TRL ``ModelConfig.attn_implementation`` or
+    ``SFTConfig.model_init_kwargs``; ``None`` (transformers' default) when the file does not say."""
+    kwargs = source.value("model_init_kwargs") or {}
+    if source.has("attn_implementation"):
+        value = source.value("attn_implementation")
+        return attention_from_name("attn_implementation", value) if value is not None else None
+    if isinstance(kwargs, dict) and kwargs.get("attn_implementation") is not None:
+        return attention_from_name("model_init_kwargs.attn_implementation", kwargs["attn_implementation"])
+    return None
+
+
 def resolve_precision(source: Source, method: Method, flags: Precision, dtype: str | None) -> Precision:
     """Mixed-precision flags plus the load dtype: a full fine-tune of a model loaded in bf16 keeps
     bf16 weights and optimizer state (no fp32 master copy), which is ``pure-bf16``."""
@@ -156,6 +169,9 @@ def read_hf_args(source: Source, fmt: Format, model: str | None) -> ImportedConf
     fields["precision"] = resolve_precision(source, method, precision_from_flags(source), load_dtype(source))
     source.origins["precision"] = "bf16"
     fields["gradient_checkpointing"] = source.flag("gradient_checkpointing")
+    attention = attn_implementation(source)
+    if attention is not None:
+        fields["attention"] = attention
 
     lengths = source.set_keys("max_length", "max_seq_length")
     if len(lengths) == 2 and source.raw["max_length"] != source.raw["max_seq_length"]:

@@ -27,7 +27,7 @@ from planner.schema._sweep import (
     SweepSpec,
     parse_duration,
 )
-from planner.schema._training import LoraSettings, Method, OptimizerName, Precision, TrainingConfig
+from planner.schema._training import Attention, LoraSettings, Method, OptimizerName, Precision, TrainingConfig
 
 __all__ = [
     "CONFIG_NAMES",
@@ -37,6 +37,7 @@ __all__ = [
     "MAX_WORKERS",
     "MIB",
     "SEARCHABLE",
+    "Attention",
     "Card",
     "DataCounts",
     "DataSpec",

@@ -53,6 +53,21 @@ class OptimizerName(str, Enum):
     ADAFACTOR = "adafactor"
 
 
+class Attention(str, Enum):
+    """The attention implementation the model is loaded with (``attn_implementation``).
+
+    Memory differs by what each keeps for backward: ``eager`` stores the (batch, heads, seq, seq)
+    probabilities and their dropout mask; ``sdpa`` (transformers' default where the model supports
+    it, else eager) and ``flash_attention_2`` keep only the output and a log-sum-exp on cards whose
+    fused kernels apply (see ``planner.step.CudaTarget``). ``flash_attention_2`` needs the
+    flash-attn package and an sm80+ card in fp16/bf16.
+    """
+
+    SDPA = "sdpa"
+    EAGER = "eager"
+    FLASH_ATTENTION_2 = "flash_attention_2"
+
+
 class LoraSettings(BaseModel):
     """peft ``LoraConfig`` fields that change memory or speed."""
 
@@ -87,6 +102,7 @@ class TrainingConfig(BaseModel):
     lora: LoraSettings = LoraSettings()
     precision: Precision = Precision.BF16
     optimizer: OptimizerName = OptimizerName.ADAMW
+    attention: Attention = Attention.SDPA
     gradient_checkpointing: bool = False
     """Unset, it follows the method's recipe: on for QLoRA (peft's ``prepare_model_for_kbit_training``
     turns it on by default), off otherwise."""
