@@ -146,12 +146,19 @@ def _precision(row: dict[str, Any], assumptions: list[str]) -> Precision:
             "fp32 adapters under autocast; the source keeps bf16 adapters without autocast)"
         )
         return Precision.BF16
-    if precision is Precision.PURE_BF16 and row["method"] == Method.LORA.value:
-        assumptions.append(
-            "pure-bf16 LoRA: the planner keeps the adapters in bf16; peft's autocast_adapter_dtype "
-            "(which the source may have used) keeps them fp32"
-        )
     return precision
+
+
+def _lora(row: dict[str, Any], precision: Precision, assumptions: list[str]) -> LoraSettings:
+    """The row's adapters; over a pure-bf16 base in fp32 where the Hugging Face stack made them
+    (``get_peft_model``'s default ``autocast_adapter_dtype=True``), in bf16 under torchtune."""
+    settings = dict(row.get("lora") or {})
+    if precision is Precision.PURE_BF16 and row["method"] == Method.LORA.value:
+        hf_stack = row["stack"] != "torchtune"
+        settings["autocast_adapter_dtype"] = hf_stack
+        if hf_stack:
+            assumptions.append("fp32 adapters over the bf16 base: peft's default autocast_adapter_dtype")
+    return LoraSettings(**settings)
 
 
 def _unmodelled(row: dict[str, Any]) -> list[str]:
@@ -188,12 +195,12 @@ def row_setup(row: dict[str, Any], scratch: Path, seq_len: int | None = None) ->
     assumptions: list[str] = []
     reference, model_id = _model_reference(row, scratch, assumptions)
     card = _card(row, assumptions)
-    lora = row.get("lora")
+    precision = _precision(row, assumptions)
     config = TrainingConfig(
         model=reference,
         method=Method(row["method"]),
-        lora=LoraSettings(**lora) if lora else LoraSettings(),
-        precision=_precision(row, assumptions),
+        lora=_lora(row, precision, assumptions),
+        precision=precision,
         optimizer=row["optimizer"],
         attention=_attention(row),
         gradient_checkpointing=row["gradient_checkpointing"],

@@ -117,8 +117,12 @@ def resolve_precision(source: Source, method: Method, flags: Precision, dtype: s
             "model loaded in bfloat16 for full fine-tuning: bf16 weights and optimizer state (pure-bf16)"
         )
         return Precision.PURE_BF16
+    if dtype == "bfloat16" and flags is Precision.FP32 and method is Method.LORA:
+        # TRL and peft scripts call get_peft_model with its default autocast_adapter_dtype=True.
+        source.note("bfloat16 base without bf16 autocast: pure-bf16 base with peft's default fp32 adapters")
+        return Precision.PURE_BF16
     if dtype == "bfloat16" and flags is Precision.FP32:
-        source.note("bfloat16 base without bf16 autocast: estimated with bf16 autocast (precision bf16)")
+        source.note("bfloat16 compute without bf16 autocast: estimated with bf16 autocast (precision bf16)")
         return Precision.BF16
     if dtype == "float16" and method is Method.FULL:
         source.note(
@@ -168,6 +172,9 @@ def read_hf_args(source: Source, fmt: Format, model: str | None) -> ImportedConf
     fields["method"] = method
     fields["precision"] = resolve_precision(source, method, precision_from_flags(source), load_dtype(source))
     source.origins["precision"] = "bf16"
+    if method is Method.LORA and fields["precision"] is Precision.PURE_BF16:
+        # get_peft_model's default keeps fp32 adapters, where the planner's pure-bf16 keeps bf16 ones.
+        fields["lora"]["autocast_adapter_dtype"] = True
     fields["gradient_checkpointing"] = source.flag("gradient_checkpointing")
     attention = attn_implementation(source)
     if attention is not None:

@@ -78,6 +78,11 @@ class LoraSettings(BaseModel):
     alpha: PositiveInt = 32
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    autocast_adapter_dtype: bool | None = None
+    """peft's ``get_peft_model(autocast_adapter_dtype=...)``: True keeps the adapters in fp32 over a
+    half base (peft's default, and what TRL and most scripts run), False keeps them in the base's
+    dtype. Unset, it follows the precision: fp32 adapters, except bf16 ones for ``pure-bf16``
+    (LLaMA-Factory's ``pure_bf16``, axolotl's ``bfloat16``)."""
 
     @field_validator("target_modules")
     @classmethod
@@ -124,7 +129,18 @@ class TrainingConfig(BaseModel):
             # QLoRA's base is 4-bit whatever the precision; pure-bf16 only names the adapters'
             # dtype, which peft keeps fp32 anyway. Refuse rather than silently reinterpret.
             raise ValueError("qlora takes precision bf16, fp16 or fp32 (the 4-bit compute dtype)")
+        lora = info.data.get("lora")
+        if precision is Precision.FP16 and lora is not None and lora.autocast_adapter_dtype is False:
+            # Trainer's fp16 GradScaler refuses to unscale fp16 gradients.
+            raise ValueError("fp16 mixed precision trains fp32 adapters: unset lora.autocast_adapter_dtype")
         return precision
+
+    @property
+    def fp32_adapters(self) -> bool:
+        """Whether the LoRA adapters are held in fp32 (see ``LoraSettings.autocast_adapter_dtype``)."""
+        if self.lora.autocast_adapter_dtype is not None:
+            return self.lora.autocast_adapter_dtype
+        return self.precision is not Precision.PURE_BF16
 
     def with_changes(self, **changes: object) -> TrainingConfig:
         """A validated copy with some fields replaced (``model_copy`` skips validation)."""

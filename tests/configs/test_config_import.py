@@ -270,3 +270,14 @@ def test_two_attention_switches_conflict(tmp_path: Path, tiny_models: dict[str, 
     path.write_text(f"base_model: {tiny_models['llama']}\nflash_attention: true\nsdp_attention: true\n")
     with pytest.raises(ConfigError, match="flash_attention"):
         read_training_config(path, format="axolotl")
+
+
+def test_a_bf16_lora_base_without_autocast_keeps_peft_s_fp32_adapters(
+    tmp_path: Path, tiny_models: dict[str, str]
+):
+    path = tmp_path / "sft.yaml"
+    path.write_text(
+        f"model_name_or_path: {tiny_models['llama']}\nuse_peft: true\ndtype: bfloat16\nmax_length: 64\n"
+    )
+    config = read_training_config(path, format="trl").config
+    assert config.precision is Precision.PURE_BF16 and config.fp32_adapters
