@@ -115,7 +115,14 @@ def run_row(row: dict[str, Any], scratch: Path, models: dict[str, StepTimeModel]
         return {**record, "status": "skipped", "reason": str(exc)}
     assumptions = [sample_note, *setup.assumptions]
     record.update(card=setup.card.name, config=config_record(setup), assumptions=assumptions)
-    config = setup.config
+    # The planner models Trainer's torch_compile (planner.timing._compiled); other fused kernels
+    # (Liger/unsloth-style cross-entropy, RMSNorm, RoPE) are not, and such rows run as eager.
+    config = setup.config.with_changes(torch_compile=bool(row.get("torch_compile")))
+    record["config"]["torch_compile"] = config.torch_compile
+    if config.torch_compile:
+        assumptions.append("torch_compile: step timed as inductor-compiled (fused memory-bound runs)")
+    elif row.get("fused_kernels", "none") != "none":
+        assumptions.append(f"fused kernels ({row['fused_kernels']}) not modelled: timed as eager")
     start = time.perf_counter()
     try:
         times = step_model(setup.card, models).times(config, config.micro_batch, padded_length)
@@ -174,8 +181,8 @@ def table_line(record: dict[str, Any]) -> list[str]:
 def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per group: count, median absolute and worst error, rows inside the interval, targets met."""
     summary = {}
-    for group in ("eager-hf", "compiled/fused/torchtune"):
-        found = [r for r in records if r["group"] == group and r["status"] == "compared"]
+    for group in ("eager-hf", "compiled/fused/torchtune", "all"):
+        found = [r for r in records if group in (r["group"], "all") and r["status"] == "compared"]
         if not found:
             continue
         entry = error_summary([(r["id"], r["error_percent"]) for r in found])
