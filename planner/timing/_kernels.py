@@ -112,24 +112,26 @@ def term_spreads(card: Card) -> dict[str, tuple[float, float]]:
     return {**TERM_SPREADS, "gemm": UNMEASURED_GEMM_SPREAD}
 
 
-def gemm_efficiency(card: Card, shape: GemmShape) -> float:
-    """Fraction of the dense peak a matmul of ``shape`` reaches on ``card`` (never above MAMF < 1).
+def gemm_issued_flops(card: Card, shape: GemmShape) -> float:
+    """FLOPs the card spends on a matmul of ``shape``, at the best candidate tile: whole tiles in
+    whole waves (one tile per SM per wave), each tile's work scaled by its lower reuse.
 
-    Without the card's SM count, only tile quantisation applies.
+    Without the card's SM count, only tile quantisation applies. Integer tile and wave counts make
+    this non-decreasing in every dimension.
     """
-    best = 0.0
+    best = math.inf
     for tm, tn in GEMM_TILES:
-        rows, cols = math.ceil(shape.m / tm), math.ceil(shape.n / tn)
-        tile_use = (shape.m * shape.n) / (rows * tm * cols * tn)
-        tiles = shape.batch * rows * cols
-        if card.sm_count:
-            waves = math.ceil(tiles / card.sm_count)
-            wave_use = tiles / (waves * card.sm_count)
-        else:
-            wave_use = 1.0
+        tiles = shape.batch * math.ceil(shape.m / tm) * math.ceil(shape.n / tn)
+        slots = math.ceil(tiles / card.sm_count) * card.sm_count if card.sm_count else tiles
         reuse = (tm * tn / (tm + tn)) / _LARGEST_TILE_REUSE
-        best = max(best, tile_use * wave_use * reuse)
-    return _mamf_fraction(card) * best
+        best = min(best, 2 * shape.k * tm * tn * slots / reuse)
+    return best
+
+
+def gemm_efficiency(card: Card, shape: GemmShape) -> float:
+    """Fraction of the dense peak a matmul of ``shape`` reaches on ``card`` (never above MAMF < 1)."""
+    useful = 2 * shape.batch * shape.m * shape.n * shape.k
+    return _mamf_fraction(card) * useful / gemm_issued_flops(card, shape)
 
 
 def attention_efficiency(card: Card, shape: AttentionShape, half: bool) -> float:
@@ -171,9 +173,9 @@ class DeviceModel:
         launch floor of each of its ``kernels``."""
         memory = self._bandwidth_seconds(op.bytes)
         compute = 0.0
-        if op.gemm is not None and op.flops:
-            rate = self._peak(op.half) * gemm_efficiency(self.card, op.gemm)
-            compute = op.flops / rate * self.spreads.gemm
+        if op.gemm is not None:
+            rate = self._peak(op.half) * _mamf_fraction(self.card)
+            compute = gemm_issued_flops(self.card, op.gemm) / rate * self.spreads.gemm
         elif op.attention is not None and op.flops:
             rate = self._peak(op.half) * attention_efficiency(self.card, op.attention, op.half)
             compute = op.flops / rate * self.spreads.attention
