@@ -152,11 +152,13 @@ def fit_command(
         raise ConfigError("model", "no model given", "give MODEL, or --config FILE")
     else:
         config = training_config(model, options)
+    if config.torch_compile and not any(note.startswith("torch_compile") for note in notes):
+        notes.append("torch_compile: memory is estimated as eager's (what inductor saves is not traced)")
     report = fit_with_profiles(config, target, sizes, profile=profile_path)
     if plot is not None:
         plot_fit(report, plot)
     if as_json:
-        emit_json({**report.model_dump(mode="json"), **({"notes": notes} if config_path else {})})
+        emit_json({**report.model_dump(mode="json"), **({"notes": notes} if config_path or notes else {})})
     else:
         for note in notes:
             click.echo(f"note: {note}", err=True)
