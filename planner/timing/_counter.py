@@ -11,6 +11,8 @@ kind from its own efficiency curve.
 from __future__ import annotations
 
 import contextlib
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,26 +148,18 @@ class PhaseCosts:
         return len(self.ops)
 
 
-def _storages(tensors: list[torch.Tensor]) -> tuple[tuple[int, int], ...]:
+StorageId = Callable[[torch.Tensor], int]
+
+
+def _storages(tensors: list[torch.Tensor], storage_id: StorageId) -> tuple[tuple[int, int], ...]:
     """(storage id, bytes of the tensor) per distinct tensor: views of one storage share the id."""
-    seen: dict[int, int] = {}
-    for tensor in tensors:
-        key = id(tensor)
-        if key not in seen:
-            seen[key] = tensor.numel() * tensor.element_size()
+    seen: set[int] = set()
     pairs = []
     for tensor in tensors:
-        nbytes = seen.pop(id(tensor), None)
-        if nbytes is not None:
-            pairs.append((_storage_id(tensor), nbytes))
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            pairs.append((storage_id(tensor), tensor.numel() * tensor.element_size()))
     return tuple(pairs)
-
-
-def _storage_id(tensor: torch.Tensor) -> int:
-    try:
-        return int(tensor.untyped_storage()._cdata)
-    except (RuntimeError, NotImplementedError):
-        return id(tensor)
 
 
 def _is_half(tensors: list[torch.Tensor]) -> bool:
@@ -215,7 +209,7 @@ def _attention_shape(func: Any, args: Any, kwargs: dict[str, Any], causal_lm: bo
     return AttentionShape(heads, q_len, key.shape[-2], head, "backward" in name, causal)
 
 
-def _gemm_4bit_ops(args: Any, out: torch.Tensor) -> list[OpCost]:
+def _gemm_4bit_ops(args: Any, out: torch.Tensor, storage_id: StorageId) -> list[OpCost]:
     """bitsandbytes' ``MatMul4Bit`` on CUDA (bitsandbytes/autograd/_functions.py): for more than a
     single row it dequantises the whole NF4 weight to the compute dtype (a bandwidth-bound kernel
     reading 4-bit codes, writing 16-bit values) and runs a dense matmul on it."""
@@ -228,8 +222,8 @@ def _gemm_4bit_ops(args: Any, out: torch.Tensor) -> list[OpCost]:
         bytes=packed.numel() * packed.element_size() + weight_bytes,
     )
     m = a.numel() // k
-    reads = _storages([a])
-    writes = _storages([out])
+    reads = _storages([a], storage_id)
+    writes = _storages([out], storage_id)
     matmul = OpCost(
         kind="gemm",
         flops=2 * m * n * k,
@@ -249,6 +243,13 @@ class OpCostCounter(TorchDispatchMode):
         super().__init__()
         self._tracer = tracer
         self.phases: dict[str, PhaseCosts] = {}
+        self._untracked = itertools.count(-1, -1)
+
+    def _storage_id(self, tensor: torch.Tensor) -> int:
+        """The tracker's id of the tensor's storage (unique for the whole trace, unlike addresses,
+        which freed storages hand on); a fresh id for a storage it never saw."""
+        found = self._tracer.tracker.storage_id(tensor)
+        return found if found is not None else next(self._untracked)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -260,7 +261,7 @@ class OpCostCounter(TorchDispatchMode):
         phase = "forward" if self._tracer.tracker.phase == "loss" else self._tracer.tracker.phase
         costs = self.phases.setdefault(phase, PhaseCosts())
         if str(func) == _GEMM_4BIT and outputs:
-            costs.ops.extend(_gemm_4bit_ops(args, outputs[0]))
+            costs.ops.extend(_gemm_4bit_ops(args, outputs[0], self._storage_id))
             return out
         formula = _flop_formula(func)
         flops = int(formula(*args, **kwargs, out_val=out)) if formula is not None else 0
@@ -276,10 +277,11 @@ class OpCostCounter(TorchDispatchMode):
             extra = outputs
         if not outputs:
             extra = inputs  # in place with no return (fused optimizers): read and write back
-        reads, writes = _storages(inputs), _storages(outputs)
+        reads, writes = _storages(inputs, self._storage_id), _storages(outputs, self._storage_id)
         gemm = _gemm_shape(func, args) if func.overloadpacket in _GEMMS else None
         kind = "gemm" if gemm is not None else "attention" if attention is not None else "memory"
-        moved = sum(b for _, b in reads) + sum(b for _, b in writes) + sum(b for _, b in _storages(extra))
+        extra_bytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in extra}.values())
+        moved = sum(b for _, b in reads) + sum(b for _, b in writes) + extra_bytes
         costs.ops.append(
             OpCost(
                 kind=kind,
