@@ -12,7 +12,9 @@ Every rule below states its source. None is set from the published throughput ro
   (Deep Learning Performance docs, sections "Tile Quantization" and "Wave Quantization"). cuBLAS
   picks among several tile sizes; smaller tiles waste less on quantisation but reuse each loaded
   element less (a tile of tm x tn does tm*tn multiply-adds per tm + tn elements loaded), which the
-  guide gives as the reason larger tiles run faster. The efficiency is the best candidate's.
+  guide gives as the reason larger tiles run faster. By how much it does not say: here a tile's
+  rate scales with its reuse relative to the largest tile (an assumption, one reason for the GEMM
+  term's spread). The efficiency is the best candidate's.
 - **Fused attention** (SDPA flash / memory-efficient kernels): the FlashAttention-2 paper (Dao,
   2023, arXiv:2307.08691) reports 50-73% of the A100's dense peak, rising with sequence length
   (its benchmarks run 512 to 16k tokens); the FlashAttention-3 paper (Shah et al., 2024,

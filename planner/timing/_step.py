@@ -65,6 +65,7 @@ class StepTimeModel:
         self.profiles = profiles
         self._shallow: dict[tuple[str, int], dict[int, dict[str, PhaseCosts]]] = {}
         self._tracers: dict[tuple[str, int], CostedTracer] = {}
+        self._steps: dict[tuple[str, bool, int], RooflineStep] = {}
         self._scale: tuple[float, tuple[float, float] | None, str] | None = None
 
     # -- roofline -------------------------------------------------------------------------------
@@ -76,7 +77,11 @@ class StepTimeModel:
         if key not in self._shallow:
             depths = probe_depths(hf_config)
             self._shallow[key] = {d: self._tracer(shape, hf_config, d).costs(micro_batch) for d in depths}
-        return roofline_step(self._shallow[key], num_layers(hf_config), self.card, config)
+        step_key = (shape.key, config.torch_compile, micro_batch)
+        if step_key not in self._steps:  # a sweep asks for the same step once per trial
+            depth = num_layers(hf_config)
+            self._steps[step_key] = roofline_step(self._shallow[key], depth, self.card, config)
+        return self._steps[step_key]
 
     def _tracer(self, shape: TrainingConfig, hf_config: Any, depth: int) -> CostedTracer:
         """One built shallow model per config and depth, traced at every micro-batch asked."""
