@@ -30,7 +30,6 @@ from planner.schema import Attention, Method, Precision
 NOT_MODELLED = {
     "deepspeed": "the estimate is for one device holding everything",
     "fsdp": "the estimate is for one device holding everything",
-    "torch_compile": "eager-mode memory is estimated",
     "use_liger_kernel": "the standard loss and kernels are estimated",
     "lora_modules_to_save": "only the LoRA adapters are counted as trainable",
     "use_dora": "plain LoRA is estimated",
@@ -179,6 +178,9 @@ def read_hf_args(source: Source, fmt: Format, model: str | None) -> ImportedConf
     attention = attn_implementation(source)
     if attention is not None:
         fields["attention"] = attention
+    fields["torch_compile"] = source.flag("torch_compile")
+    if fields["torch_compile"]:
+        source.note("torch_compile: its step time is modelled; memory is estimated as eager's")
 
     lengths = source.set_keys("max_length", "max_seq_length")
     if len(lengths) == 2 and source.raw["max_length"] != source.raw["max_seq_length"]:

@@ -148,6 +148,8 @@ def training_arguments(
         "data_seed": spec.seed,
         "report_to": list(report_to) or "none",
     }
+    if config.torch_compile:
+        arguments["torch_compile"] = True
     if has_eval and spec.eval.strategy == "steps":
         arguments["eval_steps"] = spec.eval.every_steps
     if output_dir is not None:

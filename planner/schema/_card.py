@@ -42,6 +42,8 @@ class Card(BaseModel):
     compute_capability: str = Field(pattern=r"^\d+\.\d+$")
     tflops: Throughput
     bandwidth_gbs: PositiveFloat | None
+    sm_count: PositiveInt | None = None
+    """Streaming multiprocessors: how many GEMM tiles run at once (wave quantisation); None if unknown."""
     source: str
     free_bytes: int | None = None
 

@@ -111,6 +111,10 @@ class TrainingConfig(BaseModel):
     gradient_checkpointing: bool = False
     """Unset, it follows the method's recipe: on for QLoRA (peft's ``prepare_model_for_kbit_training``
     turns it on by default), off otherwise."""
+    torch_compile: bool = False
+    """``TrainingArguments(torch_compile=True)``: the model runs through ``torch.compile`` (inductor).
+    Only the step time changes in this planner; the memory estimate stays eager's (see
+    :mod:`planner.timing._compiled`)."""
     seq_len: PositiveInt = 512
     micro_batch: PositiveInt = 1
     gradient_accumulation: PositiveInt = 1

@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 INCLUDES = [
     "memory: the estimator's linear fit of shallow fake-tensor traces at each trial's micro-batch",
     "time: start-up, forward+backward per micro-batch, optimizer steps, eval passes, checkpoint saves",
-    "interval: from the step-time source (measured p10-p90, calibrated spread, or default ±MFU range)",
+    "interval: from the step-time source (measured p10-p90, calibrated spread, or the default "
+    "model's 80% interval from its terms' spreads)",
 ]
 
 

@@ -1,25 +1,25 @@
-"""Wall-clock predictions: step times (measured, calibrated roofline or default) and whole trials."""
+"""Wall-clock predictions: step times (measured, calibrated per-op model or default) and whole trials."""
 
-from planner.timing._roofline import (
+from planner.timing._kernels import (
     BANDWIDTH_EFFICIENCY,
-    DEFAULT_RELATIVE_INTERVAL,
-    GEMM_EFFICIENCY,
     OP_DISPATCH_SECONDS,
-    RooflineStep,
+    attention_efficiency,
+    gemm_efficiency,
 )
+from planner.timing._roofline import RooflineStep
 from planner.timing._step import ProfileLookup, StepTimeModel, StepTimes
 from planner.timing._trial import TrialWork, count_work, trial_time
 
 __all__ = [
     "BANDWIDTH_EFFICIENCY",
-    "DEFAULT_RELATIVE_INTERVAL",
-    "GEMM_EFFICIENCY",
     "OP_DISPATCH_SECONDS",
     "ProfileLookup",
     "RooflineStep",
     "StepTimeModel",
     "StepTimes",
     "TrialWork",
+    "attention_efficiency",
     "count_work",
+    "gemm_efficiency",
     "trial_time",
 ]

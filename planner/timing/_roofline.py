@@ -1,31 +1,25 @@
-"""Step time from a card's datasheet: a per-op roofline over the traced step's FLOPs and bytes.
+"""Step time from a card's datasheet: every traced op timed by its kind, issued through a GPU queue.
 
-Each op takes the longer of its compute time (FLOPs at the card's dense peak times a GEMM
-efficiency) and its memory time (bytes at the card's bandwidth times a bandwidth efficiency); the
-step is the sum, but never less than what eager PyTorch needs to dispatch its ops from the CPU.
-A single scale factor, fitted from measured profiles, then corrects what the roofline misses.
+Each op of the traced step takes the time its kind's efficiency curve gives on the card
+(:mod:`planner.timing._kernels`: matmuls by shape, attention by length, the rest at bandwidth,
+each at least a launch floor); the ops run through one asynchronous launch queue fed by the CPU,
+eager (one dispatch per op) or compiled (:mod:`planner.timing._compiled`: fused memory-bound runs,
+one launch per kernel). Phases are extrapolated in depth from two shallow traces.
+
+The 80% interval comes from the model's own uncertainty: each term (GEMM, attention, bandwidth,
+launch floor, CPU dispatch) is evaluated at its sources' p10 and p90, and the log-deviations are
+combined in quadrature, as for independent log-normal errors.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
 
 from planner.schema import Card, TrainingConfig
+from planner.timing._compiled import compiled_kernels
 from planner.timing._counter import PhaseCosts
-
-# cuBLAS GEMMs at LLM shapes reach 60-80% of the dense datasheet peak on A100/H100/Ada; smaller
-# shapes and attention less. 0.65 until profiles calibrate it.
-GEMM_EFFICIENCY = 0.65
-# Element-wise and reduction kernels stream at 70-90% of peak DRAM bandwidth.
-BANDWIDTH_EFFICIENCY = 0.75
-# Eager PyTorch issues one kernel per op from Python: ~5-20 us per op with module hooks and
-# autograd; below that the GPU waits on the CPU.
-OP_DISPATCH_SECONDS = 10e-6
-
-# Where a profile-free prediction can land against a real step: published MFU of Hugging Face
-# fine-tuning spans ~25-60%, which this model maps to roughly -40% / +60% around its estimate.
-DEFAULT_RELATIVE_INTERVAL = (0.6, 1.6)
+from planner.timing._kernels import DeviceModel, Spreads, eager_kernels, queue_seconds, term_spreads
 
 
 def _peak_flops(card: Card, config: TrainingConfig) -> float | None:
@@ -38,54 +32,77 @@ def roofline_available(card: Card, config: TrainingConfig) -> bool:
     return _peak_flops(card, config) is not None and card.bandwidth_gbs is not None
 
 
-def phase_seconds(costs: PhaseCosts, card: Card, config: TrainingConfig) -> float:
-    """Roofline seconds of one phase's ops on ``card`` at the default efficiencies."""
+def device_model(card: Card, config: TrainingConfig) -> DeviceModel:
     peak = _peak_flops(card, config)
     if peak is None or card.bandwidth_gbs is None:
         raise ValueError(f"{card.name} has no datasheet throughput for a roofline")
-    flop_rate = peak * GEMM_EFFICIENCY
-    byte_rate = card.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY
-    device = sum(max(f / flop_rate, b / byte_rate) for f, b in zip(costs.flops, costs.bytes, strict=True))
-    return max(device, costs.ops * OP_DISPATCH_SECONDS)
+    return DeviceModel(card, peak)
+
+
+def phase_seconds(phases: dict[str, PhaseCosts], device: DeviceModel, compiled: bool) -> dict[str, float]:
+    """Seconds of each phase of one traced step: its kernels through the launch queue."""
+    if compiled:
+        kernels = compiled_kernels(phases, device)
+    else:
+        kernels = {phase: eager_kernels(costs.ops, device) for phase, costs in phases.items()}
+    return {phase: queue_seconds(queue) for phase, queue in kernels.items()}
 
 
 @dataclass(frozen=True)
 class RooflineStep:
-    """Roofline seconds of a full-depth step: forward, backward, optimizer, on one card."""
+    """Modelled seconds of a full-depth step: forward, backward, optimizer, on one card."""
 
     forward: float
     backward: float
     optimizer: float
     flops: float
     """Forward + backward FLOPs of one micro-batch (for MFU)."""
+    interval: tuple[float, float] = (1.0, 1.0)
+    """80% interval of the step's time as multipliers of the estimate, from the per-term spreads."""
 
     @property
     def micro_step(self) -> float:
         return self.forward + self.backward
 
 
+def _extrapolate(shallow: dict[int, float], depth: int) -> float:
+    """Identical layers make every phase's time linear in depth, as with memory."""
+    low, high = min(shallow), max(shallow)
+    per_layer = (shallow[high] - shallow[low]) / (high - low) if high > low else 0.0
+    return max(0.0, shallow[low] + per_layer * (depth - low))
+
+
 def roofline_step(
     shallow: dict[int, dict[str, PhaseCosts]], depth: int, card: Card, config: TrainingConfig
 ) -> RooflineStep:
-    """Extrapolate per-phase roofline seconds from two shallow depths to ``depth`` layers.
+    """Per-phase seconds at ``depth`` layers from two shallow depths' traced ops, with the 80% interval."""
+    device = device_model(card, config)
 
-    Identical layers make every phase's time linear in depth, as with memory.
-    """
-    low, high = min(shallow), max(shallow)
+    def seconds(model: DeviceModel) -> dict[str, float]:
+        per_depth = {d: phase_seconds(phases, model, config.torch_compile) for d, phases in shallow.items()}
+        names = {name for times in per_depth.values() for name in times}
+        return {
+            name: _extrapolate({d: times.get(name, 0.0) for d, times in per_depth.items()}, depth)
+            for name in names
+        }
 
-    def at_depth(phase: str, value: Any) -> float:
-        v_low = value(shallow[low].get(phase, PhaseCosts()))
-        v_high = value(shallow[high].get(phase, PhaseCosts()))
-        per_layer = (v_high - v_low) / (high - low) if high > low else 0.0
-        return max(0.0, v_low + per_layer * (depth - low))
-
-    def seconds(costs: PhaseCosts) -> float:
-        return phase_seconds(costs, card, config) if costs.ops else 0.0
-
-    flops = at_depth("forward", lambda c: sum(c.flops)) + at_depth("backward", lambda c: sum(c.flops))
+    central = seconds(device)
+    estimate = sum(central.values())
+    below = above = 0.0
+    for term, (low, high) in term_spreads(card).items() if estimate > 0 else ():
+        for multiplier in (low, high):
+            spread = seconds(device.with_spreads(Spreads(**{term: multiplier})))
+            deviation = math.log(sum(spread.values()) / estimate)
+            if deviation < 0:
+                below += deviation**2
+            else:
+                above += deviation**2
+    flops = _extrapolate({d: p.get("forward", PhaseCosts()).flops for d, p in shallow.items()}, depth)
+    flops += _extrapolate({d: p.get("backward", PhaseCosts()).flops for d, p in shallow.items()}, depth)
     return RooflineStep(
-        forward=at_depth("forward", seconds),
-        backward=at_depth("backward", seconds),
-        optimizer=at_depth("optimizer", seconds),
+        forward=central.get("forward", 0.0),
+        backward=central.get("backward", 0.0),
+        optimizer=central.get("optimizer", 0.0),
         flops=flops,
+        interval=(math.exp(-math.sqrt(below)), math.exp(math.sqrt(above))),
     )

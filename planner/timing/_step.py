@@ -17,14 +17,8 @@ from planner.models import load_model_config
 from planner.schema import Card, MeasuredProfile, TimeSource, TrainingConfig
 from planner.step import cuda_target, num_layers, truncated_config
 from planner.timing._counter import CostedTracer, PhaseCosts
-from planner.timing._roofline import (
-    BANDWIDTH_EFFICIENCY,
-    DEFAULT_RELATIVE_INTERVAL,
-    GEMM_EFFICIENCY,
-    RooflineStep,
-    roofline_available,
-    roofline_step,
-)
+from planner.timing._kernels import BANDWIDTH_EFFICIENCY, OP_DISPATCH_SECONDS
+from planner.timing._roofline import RooflineStep, roofline_available, roofline_step
 
 # A measured step time still misses what varies between runs of a whole trial (data order,
 # thermal state, other processes): widen its own p10-p90 spread by this much on each side.
@@ -60,7 +54,7 @@ class StepTimes:
 
 def _config_shape(config: TrainingConfig) -> TrainingConfig:
     """The config without what does not change a single micro-step's cost (accumulation included)."""
-    return config.with_changes(gradient_accumulation=1).step_shape()
+    return config.with_changes(gradient_accumulation=1, torch_compile=False).step_shape()
 
 
 class StepTimeModel:
@@ -71,7 +65,8 @@ class StepTimeModel:
         self.profiles = profiles
         self._shallow: dict[tuple[str, int], dict[int, dict[str, PhaseCosts]]] = {}
         self._tracers: dict[tuple[str, int], CostedTracer] = {}
-        self._scale: tuple[float, tuple[float, float], str] | None = None
+        self._steps: dict[tuple[str, bool, int], RooflineStep] = {}
+        self._scale: tuple[float, tuple[float, float] | None, str] | None = None
 
     # -- roofline -------------------------------------------------------------------------------
     def roofline(self, config: TrainingConfig, micro_batch: int) -> RooflineStep:
@@ -82,7 +77,11 @@ class StepTimeModel:
         if key not in self._shallow:
             depths = probe_depths(hf_config)
             self._shallow[key] = {d: self._tracer(shape, hf_config, d).costs(micro_batch) for d in depths}
-        return roofline_step(self._shallow[key], num_layers(hf_config), self.card, config)
+        step_key = (shape.key, config.torch_compile, micro_batch)
+        if step_key not in self._steps:  # a sweep asks for the same step once per trial
+            depth = num_layers(hf_config)
+            self._steps[step_key] = roofline_step(self._shallow[key], depth, self.card, config)
+        return self._steps[step_key]
 
     def _tracer(self, shape: TrainingConfig, hf_config: Any, depth: int) -> CostedTracer:
         """One built shallow model per config and depth, traced at every micro-batch asked."""
@@ -92,8 +91,11 @@ class StepTimeModel:
             self._tracers[key] = CostedTracer(truncated_config(hf_config, depth), shape, cuda=cuda)
         return self._tracers[key]
 
-    def _calibration(self) -> tuple[float, tuple[float, float], str]:
-        """(scale, relative interval, note): measured/roofline over the card's CUDA profiles."""
+    def _calibration(self) -> tuple[float, tuple[float, float] | None, str]:
+        """(scale, relative interval, note): measured/roofline over the card's CUDA profiles.
+
+        Without profiles the scale is 1 and the interval None: each step's own (per-term) interval.
+        """
         if self._scale is None:
             profiles = [
                 p
@@ -114,10 +116,13 @@ class StepTimeModel:
                 self._scale = (scale, (low, high), note)
             else:
                 note = (
-                    f"roofline at default efficiencies (GEMM {GEMM_EFFICIENCY:.0%} of dense peak, "
-                    f"bandwidth {BANDWIDTH_EFFICIENCY:.0%}); `planner profile` on this card calibrates it"
+                    "per-op model from datasheet and published kernel efficiencies (GEMMs by shape: "
+                    "measured achievable peak x tile/wave quantisation; attention by FlashAttention's "
+                    f"reported efficiency; the rest at {BANDWIDTH_EFFICIENCY:.0%} of bandwidth; "
+                    f"{OP_DISPATCH_SECONDS * 1e6:.0f} us CPU dispatch per eager op); 80% interval from "
+                    "those terms' spreads; device time only; `planner profile` on this card calibrates it"
                 )
-                self._scale = (1.0, DEFAULT_RELATIVE_INTERVAL, note)
+                self._scale = (1.0, None, note)
         return self._scale
 
     # -- answers --------------------------------------------------------------------------------
@@ -153,7 +158,7 @@ class StepTimeModel:
             micro_step=step.micro_step * scale * fraction,
             optimizer=step.optimizer * scale,
             eval_forward=step.forward * scale * fraction,
-            source="calibrated" if scale != 1.0 or interval != DEFAULT_RELATIVE_INTERVAL else "default",
-            relative_interval=interval,
+            source="default" if interval is None else "calibrated",
+            relative_interval=step.interval if interval is None else interval,
             note=note,
         )

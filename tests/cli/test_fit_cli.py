@@ -105,3 +105,14 @@ def test_cards_and_models_list(tmp_path):
     assert result.exit_code == 0
     shipped = {model["id"] if isinstance(model, dict) else model for model in json.loads(result.output)}
     assert {"meta-llama/Llama-3.1-8B", "openai-community/gpt2"} <= shipped
+
+
+def test_fit_takes_torch_compile_and_says_memory_is_eagers(tiny_models: dict[str, str]):
+    args = ("fit", tiny_models["llama"], "--seq-len", "32", "--card", "rtx-4090", "--micro-batch", "1")
+    result = run(*args, "--torch-compile", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["config"]["torch_compile"] is True
+    assert any("estimated as eager's" in note for note in report["notes"])
+    eager = json.loads(run(*args, "--json").output)
+    assert eager["config"]["torch_compile"] is False and "notes" not in eager

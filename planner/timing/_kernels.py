@@ -1,0 +1,211 @@
+"""Seconds of one op on a card, by kind: matmuls from their shape, attention from its lengths,
+everything else at bandwidth, and the floor each kernel launch costs.
+
+Every rule below states its source. None is set from the published throughput rows
+(``benchmarks/data/published_throughput.yaml``), which are the test set of this model.
+
+- **GEMM**: the achievable fraction of the dense datasheet peak for large, aligned matmuls
+  (measured "maximum achievable matmul FLOPS", MAMF) times the fraction of that a given shape
+  keeps after *tile quantisation* (the output is computed in whole tiles; a partial tile costs a
+  whole one) and *wave quantisation* (tiles run in waves of one per SM; a partial last wave costs a
+  whole one). Both are described in NVIDIA's "Matrix Multiplication Background User's Guide"
+  (Deep Learning Performance docs, sections "Tile Quantization" and "Wave Quantization"). cuBLAS
+  picks among several tile sizes; smaller tiles waste less on quantisation but reuse each loaded
+  element less (a tile of tm x tn does tm*tn multiply-adds per tm + tn elements loaded), which the
+  guide gives as the reason larger tiles run faster. By how much it does not say: here a tile's
+  rate scales with its reuse relative to the largest tile (an assumption, one reason for the GEMM
+  term's spread). The efficiency is the best candidate's.
+- **Fused attention** (SDPA flash / memory-efficient kernels): the FlashAttention-2 paper (Dao,
+  2023, arXiv:2307.08691) reports 50-73% of the A100's dense peak, rising with sequence length
+  (its benchmarks run 512 to 16k tokens); the FlashAttention-3 paper (Shah et al., 2024,
+  arXiv:2407.08608) reports FlashAttention-2 at 35% of the H100's peak; the FlashAttention-2
+  paper reports FlashAttention-1 (the algorithm of PyTorch's memory-efficient kernel) at 25-40%.
+- **Memory-bound ops** (element-wise, norms, casts, the optimizer's update, 4-bit dequantisation):
+  bytes moved at a fraction of the datasheet bandwidth; stream-style copy/triad microbenchmarks
+  (BabelStream, NVIDIA's nvbandwidth) reach 80-92% on A100/H100, ordinary strided PyTorch kernels
+  less, so 0.8 with 0.7-0.9 as its spread.
+- **Launch floor**: no kernel takes less than ~3 us of GPU time including launch (NVIDIA
+  developer blog "Getting Started with CUDA Graphs", 2019: a ~2.9 us kernel issued back to back
+  costs ~3.8 us per kernel with stream launches).
+- **CPU dispatch** (eager PyTorch): kernels are launched asynchronously (CUDA programming guide,
+  "Asynchronous Concurrent Execution"), so the GPU idles only when the CPU falls behind. PyTorch's
+  operator microbenchmarks show ~3.3 us per bare eager op (pytorch PR #32194's timings); autograd
+  recording and the Hugging Face modules' Python between ops add to that, hence 10 us per traced op
+  with 5-20 us as its spread. Compiled code launches its kernels from generated wrapper code
+  without the dispatcher: ~4 us per kernel, the CUDA-graphs blog's launch cost.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from planner.schema import Card
+from planner.step import sdpa_backend
+from planner.timing._counter import AttentionShape, GemmShape, OpCost
+
+# MAMF as a fraction of the dense bf16 datasheet peak, measured with mamf-finder.py (Stas Bekman,
+# "Machine Learning Engineering", compute/accelerator/README.md, "Maximum Achievable Matmul FLOPS
+# comparison table", CUDA 12.1-12.5): A100 SXM 267.9/312, H100 SXM 792.1/989. The H200 is the same
+# GH100 die and power limit as the H100 SXM. Cards without a measurement take the lowest NVIDIA row
+# (H100 SXM, 80%) with a wider spread.
+MAMF_FRACTION = {"a100-80gb": 0.859, "a100-40gb": 0.859, "h100-sxm": 0.801, "h200-sxm": 0.801}
+DEFAULT_MAMF_FRACTION = 0.80
+# Candidate CTA tiles (rows x columns of the output) of CUTLASS/cuBLAS tensor-core GEMMs, the
+# sizes the Matrix Multiplication Background guide's tile-quantisation figures use.
+GEMM_TILES = ((256, 128), (128, 256), (128, 128), (128, 64), (64, 128), (64, 64))
+# Loads per multiply-add of a tile relative to the largest: tm*tn/(tm+tn), normalised.
+_LARGEST_TILE_REUSE = max(tm * tn / (tm + tn) for tm, tn in GEMM_TILES)
+
+# FlashAttention-2 on A100: 50% at 512 tokens, 73% at 16k; ``peak * L / (L + L_HALF)`` passes through
+# both points (L_HALF = 236 tokens, peak 0.74).
+ATTENTION_PEAK_FRACTION = 0.74
+ATTENTION_HALF_LENGTH = 236.0
+# FlashAttention-2 on Hopper reaches 35% rather than ~73% (FlashAttention-3 paper).
+HOPPER_ATTENTION_SCALE = 0.35 / 0.73
+# PyTorch's memory-efficient kernel is FlashAttention-1's algorithm: 25-40% vs FA2's 50-73%.
+EFFICIENT_ATTENTION_SCALE = 0.40 / 0.73
+# FlashAttention-2 processes queries in blocks of 128 rows, one thread block each (paper, sec. 3.2).
+ATTENTION_QUERY_BLOCK = 128
+
+BANDWIDTH_EFFICIENCY = 0.80
+KERNEL_FLOOR_SECONDS = 3e-6
+OP_DISPATCH_SECONDS = 10e-6
+COMPILED_LAUNCH_SECONDS = 4e-6
+
+
+@dataclass(frozen=True)
+class Spreads:
+    """Multipliers on each term's *time*; 1.0 everywhere is the central estimate.
+
+    The 80% interval of a step evaluates each term at its p10 and p90 (``TERM_SPREADS``).
+    """
+
+    gemm: float = 1.0
+    attention: float = 1.0
+    bandwidth: float = 1.0
+    floor: float = 1.0
+    dispatch: float = 1.0
+
+
+# (p10, p90) multipliers on each term's time, from the ranges its sources give: MAMF varies
+# ~±10% between cards of a kind and software versions (the table's caveats) and the tile model is
+# coarse, so 0.9-1.2; FlashAttention's reported range is 50-73%, so 0.85-1.25 around the curve;
+# bandwidth 70-90% around 80%; the launch floor 2-5 us around 3; dispatch 5-20 us around 10.
+TERM_SPREADS: dict[str, tuple[float, float]] = {
+    "gemm": (0.9, 1.2),
+    "attention": (0.85, 1.25),
+    "bandwidth": (0.88, 1.14),
+    "floor": (0.67, 1.67),
+    "dispatch": (0.5, 2.0),
+}
+# A card without a MAMF measurement: wider, since its achievable fraction is assumed.
+UNMEASURED_GEMM_SPREAD = (0.85, 1.35)
+
+
+def _mamf_fraction(card: Card) -> float:
+    return MAMF_FRACTION.get(card.name, DEFAULT_MAMF_FRACTION)
+
+
+def term_spreads(card: Card) -> dict[str, tuple[float, float]]:
+    """The per-term (p10, p90) time multipliers on ``card``."""
+    if card.name in MAMF_FRACTION:
+        return dict(TERM_SPREADS)
+    return {**TERM_SPREADS, "gemm": UNMEASURED_GEMM_SPREAD}
+
+
+def gemm_issued_flops(card: Card, shape: GemmShape) -> float:
+    """FLOPs the card spends on a matmul of ``shape``, at the best candidate tile: whole tiles in
+    whole waves (one tile per SM per wave), each tile's work scaled by its lower reuse.
+
+    Without the card's SM count, only tile quantisation applies. Integer tile and wave counts make
+    this non-decreasing in every dimension.
+    """
+    best = math.inf
+    for tm, tn in GEMM_TILES:
+        tiles = shape.batch * math.ceil(shape.m / tm) * math.ceil(shape.n / tn)
+        slots = math.ceil(tiles / card.sm_count) * card.sm_count if card.sm_count else tiles
+        reuse = (tm * tn / (tm + tn)) / _LARGEST_TILE_REUSE
+        best = min(best, 2 * shape.k * tm * tn * slots / reuse)
+    return best
+
+
+def gemm_efficiency(card: Card, shape: GemmShape) -> float:
+    """Fraction of the dense peak a matmul of ``shape`` reaches on ``card`` (never above MAMF < 1)."""
+    useful = 2 * shape.batch * shape.m * shape.n * shape.k
+    return _mamf_fraction(card) * useful / gemm_issued_flops(card, shape)
+
+
+def attention_efficiency(card: Card, shape: AttentionShape, half: bool) -> float:
+    """Fraction of the dense peak SDPA's fused kernel reaches for ``shape`` on ``card``."""
+    fraction = ATTENTION_PEAK_FRACTION * shape.kv_len / (shape.kv_len + ATTENTION_HALF_LENGTH)
+    if sdpa_backend(card, half, shape.head_dim) != "flash":
+        fraction *= EFFICIENT_ATTENTION_SCALE
+    elif card.compute_capability_tuple >= (9, 0):
+        fraction *= HOPPER_ATTENTION_SCALE
+    if card.sm_count:
+        blocks = shape.batch_heads * math.ceil(shape.q_len / ATTENTION_QUERY_BLOCK)
+        waves = math.ceil(blocks / card.sm_count)
+        fraction *= blocks / (waves * card.sm_count)
+    return fraction
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """Per-op seconds on one card, for the precision a config's matmuls default to."""
+
+    card: Card
+    default_peak_flops: float
+    spreads: Spreads = Spreads()
+
+    def with_spreads(self, spreads: Spreads) -> DeviceModel:
+        return replace(self, spreads=spreads)
+
+    def _peak(self, half: bool) -> float:
+        tflops = self.card.tflops.fp32 if not half else (self.card.tflops.bf16 or self.card.tflops.fp16)
+        return tflops * 1e12 if tflops else self.default_peak_flops
+
+    def _bandwidth_seconds(self, nbytes: float) -> float:
+        assert self.card.bandwidth_gbs is not None
+        rate = self.card.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY
+        return nbytes / rate * self.spreads.bandwidth
+
+    def device_seconds(self, op: OpCost, kernels: int = 1) -> float:
+        """GPU seconds of ``op``: the slower of its compute and its memory traffic, at least the
+        launch floor of each of its ``kernels``."""
+        memory = self._bandwidth_seconds(op.bytes)
+        compute = 0.0
+        if op.gemm is not None:
+            rate = self._peak(op.half) * _mamf_fraction(self.card)
+            compute = gemm_issued_flops(self.card, op.gemm) / rate * self.spreads.gemm
+        elif op.attention is not None and op.flops:
+            rate = self._peak(op.half) * attention_efficiency(self.card, op.attention, op.half)
+            compute = op.flops / rate * self.spreads.attention
+        return max(compute, memory, kernels * KERNEL_FLOOR_SECONDS * self.spreads.floor)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """What the GPU queue sees: one op's device seconds and the CPU seconds spent issuing it."""
+
+    device: float
+    cpu: float
+
+
+def queue_seconds(kernels: list[Kernel]) -> float:
+    """Wall seconds of kernels issued in order by one CPU thread to one stream.
+
+    Launches are asynchronous: a kernel starts when the CPU has issued it and the previous kernel
+    has finished, so the step is GPU-bound when kernels are long and CPU-bound when they are short.
+    """
+    cpu = gpu = 0.0
+    for kernel in kernels:
+        cpu += kernel.cpu
+        gpu = max(gpu, cpu) + kernel.device
+    return max(cpu, gpu)
+
+
+def eager_kernels(ops: list[OpCost], device: DeviceModel) -> list[Kernel]:
+    """Eager PyTorch: every traced op is dispatched from Python and runs as its own kernel."""
+    dispatch = OP_DISPATCH_SECONDS * device.spreads.dispatch
+    return [Kernel(device.device_seconds(op), dispatch) for op in ops]
