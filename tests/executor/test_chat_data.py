@@ -14,29 +14,7 @@ from transformers import TrainerCallback
 from planner.data import IGNORED, count_data
 from planner.executor import run_sweep
 from planner.sweep import load_spec
-from tests.executor.conftest import WORDS, hand_plan, tiny_model
-
-# A chat template in the shape real ones have (turn markers, end-of-turn token), with
-# ``{% generation %}`` around the assistant's content so apply_chat_template can mask the rest.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<s> ' + message['role'] + ' ' }}"
-    "{% if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] + ' </s>' }}{% endgeneration %}"
-    "{% else %}{{ message['content'] + ' </s> ' }}{% endif %}"
-    "{% endfor %}"
-)
-
-
-def tiny_chat_model(directory: Path) -> Path:
-    """The tiny Llama and its word-level tokenizer, with :data:`CHAT_TEMPLATE` saved beside it."""
-    from transformers import AutoTokenizer
-
-    tiny_model(directory)
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(str(directory))
-    return directory
+from tests.executor.conftest import WORDS, hand_plan, tiny_chat_model
 
 
 def write_chat_rows(path: Path, count: int, seed: int = 0) -> None:
