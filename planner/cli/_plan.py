@@ -66,7 +66,8 @@ def print_plan(plan: Plan) -> None:
     )
     if data.epoch_tokens is not None and data.epoch_trained_tokens is not None:
         console.print(
-            f"{data.epoch_tokens} tokens fed per epoch, {data.epoch_trained_tokens} of them with a loss target"
+            f"{data.epoch_tokens} tokens fed per epoch, "
+            f"{data.epoch_trained_tokens} of them with a loss target"
         )
     names = list(dict.fromkeys(name for trial in plan.trials for name in trial.params))
     labels = [PARAM_LABELS.get(name, name) for name in names]
