@@ -6,7 +6,8 @@ and by the planner's counting alike, so both count the same tokens:
 * ``text``: the text's ids plus EOS, every token a target.
 * prompt/response (alpaca's instruction/input/output too): ``prompt\\nresponse`` plus EOS; with
   ``completion_only`` the first ``len(tokenize(prompt))`` tokens get label -100 (the prompt-length
-  method TRL uses for prompt-completion rows; at the boundary a merged token counts as response).
+  method of TRL's SFTTrainer for prompt-completion rows, trl/trainer/sft_trainer.py, which warns
+  when the two tokenizations disagree at the boundary; here a merged token counts as response).
 * chat ``messages``: rendered and tokenized by ``tokenizer.apply_chat_template`` (the template ends
   turns with its own tokens; no EOS appended); with ``completion_only`` only the tokens inside the
   template's ``{% generation %}`` blocks are targets (``return_assistant_tokens_mask``).
@@ -33,7 +34,8 @@ IGNORED = -100
 """The label ``transformers`` losses skip (``CrossEntropyLoss(ignore_index=-100)``)."""
 PROMPT_NAMES = ("prompt", "instruction")
 RESPONSE_NAMES = ("response", "output", "completion")
-# The marker apply_chat_template needs for an assistant mask (its own check, tokenization_utils_base).
+# The marker apply_chat_template needs for an assistant mask: transformers' own test of a template
+# (utils/chat_template_utils.py, render_jinja_template), which otherwise only warns.
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 

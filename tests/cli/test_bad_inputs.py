@@ -407,6 +407,36 @@ CASES: list[Case] = [
         },
     ),
     Case(
+        "plan-data-no-chat-template",
+        PLAN,
+        "data.chat_template: data.train has chat rows and the tokenizer has no chat template",
+        {
+            # The study's tiny tokenizer (written by the world fixture) has no chat template.
+            "spec.yaml": spec(
+                data={"counts": DROP, "train": "d.jsonl", "tokenizer": "../../study/tiny-llama"}
+            ),
+            "d.jsonl": json.dumps({"messages": [{"role": "user", "content": "a"}]}) + "\n",
+        },
+    ),
+    Case(
+        "plan-data-template-without-generation",
+        PLAN,
+        "data.completion_only: the chat template marks no assistant tokens",
+        {
+            "spec.yaml": spec(
+                data={
+                    "counts": DROP,
+                    "train": "d.jsonl",
+                    "tokenizer": "../../study/tiny-llama",
+                    "chat_template": "t.jinja",
+                    "completion_only": True,
+                }
+            ),
+            "d.jsonl": json.dumps({"messages": [{"role": "user", "content": "a"}]}) + "\n",
+            "t.jinja": "{% for m in messages %}{{ m['content'] }}{% endfor %}",
+        },
+    ),
+    Case(
         "plan-data-completion-only-text",
         PLAN,
         "data.completion_only",
