@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from planner.cards import load_card
 from planner.errors import UnknownCardError, UnknownModelError
 from planner.models import load_model_config
-from planner.schema import Card, LoraSettings, Method, Precision, TrainingConfig
+from planner.schema import Attention, Card, LoraSettings, Method, Precision, TrainingConfig
 
 DATA = Path(__file__).parent / "data"
 RESULTS = Path(__file__).parent / "results"
@@ -146,12 +146,19 @@ def _precision(row: dict[str, Any], assumptions: list[str]) -> Precision:
             "fp32 adapters under autocast; the source keeps bf16 adapters without autocast)"
         )
         return Precision.BF16
-    if precision is Precision.PURE_BF16 and row["method"] == Method.LORA.value:
-        assumptions.append(
-            "pure-bf16 LoRA: the planner keeps the adapters in bf16; peft's autocast_adapter_dtype "
-            "(which the source may have used) keeps them fp32"
-        )
     return precision
+
+
+def _lora(row: dict[str, Any], precision: Precision, assumptions: list[str]) -> LoraSettings:
+    """The row's adapters; over a pure-bf16 base in fp32 where the Hugging Face stack made them
+    (``get_peft_model``'s default ``autocast_adapter_dtype=True``), in bf16 under torchtune."""
+    settings = dict(row.get("lora") or {})
+    if precision is Precision.PURE_BF16 and row["method"] == Method.LORA.value:
+        hf_stack = row["stack"] != "torchtune"
+        settings["autocast_adapter_dtype"] = hf_stack
+        if hf_stack:
+            assumptions.append("fp32 adapters over the bf16 base: peft's default autocast_adapter_dtype")
+    return LoraSettings(**settings)
 
 
 def _unmodelled(row: dict[str, Any]) -> list[str]:
@@ -173,9 +180,14 @@ def _unmodelled(row: dict[str, Any]) -> list[str]:
         notes.append("torchao NF4 traced as bitsandbytes NF4 with double quantization")
     elif "bitsandbytes" in row.get("quantization", ""):
         notes.append("bitsandbytes NF4 traced with double quantization (the source assumes it off)")
-    if row.get("attention") == "eager":
-        notes.append("source ran eager attention; the trace uses the current transformers default (SDPA)")
     return notes
+
+
+def _attention(row: dict[str, Any]) -> Attention:
+    """The row's ``attn_implementation``: its ``attention`` starts with the transformers name
+    (e.g. "flash_attention_2 requested (...)"); anything else ran transformers' default (SDPA)."""
+    stated = str(row.get("attention", "")).strip()
+    return next((a for a in Attention if stated.startswith(a.value)), Attention.SDPA)
 
 
 def row_setup(row: dict[str, Any], scratch: Path, seq_len: int | None = None) -> RowSetup:
@@ -183,13 +195,14 @@ def row_setup(row: dict[str, Any], scratch: Path, seq_len: int | None = None) ->
     assumptions: list[str] = []
     reference, model_id = _model_reference(row, scratch, assumptions)
     card = _card(row, assumptions)
-    lora = row.get("lora")
+    precision = _precision(row, assumptions)
     config = TrainingConfig(
         model=reference,
         method=Method(row["method"]),
-        lora=LoraSettings(**lora) if lora else LoraSettings(),
-        precision=_precision(row, assumptions),
+        lora=_lora(row, precision, assumptions),
+        precision=precision,
         optimizer=row["optimizer"],
+        attention=_attention(row),
         gradient_checkpointing=row["gradient_checkpointing"],
         seq_len=seq_len or row["seq_len"],
         micro_batch=row["micro_batch"],

@@ -13,7 +13,7 @@ from rich.table import Table
 from planner._files import check_output_file
 from planner.cli._common import PLOT_SUFFIXES, emit_json, parse_sizes, user_errors_exit_2
 from planner.errors import ConfigError
-from planner.schema import GIB, FitReport, Method, OptimizerName, Precision, TrainingConfig
+from planner.schema import GIB, Attention, FitReport, Method, OptimizerName, Precision, TrainingConfig
 
 _GIB_FORMAT = "{:.2f}"
 
@@ -36,6 +36,13 @@ def training_options(command: Any) -> Any:
             type=click.Choice([o.value for o in OptimizerName]),
             default="adamw",
             show_default=True,
+        ),
+        click.option(
+            "--attention",
+            type=click.Choice([a.value for a in Attention]),
+            default="sdpa",
+            show_default=True,
+            help="The model's attn_implementation; eager stores the attention probabilities.",
         ),
         click.option(
             "--gradient-checkpointing/--no-gradient-checkpointing",
@@ -69,6 +76,7 @@ def training_fields(model: str, options: dict[str, Any]) -> dict[str, Any]:
         "method": options["method"],
         "precision": options["precision"],
         "optimizer": options["optimizer"],
+        "attention": options["attention"],
         "gradient_checkpointing": options["gradient_checkpointing"],
         "seq_len": options["seq_len"],
         "gradient_accumulation": options["grad_accum"],
@@ -161,6 +169,7 @@ _OPTION_FIELDS = {
     "method": "method",
     "precision": "precision",
     "optimizer": "optimizer",
+    "attention": "attention",
     "gradient_checkpointing": "gradient_checkpointing",
     "seq_len": "seq_len",
     "grad_accum": "gradient_accumulation",
@@ -199,9 +208,12 @@ def _gib(value: int) -> str:
 def print_fit(report: FitReport) -> None:
     console = Console()
     config = report.config
+    # transformers' default (sdpa) goes unsaid; another implementation changes memory, so it shows.
+    attention = "" if config.attention is Attention.SDPA else f"{config.attention.value} attention, "
     console.print(
         f"[bold]{config.model}[/] {config.method.value} {config.precision.value} {config.optimizer.value}, "
-        f"seq {config.seq_len}, checkpointing {'on' if config.gradient_checkpointing else 'off'} "
+        f"{attention}seq {config.seq_len}, "
+        f"checkpointing {'on' if config.gradient_checkpointing else 'off'} "
         f"on [bold]{report.card}[/] ({_gib(report.at_max.available_bytes)} GiB usable)"
     )
     table = Table("micro-batch", "allocated", "reserved", "device GiB", "headroom", "fits", "source")

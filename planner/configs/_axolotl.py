@@ -15,13 +15,14 @@ from typing import Any
 from planner.configs._common import (
     ImportedConfig,
     Source,
+    attention_from_name,
     lora_targets,
     optimizer_from_name,
     scheduler_from_name,
     warmup,
 )
 from planner.errors import ConfigError
-from planner.schema import Method, Precision
+from planner.schema import Attention, Method, Precision
 
 SEQUENCE_LEN_DEFAULT = 512  # axolotl's schema default for sequence_len
 
@@ -108,6 +109,29 @@ def _precision(source: Source, method: Method) -> Precision:
     return Precision.FP32
 
 
+# axolotl's attention switches (config reference: flash_attention, sdp_attention, eager_attention,
+# or transformers' own attn_implementation); none set leaves transformers' default.
+_ATTENTION_FLAGS = {
+    "flash_attention": Attention.FLASH_ATTENTION_2,
+    "sdp_attention": Attention.SDPA,
+    "eager_attention": Attention.EAGER,
+}
+
+
+def _attention(source: Source) -> Attention:
+    chosen = [key for key in _ATTENTION_FLAGS if source.flag(key)]
+    if source.value("attn_implementation") is not None:
+        chosen.append("attn_implementation")
+    if len(chosen) > 1:
+        raise source.conflict(chosen[0], chosen[1], "one attention implementation")
+    if not chosen:
+        return Attention.SDPA
+    source.origins["attention"] = chosen[0]
+    if chosen[0] == "attn_implementation":
+        return attention_from_name("attn_implementation", source.value("attn_implementation"))
+    return _ATTENTION_FLAGS[chosen[0]]
+
+
 def read_axolotl(source: Source, model: str | None) -> ImportedConfig:
     fields: dict[str, Any] = {"model": model or source.value("base_model")}
     training: dict[str, Any] = {}
@@ -146,6 +170,7 @@ def read_axolotl(source: Source, model: str | None) -> ImportedConfig:
     if isinstance(checkpointing, str) and checkpointing.startswith("offload"):
         source.note(f"gradient_checkpointing {checkpointing}: estimated as plain checkpointing (upper bound)")
     fields["gradient_checkpointing"] = checkpointing not in (False, "false", "False")
+    fields["attention"] = _attention(source)
     fields["seq_len"] = source.number("sequence_len", int, SEQUENCE_LEN_DEFAULT)
     source.origins["seq_len"] = "sequence_len"
     micro = source.number("micro_batch_size", int, 1)

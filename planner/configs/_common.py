@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from planner.errors import ConfigError, from_validation_error
-from planner.schema import OptimizerName, Precision, Scheduler, TrainingConfig
+from planner.schema import Attention, OptimizerName, Precision, Scheduler, TrainingConfig
 
 Format = Literal["axolotl", "llama-factory", "trl", "training-arguments", "peft-adapter", "vram-planner"]
 FORMATS: tuple[Format, ...] = get_args(Format)
@@ -94,6 +94,19 @@ def optimizer_from_name(key: str, value: object) -> OptimizerName:
         key,
         f"'{value}' is not an optimizer the planner models{did_you_mean(name, OPTIMIZER_NAMES)}",
         f"use one of {', '.join(OPTIMIZER_NAMES)}",
+    )
+
+
+def attention_from_name(key: str, value: object) -> Attention:
+    """The attention for a transformers ``attn_implementation`` name, or a ConfigError naming ``key``."""
+    name = str(value).strip().lower()
+    names = [a.value for a in Attention]
+    if name in names:
+        return Attention(name)
+    raise ConfigError(
+        key,
+        f"'{value}' is not an attention implementation the planner models{did_you_mean(name, names)}",
+        f"use one of {', '.join(names)}",
     )
 
 

@@ -16,6 +16,7 @@ from planner.configs._common import (
     Format,
     ImportedConfig,
     Source,
+    attention_from_name,
     lora_targets,
     optimizer_from_name,
     precision_from_flags,
@@ -23,7 +24,7 @@ from planner.configs._common import (
     warmup,
 )
 from planner.errors import ConfigError
-from planner.schema import Method, Precision
+from planner.schema import Attention, Method, Precision
 
 # TrainingArguments keys that change memory in ways the estimate leaves out.
 NOT_MODELLED = {
@@ -96,6 +97,18 @@ def load_dtype(source: Source) -> str | None:
     return None
 
 
+def attn_implementation(source: Source) -> Attention | None:
+    """The attention the model is loaded with: TRL ``ModelConfig.attn_implementation`` or
+    ``SFTConfig.model_init_kwargs``; ``None`` (transformers' default) when the file does not say."""
+    kwargs = source.value("model_init_kwargs") or {}
+    if source.has("attn_implementation"):
+        value = source.value("attn_implementation")
+        return attention_from_name("attn_implementation", value) if value is not None else None
+    if isinstance(kwargs, dict) and kwargs.get("attn_implementation") is not None:
+        return attention_from_name("model_init_kwargs.attn_implementation", kwargs["attn_implementation"])
+    return None
+
+
 def resolve_precision(source: Source, method: Method, flags: Precision, dtype: str | None) -> Precision:
     """Mixed-precision flags plus the load dtype: a full fine-tune of a model loaded in bf16 keeps
     bf16 weights and optimizer state (no fp32 master copy), which is ``pure-bf16``."""
@@ -104,8 +117,12 @@ def resolve_precision(source: Source, method: Method, flags: Precision, dtype: s
             "model loaded in bfloat16 for full fine-tuning: bf16 weights and optimizer state (pure-bf16)"
         )
         return Precision.PURE_BF16
+    if dtype == "bfloat16" and flags is Precision.FP32 and method is Method.LORA:
+        # TRL and peft scripts call get_peft_model with its default autocast_adapter_dtype=True.
+        source.note("bfloat16 base without bf16 autocast: pure-bf16 base with peft's default fp32 adapters")
+        return Precision.PURE_BF16
     if dtype == "bfloat16" and flags is Precision.FP32:
-        source.note("bfloat16 base without bf16 autocast: estimated with bf16 autocast (precision bf16)")
+        source.note("bfloat16 compute without bf16 autocast: estimated with bf16 autocast (precision bf16)")
         return Precision.BF16
     if dtype == "float16" and method is Method.FULL:
         source.note(
@@ -155,7 +172,13 @@ def read_hf_args(source: Source, fmt: Format, model: str | None) -> ImportedConf
     fields["method"] = method
     fields["precision"] = resolve_precision(source, method, precision_from_flags(source), load_dtype(source))
     source.origins["precision"] = "bf16"
+    if method is Method.LORA and fields["precision"] is Precision.PURE_BF16:
+        # get_peft_model's default keeps fp32 adapters, where the planner's pure-bf16 keeps bf16 ones.
+        fields["lora"]["autocast_adapter_dtype"] = True
     fields["gradient_checkpointing"] = source.flag("gradient_checkpointing")
+    attention = attn_implementation(source)
+    if attention is not None:
+        fields["attention"] = attention
 
     lengths = source.set_keys("max_length", "max_seq_length")
     if len(lengths) == 2 and source.raw["max_length"] != source.raw["max_seq_length"]:

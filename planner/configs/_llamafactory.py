@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from planner.configs._common import ImportedConfig, Source, lora_targets, precision_from_flags
+from planner.configs._common import ImportedConfig, Source, did_you_mean, lora_targets, precision_from_flags
 from planner.configs._hf_args import NOT_MODELLED, read_trainer_args
 from planner.errors import ConfigError
-from planner.schema import Method, Precision
+from planner.schema import Attention, Method, Precision
 
 CUTOFF_LEN_DEFAULT = 2048
 
@@ -30,6 +30,27 @@ _NOT_MODELLED = {
     "enable_liger_kernel": "the standard loss and kernels are estimated",
     "additional_target": "only the LoRA adapters are counted as trainable",
 }
+
+
+# LLaMA-Factory's ``flash_attn`` (model_args.py AttentionFunction; model_utils/attention.py maps
+# "disabled" to eager and "auto" to transformers' default).
+_ATTENTION = {
+    "auto": Attention.SDPA,
+    "sdpa": Attention.SDPA,
+    "disabled": Attention.EAGER,
+    "fa2": Attention.FLASH_ATTENTION_2,
+}
+
+
+def _attention(source: Source) -> Attention:
+    value = str(source.value("flash_attn", "auto")).strip().lower()
+    if value not in _ATTENTION:
+        raise ConfigError(
+            "flash_attn",
+            f"'{value}' is not modelled{did_you_mean(value, _ATTENTION)}",
+            f"use one of {', '.join(_ATTENTION)}",
+        )
+    return _ATTENTION[value]
 
 
 def read_llamafactory(source: Source, model: str | None) -> ImportedConfig:
@@ -100,6 +121,8 @@ def read_llamafactory(source: Source, model: str | None) -> ImportedConfig:
     # LLaMA-Factory turns checkpointing on itself unless told not to (model_utils/checkpointing.py).
     source.used.add("gradient_checkpointing")
     fields["gradient_checkpointing"] = not source.flag("disable_gradient_checkpointing")
+    fields["attention"] = _attention(source)
+    source.origins["attention"] = "flash_attn"
     fields["seq_len"] = source.number("cutoff_len", int, CUTOFF_LEN_DEFAULT)
     source.origins["seq_len"] = "cutoff_len"
     if not source.has("cutoff_len"):

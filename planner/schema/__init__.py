@@ -29,7 +29,7 @@ from planner.schema._sweep import (
     SweepSpec,
     parse_duration,
 )
-from planner.schema._training import LoraSettings, Method, OptimizerName, Precision, TrainingConfig
+from planner.schema._training import Attention, LoraSettings, Method, OptimizerName, Precision, TrainingConfig
 
 __all__ = [
     "CONFIG_NAMES",
@@ -39,6 +39,7 @@ __all__ = [
     "MAX_WORKERS",
     "MIB",
     "SEARCHABLE",
+    "Attention",
     "Card",
     "DataColumns",
     "DataCounts",

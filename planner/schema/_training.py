@@ -53,6 +53,21 @@ class OptimizerName(str, Enum):
     ADAFACTOR = "adafactor"
 
 
+class Attention(str, Enum):
+    """The attention implementation the model is loaded with (``attn_implementation``).
+
+    Memory differs by what each keeps for backward: ``eager`` stores the (batch, heads, seq, seq)
+    probabilities and their dropout mask; ``sdpa`` (transformers' default where the model supports
+    it, else eager) and ``flash_attention_2`` keep only the output and a log-sum-exp on cards whose
+    fused kernels apply (see ``planner.step.CudaTarget``). ``flash_attention_2`` needs the
+    flash-attn package and an sm80+ card in fp16/bf16.
+    """
+
+    SDPA = "sdpa"
+    EAGER = "eager"
+    FLASH_ATTENTION_2 = "flash_attention_2"
+
+
 class LoraSettings(BaseModel):
     """peft ``LoraConfig`` fields that change memory or speed."""
 
@@ -63,6 +78,11 @@ class LoraSettings(BaseModel):
     alpha: PositiveInt = 32
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    autocast_adapter_dtype: bool | None = None
+    """peft's ``get_peft_model(autocast_adapter_dtype=...)``: True keeps the adapters in fp32 over a
+    half base (peft's default, and what TRL and most scripts run), False keeps them in the base's
+    dtype. Unset, it follows the precision: fp32 adapters, except bf16 ones for ``pure-bf16``
+    (LLaMA-Factory's ``pure_bf16``, axolotl's ``bfloat16``)."""
 
     @field_validator("target_modules")
     @classmethod
@@ -87,6 +107,7 @@ class TrainingConfig(BaseModel):
     lora: LoraSettings = LoraSettings()
     precision: Precision = Precision.BF16
     optimizer: OptimizerName = OptimizerName.ADAMW
+    attention: Attention = Attention.SDPA
     gradient_checkpointing: bool = False
     """Unset, it follows the method's recipe: on for QLoRA (peft's ``prepare_model_for_kbit_training``
     turns it on by default), off otherwise."""
@@ -108,7 +129,18 @@ class TrainingConfig(BaseModel):
             # QLoRA's base is 4-bit whatever the precision; pure-bf16 only names the adapters'
             # dtype, which peft keeps fp32 anyway. Refuse rather than silently reinterpret.
             raise ValueError("qlora takes precision bf16, fp16 or fp32 (the 4-bit compute dtype)")
+        lora = info.data.get("lora")
+        if precision is Precision.FP16 and lora is not None and lora.autocast_adapter_dtype is False:
+            # Trainer's fp16 GradScaler refuses to unscale fp16 gradients.
+            raise ValueError("fp16 mixed precision trains fp32 adapters: unset lora.autocast_adapter_dtype")
         return precision
+
+    @property
+    def fp32_adapters(self) -> bool:
+        """Whether the LoRA adapters are held in fp32 (see ``LoraSettings.autocast_adapter_dtype``)."""
+        if self.lora.autocast_adapter_dtype is not None:
+            return self.lora.autocast_adapter_dtype
+        return self.precision is not Precision.PURE_BF16
 
     def with_changes(self, **changes: object) -> TrainingConfig:
         """A validated copy with some fields replaced (``model_copy`` skips validation)."""

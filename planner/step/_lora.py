@@ -13,9 +13,9 @@ from planner.step._imports import import_peft
 def add_lora(model: nn.Module, config: TrainingConfig, task: str) -> nn.Module:
     """``model`` wrapped by peft with ``config``'s LoRA adapters, in the dtype training keeps them.
 
-    peft keeps adapters in fp32 over a half base (``autocast_adapter_dtype``); pure bf16 keeps
-    them in bf16. A target list that matches nothing is the user's to fix, with the names that
-    would match.
+    peft keeps adapters in fp32 over a half base (``autocast_adapter_dtype``, its default); pure
+    bf16 keeps them in bf16 unless the config says otherwise (``TrainingConfig.fp32_adapters``).
+    A target list that matches nothing is the user's to fix, with the names that would match.
     """
     import_peft()
     from peft import LoraConfig, TaskType, get_peft_model
@@ -29,9 +29,7 @@ def add_lora(model: nn.Module, config: TrainingConfig, task: str) -> nn.Module:
         task_type=peft_task,
     )
     try:
-        peft_model = get_peft_model(
-            model, lora, autocast_adapter_dtype=config.precision is not Precision.PURE_BF16
-        )
+        peft_model = get_peft_model(model, lora, autocast_adapter_dtype=config.fp32_adapters)
     except ValueError as exc:
         if "not found in the base model" in str(exc) or "Target module" in str(exc):
             raise ConfigError(
@@ -47,11 +45,12 @@ def add_lora(model: nn.Module, config: TrainingConfig, task: str) -> nn.Module:
                 "set it to 0",
             ) from None
         raise
-    if config.precision is Precision.PURE_BF16:
+    half = {Precision.PURE_BF16: torch.bfloat16, Precision.BF16: torch.bfloat16}.get(config.precision)
+    if not config.fp32_adapters and half is not None:
         # peft casts adapters to the base dtype only when they are off meta; do it in every path.
         for param in peft_model.parameters():
             if param.requires_grad:
-                param.data = param.data.to(torch.bfloat16)
+                param.data = param.data.to(half)
     return peft_model
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from planner.errors import ConfigError
-from planner.schema import Method, Precision, TrainingConfig
+from planner.schema import Attention, Method, Precision, TrainingConfig
 from planner.step._imports import import_bitsandbytes, import_peft
 from planner.step._lora import add_lora
 from planner.step._optimizers import make_optimizer
@@ -117,15 +117,18 @@ def build_model(
     cls = model_class(hf_config)
     weights = base_weight_dtype(config)
     compute = _HALF.get(config.precision, torch.float32)
+    attention = _attn_implementation(config, traced=fake_mode is not None)
     # Under fake mode everything is built on meta (no init cost, and peft/bitsandbytes run their
     # real code on meta tensors), then materialised as fake CPU tensors in one ``to_empty``.
     with torch.device("meta") if fake_mode is not None else contextlib.nullcontext():
         if pretrained is None:
-            model = cls._from_config(hf_config, dtype=weights)
+            model = cls._from_config(hf_config, dtype=weights, attn_implementation=attention)
             if config.method is Method.QLORA:
                 _quantize_to_nf4(model, compute)
         else:
-            model = cls.from_pretrained(pretrained, **_pretrained_arguments(config, weights, compute))
+            model = cls.from_pretrained(
+                pretrained, attn_implementation=attention, **_pretrained_arguments(config, weights, compute)
+            )
         model.train()
         if config.method is Method.QLORA:
             model = import_peft().prepare_model_for_kbit_training(
@@ -151,6 +154,20 @@ def build_model(
             model.tie_weights()
             _materialise_quant_states(model, quant_states)
     return model
+
+
+def _attn_implementation(config: TrainingConfig, *, traced: bool) -> str | None:
+    """transformers' ``attn_implementation`` for ``config``: None (its default, SDPA where the
+    model has it) for sdpa, the name otherwise.
+
+    Always passed, None included: ``_from_config`` writes it onto the (shared) model config, so
+    leaving it out would keep whatever an earlier build set. A trace runs flash-attention-2 as SDPA
+    with CUDA's flash kernel emulated (``CudaTarget``): the flash-attn package has no CPU kernel,
+    and both keep the output and a log-sum-exp for backward.
+    """
+    if config.attention is Attention.SDPA or (traced and config.attention is Attention.FLASH_ATTENTION_2):
+        return None
+    return config.attention.value
 
 
 def _pretrained_arguments(

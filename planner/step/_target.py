@@ -11,7 +11,7 @@ from typing import Any
 
 from planner.errors import ConfigError
 from planner.models import head_dim
-from planner.schema import Card, Precision, TrainingConfig
+from planner.schema import Attention, Card, Precision, TrainingConfig
 
 # CUDA's caching allocator hands out blocks in multiples of 512 bytes (c10/cuda/CUDACachingAllocator.cpp,
 # kMinBlockSize), so every tensor's storage costs its size rounded up to 512.
@@ -48,15 +48,34 @@ def cuda_target(card: Card, config: TrainingConfig, hf_config: Any) -> CudaTarge
     and block rounding; None on the host pseudo-card, where the step is what a CPU run does."""
     if card.kind == "cpu":
         return None
+    if config.attention is Attention.FLASH_ATTENTION_2:
+        # check_card_supports has refused cards and dtypes flash-attn has no kernel for.
+        return CudaTarget(sdpa_backend="flash")
     half = config.precision is not Precision.FP32
     return CudaTarget(sdpa_backend=sdpa_backend(card, half, head_dim(hf_config)))
 
 
 def check_card_supports(config: TrainingConfig, card: Card) -> None:
-    """Refuse combinations the card cannot run at all (bf16 on a card without bf16 units)."""
+    """Refuse combinations the card cannot run at all: bf16 on a card without bf16 units, and
+    flash-attention-2 where flash-attn has no kernel (its README: Ampere or newer GPUs, fp16 and
+    bf16 only; no CPU)."""
+    sm = f"sm{card.compute_capability.replace('.', '')}" if card.kind != "cpu" else "the CPU"
     if config.precision.needs_bf16 and not card.supports_bf16:
         raise ConfigError(
             "precision",
-            f"{card.display_name} (sm{card.compute_capability.replace('.', '')}) has no bf16 support",
+            f"{card.display_name} ({sm}) has no bf16 support",
             "use --precision fp16 (or fp32) on this card",
         )
+    if config.attention is Attention.FLASH_ATTENTION_2:
+        if card.kind == "cpu" or card.compute_capability_tuple < (8, 0):
+            raise ConfigError(
+                "attention",
+                f"flash_attention_2 has no kernel for {card.display_name} ({sm}); it needs an sm80+ GPU",
+                "use --attention sdpa",
+            )
+        if config.precision is Precision.FP32:
+            raise ConfigError(
+                "attention",
+                "flash_attention_2 runs in fp16/bf16 only",
+                "use --precision bf16, or --attention sdpa",
+            )

@@ -10,8 +10,17 @@ import pytest
 
 from planner.cards import load_card
 from planner.configs import FORMATS, ImportedTraining, read_training_config
+from planner.errors import ConfigError
 from planner.estimator import estimate_memory
-from planner.schema import LoraSettings, Method, OptimizerName, Precision, Scheduler, TrainingConfig
+from planner.schema import (
+    Attention,
+    LoraSettings,
+    Method,
+    OptimizerName,
+    Precision,
+    Scheduler,
+    TrainingConfig,
+)
 from planner.sweep import load_spec
 from tests.configs.conftest import dump, write
 
@@ -232,3 +241,43 @@ def test_format_override_beats_detection(tmp_path: Path):
     assert read_training_config(path, model="m").format == "trl"
     forced = read_training_config(path, format="training-arguments", model="m")
     assert forced.format == "training-arguments" and forced.config.seq_len == 64
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text", "attention"),
+    [
+        ("axolotl", "base_model: {model}\nflash_attention: true\nbf16: true\n", Attention.FLASH_ATTENTION_2),
+        ("axolotl", "base_model: {model}\neager_attention: true\n", Attention.EAGER),
+        ("axolotl", "base_model: {model}\n", Attention.SDPA),
+        ("llama-factory", "model_name_or_path: {model}\nstage: sft\nflash_attn: disabled\n", Attention.EAGER),
+        ("llama-factory", "model_name_or_path: {model}\nstage: sft\nflash_attn: fa2\nbf16: true\n",
+         Attention.FLASH_ATTENTION_2),
+        ("trl", "model_name_or_path: {model}\nmax_length: 64\nattn_implementation: eager\n", Attention.EAGER),
+        ("trl", "model_name_or_path: {model}\nmodel_init_kwargs: {{attn_implementation: sdpa}}\n",
+         Attention.SDPA),
+    ],
+)  # fmt: skip
+def test_the_attention_implementation_is_read_from_each_format(
+    tmp_path: Path, tiny_models: dict[str, str], fmt: str, text: str, attention: Attention
+):
+    path = tmp_path / "config.yaml"
+    path.write_text(text.format(model=tiny_models["llama"]))
+    assert read_training_config(path, format=fmt)  # type: ignore[arg-type].config.attention is attention
+
+
+def test_two_attention_switches_conflict(tmp_path: Path, tiny_models: dict[str, str]):
+    path = tmp_path / "axolotl.yaml"
+    path.write_text(f"base_model: {tiny_models['llama']}\nflash_attention: true\nsdp_attention: true\n")
+    with pytest.raises(ConfigError, match="flash_attention"):
+        read_training_config(path, format="axolotl")
+
+
+def test_a_bf16_lora_base_without_autocast_keeps_peft_s_fp32_adapters(
+    tmp_path: Path, tiny_models: dict[str, str]
+):
+    path = tmp_path / "sft.yaml"
+    path.write_text(
+        f"model_name_or_path: {tiny_models['llama']}\nuse_peft: true\ndtype: bfloat16\nmax_length: 64\n"
+    )
+    config = read_training_config(path, format="trl").config
+    assert config.precision is Precision.PURE_BF16 and config.fp32_adapters
