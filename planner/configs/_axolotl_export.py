@@ -3,7 +3,8 @@
 The keys are the reader's (axolotl's config reference), so reading the written file back gives the
 same config: ``adapter`` and ``load_in_4bit`` for the method, ``lora_*``, ``bf16``/``fp16``/
 ``bfloat16`` for the precision, ``sequence_len``, ``micro_batch_size`` x
-``gradient_accumulation_steps``, ``optimizer`` (Trainer's ``optim`` name), and the schedule.
+``gradient_accumulation_steps``, ``optimizer`` (Trainer's ``optim`` name), the attention switch,
+and the schedule.
 One config has no axolotl form: full fine-tuning in bf16 mixed precision with fp32 master
 weights, since axolotl loads the model in bf16 when ``bf16`` is on; it is written as axolotl
 would train it (pure bf16) and said in the returned notes. axolotl also needs ``datasets``, which
@@ -14,7 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from planner.schema import Hyperparameters, Method, Precision, TrainingConfig
+from planner.schema import Attention, Hyperparameters, Method, Precision, TrainingConfig
+
+# The reader's attention switches, inverted (axolotl's flash_attention / sdp_attention / eager_attention).
+_ATTENTION_KEYS = {
+    Attention.SDPA: "sdp_attention",
+    Attention.EAGER: "eager_attention",
+    Attention.FLASH_ATTENTION_2: "flash_attention",
+}
 
 
 def to_axolotl(
@@ -33,6 +41,11 @@ def to_axolotl(
             out["lora_target_linear"] = True
         else:
             out["lora_target_modules"] = list(lora.target_modules)
+        if lora.autocast_adapter_dtype is not None:
+            notes.append(
+                f"lora.autocast_adapter_dtype {lora.autocast_adapter_dtype} has no axolotl key: "
+                "axolotl keeps fp32 adapters, bf16 ones with bfloat16: true"
+            )
     if config.precision is Precision.PURE_BF16:
         # ``bfloat16`` loads the model in bf16 whatever the method (the reader's pure-bf16).
         out.update(bf16=True, bfloat16=True)
@@ -47,6 +60,7 @@ def to_axolotl(
         out["fp16"] = True
     from planner.step import TRAINER_OPTIM_NAMES  # torch-heavy: imported when a config is written
 
+    out[_ATTENTION_KEYS[config.attention]] = True
     out.update(
         gradient_checkpointing=config.gradient_checkpointing,
         sequence_len=config.seq_len,

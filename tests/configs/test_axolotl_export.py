@@ -31,7 +31,8 @@ HYPER = Hyperparameters(
             "lora": {"target_modules": ["q_proj", "v_proj"], "dropout": 0.1},
         },
         {"method": "lora", "precision": "pure-bf16", "gradient_checkpointing": True},
-        {"method": "full", "precision": "fp32", "optimizer": "adafactor"},
+        {"method": "full", "precision": "fp32", "optimizer": "adafactor", "attention": "eager"},
+        {"method": "lora", "precision": "bf16", "attention": "flash_attention_2"},
         {"method": "full", "precision": "pure-bf16", "optimizer": "adamw_8bit"},
     ],
 )
@@ -64,3 +65,11 @@ def test_full_bf16_mixed_precision_is_said_to_have_no_axolotl_form(tmp_path: Pat
     path = tmp_path / "best.yml"
     path.write_text(yaml.safe_dump(keys))
     assert read_training_config(path).config == config.with_changes(precision="pure-bf16")
+
+
+def test_an_adapter_dtype_axolotl_cannot_express_is_noted() -> None:
+    config = TrainingConfig.model_validate(
+        {"model": "meta-llama/Llama-3.2-1B", "method": "lora", "lora": {"autocast_adapter_dtype": False}}
+    )
+    _, notes = to_axolotl(config)
+    assert any("autocast_adapter_dtype" in note for note in notes)
