@@ -17,6 +17,7 @@ Labels are -100 where no loss is taken, as ``transformers``' causal-LM losses ig
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from planner.schema import DataSpec
+
+logger = logging.getLogger(__name__)
 
 IGNORED = -100
 """The label ``transformers`` losses skip (``CrossEntropyLoss(ignore_index=-100)``)."""
@@ -261,12 +264,28 @@ def _chat_sequences(
 
 def fit_to_length(sequences: Sequence[TokenRow], seq_len: int, packing: bool) -> list[TokenRow]:
     """The rows the trainer sees: each cut at ``seq_len``; or with packing all concatenated and cut
-    into ``seq_len`` blocks (the last one shorter)."""
+    into ``seq_len`` blocks (the last one shorter).
+
+    A row left with no loss target (a completion-only prompt longer than ``seq_len``) is left out:
+    it trains nothing, and a micro-batch of only such rows would divide the loss by zero items
+    (transformers' causal-LM loss sums over targets and divides by their count), a NaN that would
+    stop the trial as diverged.
+    """
     if not packing:
-        return [TokenRow(s.input_ids[:seq_len], s.labels[:seq_len]) for s in sequences]
-    ids = [token for s in sequences for token in s.input_ids]
-    labels = [label for s in sequences for label in s.labels]
-    return [
-        TokenRow(ids[start : start + seq_len], labels[start : start + seq_len])
-        for start in range(0, len(ids), seq_len)
-    ]
+        rows = [TokenRow(s.input_ids[:seq_len], s.labels[:seq_len]) for s in sequences]
+    else:
+        ids = [token for s in sequences for token in s.input_ids]
+        labels = [label for s in sequences for label in s.labels]
+        rows = [
+            TokenRow(ids[start : start + seq_len], labels[start : start + seq_len])
+            for start in range(0, len(ids), seq_len)
+        ]
+    kept = [row for row in rows if row.trained_tokens]
+    if len(kept) < len(rows):
+        logger.info(
+            "%d of %d rows have no loss target within seq_len %d: left out",
+            len(rows) - len(kept),
+            len(rows),
+            seq_len,
+        )
+    return kept

@@ -221,3 +221,20 @@ def test_chat_rows_need_a_chat_template(tmp_path: Path) -> None:
     spec = spec_for(tmp_path, model_dir, train=str(write_jsonl(tmp_path / "c.jsonl", CHATS)))
     with pytest.raises(ConfigError, match=r"^data.chat_template: .*no chat template"):
         sequences(spec)
+
+
+def test_rows_left_without_a_target_are_left_out(tmp_path: Path, model_dir: Path) -> None:
+    """A prompt longer than seq_len leaves its row no target: it is dropped (its loss would be 0/0)."""
+    long_prompt = {"prompt": " ".join(["alpha"] * 30), "response": "beta"}
+    spec = spec_for(
+        tmp_path,
+        model_dir,
+        train=str(write_jsonl(tmp_path / "d.jsonl", [*ROWS, long_prompt])),
+        completion_only=True,
+    )
+    tokenizer = load_tokenizer(spec)
+    assert tokenizer is not None
+    rows = read_sequences(spec, tokenizer, "train")
+    assert len(rows) == 4 and all(row.trained_tokens for row in rows)
+    fitted = fit_to_length(rows, 16, packing=False)
+    assert len(fitted) == 3 and all(row.trained_tokens for row in fitted)
