@@ -75,7 +75,9 @@ def test_every_file_kind_and_saved_datasets_give_the_same_rows(tmp_path: Path, m
     datasets.DatasetDict(
         {"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[:1])}
     ).save_to_disk(str(tmp_path / "saved-dict"))
-    for name in ("d.json", "d.csv", "d.parquet", "d.arrow", "saved", "saved-dict"):
+    (tmp_path / "folder").mkdir()
+    write_jsonl(tmp_path / "folder" / "part.jsonl", ROWS)
+    for name in ("d.json", "d.csv", "d.parquet", "d.arrow", "saved", "saved-dict", "folder"):
         assert sequences(spec_for(tmp_path, model_dir, train=name)) == expected, name
     one = spec_for(tmp_path, model_dir, train="saved-dict", split="test")
     assert len(read_rows(one, "train")) == 1
