@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,18 @@ def make_card(memory_mib: int, compute_capability: str = "8.9") -> Card:
         bandwidth_gbs=1000.0,
         source="test",
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_datasets_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``datasets`` caches every local file it loads as Arrow; the tests' files go to a temporary
+    cache, not the user's (set in the environment for worker processes, and on ``datasets.config``,
+    which reads it once at import)."""
+    import sys
+
+    cache = str(tmp_path_factory.mktemp("hf-datasets-cache"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_DATASETS_CACHE", cache)
+        if "datasets" in sys.modules:
+            patch.setattr(sys.modules["datasets"].config, "HF_DATASETS_CACHE", cache)
+        yield

@@ -64,6 +64,11 @@ def print_plan(plan: Plan) -> None:
         f"{data.train_examples} train / {data.eval_examples} eval examples, "
         f"~{data.mean_tokens:.0f} tokens each (max {data.max_tokens}; {data.counted_with})"
     )
+    if data.epoch_tokens is not None and data.epoch_trained_tokens is not None:
+        console.print(
+            f"{data.epoch_tokens} tokens fed per epoch, "
+            f"{data.epoch_trained_tokens} of them with a loss target"
+        )
     names = list(dict.fromkeys(name for trial in plan.trials for name in trial.params))
     labels = [PARAM_LABELS.get(name, name) for name in names]
     headers = ["#", *labels, "micro x acc", "steps", "time", "range", "status"]

@@ -6,6 +6,7 @@ import difflib
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import click
 from rich import box
@@ -254,21 +255,35 @@ def run_command(
 @click.option(
     "--export",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the best trial's TrainingArguments as .yaml or .json.",
+    help="Write the best trial's config (model, method, LoRA, shape, TrainingArguments) as .yaml or .json.",
+)
+@click.option(
+    "--format",
+    "export_form",
+    type=click.Choice(["spec", "axolotl"]),
+    default="spec",
+    show_default=True,
+    help="The --export form: the planner's spec, or an axolotl config (.yml).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print every trial as JSON.")
 @user_errors_exit_2
 def results_command(
-    spec: Path | None, storage: str | None, study: str | None, export: Path | None, as_json: bool
+    spec: Path | None,
+    storage: str | None,
+    study: str | None,
+    export: Path | None,
+    export_form: Literal["spec", "axolotl"],
+    as_json: bool,
 ) -> None:
     """Every trial of the sweep (run, waiting, infeasible) and the best configuration."""
     from planner.executor import export_best, load_results
 
     if export is not None:
-        check_output_file(export, field="--export", suffixes=(".yaml", ".yml", ".json"))
+        suffixes = (".yaml", ".yml") if export_form == "axolotl" else (".yaml", ".yml", ".json")
+        check_output_file(export, field="--export", suffixes=suffixes)
     results = load_results(*_study_of(spec, storage, study))
     if export is not None:
-        export_best(results, export)
+        export_best(results, export, export_form)
     if as_json:
         emit_json(results.model_dump(mode="json"))
         return

@@ -1,6 +1,8 @@
 """Bring your own config: training configs from axolotl, LLaMA-Factory, TRL/TrainingArguments
-and peft adapter files, and TrainingArguments names in the planner's own sweep spec."""
+and peft adapter files, and TrainingArguments names in the planner's own sweep spec; and a
+config written back in axolotl's form."""
 
+from planner.configs._axolotl_export import to_axolotl
 from planner.configs._common import FORMATS, OPTIMIZER_NAMES, Format, ImportedConfig, ImportedTraining
 from planner.configs._detect import detect_format
 from planner.configs._read import read_training_config
@@ -15,4 +17,5 @@ __all__ = [
     "detect_format",
     "normalise_spec",
     "read_training_config",
+    "to_axolotl",
 ]

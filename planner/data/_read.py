@@ -1,82 +1,80 @@
-"""Reading a local dataset into texts, and finding its tokenizer, offline.
+"""Reading a spec's dataset into training rows, and finding its tokenizer, offline.
 
-One reader serves the planner (counting) and the executor (training), so both see the same text.
+One reader serves the planner (counting) and the executor (training), so both see the same rows:
+:func:`read_sequences` loads through ``datasets`` (:mod:`planner.data._load`) and tokenizes each
+row's shape with its labels (:mod:`planner.data._shapes`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
 from planner._files import read_text
+from planner.data._load import load_rows
+from planner.data._shapes import TokenRow, render_texts, tokenize_rows
 from planner.errors import ConfigError
+from planner.schema import DataSpec
 
 if TYPE_CHECKING:
+    import datasets
     from transformers import PreTrainedTokenizerBase
 
     from planner.schema import SweepSpec
 
-
-def _text_of(row: Any, where: str) -> str:
-    """A JSONL row's text: ``text``, or ``prompt`` and ``response`` on two lines."""
-    if isinstance(row, dict):
-        if isinstance(row.get("text"), str):
-            return row["text"]
-        if isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
-            return f"{row['prompt']}\n{row['response']}"
-    raise ConfigError(where, "a row has neither 'text' nor 'prompt' and 'response'", "fix that line")
+Split = Literal["train", "eval"]
 
 
-def read_examples(path: Path, *, field: str = "data.train") -> list[str]:
-    """The examples of ``path``: JSONL (``text`` or ``prompt``/``response``), text lines, or a
-    ``datasets.save_to_disk`` directory (its ``text`` column, or ``prompt``/``response``)."""
-    if path.is_dir():
-        return _read_saved_dataset(path, field)
-    text = read_text(
-        path, field=field, expect="a JSONL file, a text file or a saved dataset", allow_empty=True
-    )
-    lines = [line for line in text.splitlines() if line.strip()]
-    if path.suffix == ".jsonl":
-        texts = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(
-                    f"{field} ({path.name} line {number})", f"not valid JSON ({exc.msg})", "fix that line"
-                ) from None
-            texts.append(_text_of(row, f"{field} ({path.name} line {number})"))
-    else:
-        texts = lines
-    if not texts:
-        raise ConfigError(field, f"{path} holds no examples", "add examples, one per line")
-    return texts
+def read_examples(path: Path, *, field: str = "data.train", data: DataSpec | None = None) -> list[str]:
+    """The examples of ``path`` as texts (text, or ``prompt\nresponse``), for counting without a
+    tokenizer; ``data`` gives the format and column names (default: told by the columns)."""
+    data = data if data is not None else DataSpec(train=path)
+    return render_texts(load_rows(path, spec_dir=Path("."), field=field, split=data.split), data, field)
 
 
-def _read_saved_dataset(path: Path, field: str) -> list[str]:
-    try:
-        import datasets
-    except ImportError:
+def read_rows(spec: SweepSpec, which: Split) -> datasets.Dataset:
+    """The spec's train rows (``data.fraction`` of them, the first ones) or its eval rows."""
+    data = spec.data
+    source = data.train if which == "train" else data.eval
+    if source is None:
         raise ConfigError(
-            field, f"{path} is a directory; reading a saved dataset needs `datasets`", "pip install datasets"
-        ) from None
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except FileNotFoundError:
-        raise ConfigError(
-            field, f"{path} is not a dataset saved with save_to_disk", "point it at one"
-        ) from None
-    if isinstance(dataset, datasets.DatasetDict):
-        dataset = dataset["train"] if "train" in dataset else next(iter(dataset.values()))
-    return [_text_of(row, f"{field} ({path.name})") for row in dataset]
+            f"data.{which}",
+            "the built-in recipe trains on a local dataset, and the spec gives only counts",
+            "point data.train at a local dataset, or run your own code with run_function",
+        )
+    split = data.split if which == "train" else data.eval_split
+    rows = load_rows(source, spec_dir=spec.spec_dir, field=f"data.{which}", split=split)
+    if which == "train":
+        rows = rows.select(range(max(1, round(len(rows) * data.fraction))))
+    return rows
+
+
+def read_texts(spec: SweepSpec, which: Split) -> list[str]:
+    """The rows of :func:`read_rows` as texts, for the byte-proxy count when no tokenizer is here."""
+    return render_texts(read_rows(spec, which), spec.data, f"data.{which}")
+
+
+def read_sequences(spec: SweepSpec, tokenizer: PreTrainedTokenizerBase, which: Split) -> list[TokenRow]:
+    """The rows of :func:`read_rows` tokenized with their labels, untruncated: what both the
+    recipe trains on and the planner counts (cut or packed to ``seq_len`` by ``fit_to_length``)."""
+    return tokenize_rows(read_rows(spec, which), tokenizer, spec.data, f"data.{which}")
 
 
 def load_tokenizer(spec: SweepSpec) -> PreTrainedTokenizerBase | None:
-    """The tokenizer named by ``data.tokenizer``, else the one in the model's directory; None if neither.
+    """The tokenizer named by ``data.tokenizer``, else the one in the model's directory; None if
+    neither. ``data.chat_template`` replaces its chat template.
 
     Only local files are read: a hub id works when its tokenizer is already in the local cache.
     """
+    tokenizer = _find_tokenizer(spec)
+    if tokenizer is not None and spec.data.chat_template is not None:
+        tokenizer.chat_template = read_text(
+            spec.resolve(spec.data.chat_template), field="data.chat_template", expect="a Jinja chat template"
+        )
+    return tokenizer
+
+
+def _find_tokenizer(spec: SweepSpec) -> PreTrainedTokenizerBase | None:
     from transformers import AutoTokenizer
 
     if spec.data.tokenizer is not None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from planner.data._read import load_tokenizer, read_examples
+from planner.data._read import load_tokenizer, read_rows, read_sequences, read_texts
+from planner.data._shapes import TokenRow, fit_to_length
 from planner.schema import DataStats, SweepSpec
 
 # English text through a modern BPE tokenizer: ~4 bytes per token (OpenAI's and Llama's tokenizers
@@ -46,16 +47,20 @@ class LengthProfile:
         )
 
 
-def _lengths(texts: list[str], spec: SweepSpec) -> tuple[list[int], str]:
+def _lengths(spec: SweepSpec) -> tuple[list[int], list[TokenRow] | None, str]:
+    """Each training example's tokens (untruncated), its tokenized rows when a tokenizer is here,
+    and how it was counted. Rows come from the executor's own path (:func:`read_sequences`)."""
     tokenizer = load_tokenizer(spec)
     if tokenizer is None:
-        return [max(1, round(len(t.encode()) / BYTES_PER_TOKEN)) for t in texts], (
-            f"byte proxy (~{BYTES_PER_TOKEN:g} bytes/token; no tokenizer on this machine)"
+        texts = read_texts(spec, "train")
+        return (
+            [max(1, round(len(t.encode()) / BYTES_PER_TOKEN)) for t in texts],
+            None,
+            (f"byte proxy (~{BYTES_PER_TOKEN:g} bytes/token; no tokenizer on this machine)"),
         )
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-    # The executor appends EOS to every example; count it too.
-    extra = 1 if tokenizer.eos_token_id is not None else 0
-    return [len(ids) + extra for ids in tokenizer(texts)["input_ids"]], f"tokenizer {name}"
+    sequences = read_sequences(spec, tokenizer, "train")
+    return [len(s.input_ids) for s in sequences], sequences, f"tokenizer {name}"
 
 
 def count_data(spec: SweepSpec) -> tuple[DataStats, LengthProfile]:
@@ -75,15 +80,16 @@ def count_data(spec: SweepSpec) -> tuple[DataStats, LengthProfile]:
         )
         return stats, LengthProfile((length,) * examples, seq_len, data.packing)
     assert data.train is not None  # the spec validator guarantees train or counts
-    texts = read_examples(spec.resolve(data.train), field="data.train")
-    texts = texts[: max(1, round(len(texts) * data.fraction))]
-    lengths, counted_with = _lengths(texts, spec)
-    eval_examples = len(read_examples(spec.resolve(data.eval), field="data.eval")) if data.eval else 0
+    lengths, sequences, counted_with = _lengths(spec)
+    eval_examples = len(read_rows(spec, "eval")) if data.eval else 0
+    rows = fit_to_length(sequences, seq_len, data.packing) if sequences is not None else None
     stats = DataStats(
-        train_examples=len(texts),
+        train_examples=len(lengths),
         eval_examples=eval_examples,
         mean_tokens=sum(lengths) / len(lengths),
         max_tokens=max(lengths),
         counted_with=counted_with,
+        epoch_tokens=sum(len(row.input_ids) for row in rows) if rows is not None else None,
+        epoch_trained_tokens=sum(row.trained_tokens for row in rows) if rows is not None else None,
     )
     return stats, LengthProfile(tuple(sorted(min(n, seq_len) for n in lengths)), seq_len, data.packing)

@@ -2,8 +2,9 @@
 
 Everything a trial's ``transformers.Trainer`` needs, built from the spec and the planned trial, so
 that what runs is what the planner estimated: the same model builder as the estimator for
-``init: random``, the same text reader and tokenizer as the planner's counting (EOS appended to
-every example, truncated at ``seq_len``, dynamic padding to the longest row, or packing).
+``init: random``, the same rows, labels and tokenizer as the planner's counting
+(:func:`planner.data.read_sequences`: truncated at ``seq_len`` or packed, dynamic padding to the
+longest row in a micro-batch).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from planner.data import TokenRow
 from planner.errors import ConfigError
 from planner.schema import PlannedTrial, Precision, SweepSpec, TrainingConfig
 
@@ -23,56 +25,41 @@ if TYPE_CHECKING:
 
 
 class TokenDataset(torch.utils.data.Dataset[dict[str, list[int]]]):
-    """Tokenized rows (``input_ids`` lists); the collator pads each micro-batch and makes labels."""
+    """Tokenized rows (``input_ids`` and ``labels``); the collator pads each micro-batch."""
 
-    def __init__(self, rows: Sequence[list[int]]) -> None:
+    def __init__(self, rows: Sequence[TokenRow]) -> None:
         self.rows = list(rows)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
-        return {"input_ids": self.rows[index]}
-
-
-def tokenize(
-    texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, seq_len: int, packing: bool
-) -> TokenDataset:
-    """Rows as the planner counted them: each text's ids plus EOS, cut at ``seq_len``; or packed.
-
-    Packing concatenates every example (each ending in EOS) and cuts the stream into ``seq_len``
-    blocks, the last one shorter.
-    """
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    encoded = [list(ids) + eos for ids in tokenizer(list(texts))["input_ids"]]
-    if not packing:
-        return TokenDataset([ids[:seq_len] for ids in encoded])
-    stream = [token for ids in encoded for token in ids]
-    return TokenDataset([stream[start : start + seq_len] for start in range(0, len(stream), seq_len)])
+        row = self.rows[index]
+        return {"input_ids": row.input_ids, "labels": row.labels}
 
 
 def load_datasets(
     spec: SweepSpec, tokenizer: PreTrainedTokenizerBase, seq_len: int
 ) -> tuple[TokenDataset, TokenDataset | None]:
-    """The training rows (``data.fraction`` of them, as the planner counts) and the eval rows."""
-    from planner.data import read_examples
+    """The training rows (``data.fraction`` of them, cut or packed as the planner counts them) and
+    the eval rows (cut, never packed)."""
+    from planner.data import fit_to_length, read_sequences
 
-    data = spec.data
-    if data.train is None:
-        raise ConfigError(
-            "data.train",
-            "the built-in recipe trains on a local dataset, and the spec gives only counts",
-            "point data.train at a JSONL or text file, or run your own code with run_function",
-        )
-    texts = read_examples(spec.resolve(data.train), field="data.train")
-    texts = texts[: max(1, round(len(texts) * data.fraction))]
-    train = tokenize(texts, tokenizer, seq_len, data.packing)
+    train = TokenDataset(fit_to_length(read_sequences(spec, tokenizer, "train"), seq_len, spec.data.packing))
     evaluation = None
-    if data.eval is not None:
-        evaluation = tokenize(
-            read_examples(spec.resolve(data.eval), field="data.eval"), tokenizer, seq_len, False
-        )
+    if spec.data.eval is not None:
+        evaluation = TokenDataset(fit_to_length(read_sequences(spec, tokenizer, "eval"), seq_len, False))
     return train, evaluation
+
+
+def collator(tokenizer: PreTrainedTokenizerBase) -> Any:
+    """Pads a micro-batch to its longest row: ``input_ids`` with the pad token (attention mask 0),
+    ``labels`` with -100 so padding takes no loss (``DataCollatorForSeq2Seq`` pads both)."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from planner.data import IGNORED
+
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORED)
 
 
 def tokenizer_for(spec: SweepSpec) -> PreTrainedTokenizerBase:
@@ -160,6 +147,9 @@ def training_arguments(
             save_total_limit=1,
             disable_tqdm=True,
             remove_unused_columns=False,
+            # Trainer's own count of the tokens it is fed (attention mask sum), to set against the
+            # planner's (DataStats.epoch_tokens).
+            include_num_input_tokens_seen="non_padding",
             use_cpu=not torch.cuda.is_available(),
         )
     return arguments

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -181,19 +181,27 @@ def load_results(storage_url: str, study_name: str) -> SweepResults:
     return sweep_results(study)
 
 
-def export_best(results: SweepResults, path: Path) -> dict[str, Any]:
-    """Write the best trial complete, as YAML or JSON (by suffix), in the planner's spec form.
+ExportForm = Literal["spec", "axolotl"]
 
-    ``base`` is the trial's training config (model id, method, LoRA, precision, optimizer,
-    checkpointing, sequence length, micro-batch x accumulation), ``training`` its searched
-    hyperparameters, ``training_arguments`` the ``TrainingArguments`` keyword arguments it ran
-    with: ``TrainingArguments(output_dir=..., **exported["training_arguments"])`` reproduces its
-    Trainer, and ``planner fit --config FILE`` (``planner.configs.read_training_config``) reads
-    the same config back.
+
+def export_best(results: SweepResults, path: Path, form: ExportForm = "spec") -> dict[str, Any]:
+    """Write the best trial complete, as YAML or JSON (by suffix), in the planner's spec form or
+    as an axolotl config (YAML).
+
+    Spec form: ``base`` is the trial's training config (model id, method, LoRA, precision,
+    optimizer, checkpointing, sequence length, micro-batch x accumulation), ``training`` its
+    searched hyperparameters, ``training_arguments`` the ``TrainingArguments`` keyword arguments
+    it ran with: ``TrainingArguments(output_dir=..., **exported["training_arguments"])`` reproduces
+    its Trainer. Axolotl form: the same config and hyperparameters in axolotl's keys
+    (:func:`planner.configs.to_axolotl`), what differs as comments at the top. Either reads back
+    through ``planner fit --config FILE`` (``planner.configs.read_training_config``) as the same
+    config.
     """
     if results.best is None:
         raise ConfigError("--export", "no trial has completed yet", "run the sweep, then export")
     best = results.trial(results.best)
+    if form == "axolotl":
+        return _export_axolotl(best, path)
     arguments: dict[str, Any] = {"name": f"{results.study}-best-trial-{best.number}"}
     if best.config is not None:
         arguments["base"] = best.config.model_dump(mode="json")
@@ -211,6 +219,25 @@ def export_best(results: SweepResults, path: Path) -> dict[str, Any]:
             "--export", f"'{path.name}' is neither .yaml nor .json", "name the file best.yaml or best.json"
         )
     return arguments
+
+
+def _export_axolotl(best: TrialResult, path: Path) -> dict[str, Any]:
+    import yaml
+
+    from planner.configs import to_axolotl
+
+    if path.suffix not in (".yaml", ".yml"):
+        raise ConfigError(
+            "--export", f"axolotl configs are YAML, not '{path.name}'", "name the file best.yml"
+        )
+    if best.config is None:
+        raise ConfigError(
+            "--export", f"trial {best.number} recorded no training config", "export the spec form instead"
+        )
+    keys, notes = to_axolotl(best.config, best.hyper)
+    header = "".join(f"# {note}\n" for note in [f"best trial {best.number}, axolotl form", *notes])
+    path.write_text(header + yaml.safe_dump(keys, sort_keys=False))
+    return keys
 
 
 def record_oom(planned: PlannedTrial, card: str, events: list[dict[str, int]]) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from planner.executor._monitor import Reporter, rss_bytes
-from planner.executor._recipe import build_model, load_datasets, tokenizer_for, training_arguments
+from planner.executor._recipe import build_model, collator, load_datasets, tokenizer_for, training_arguments
 from planner.schema import PlannedTrial, SweepSpec
 from planner.step import is_out_of_memory
 
@@ -205,7 +205,7 @@ def run_trial(run: TrialRun, attempt: Attempt) -> TrialOutcome:
 
 def trainer_attempt(run: TrialRun, outcome: TrialOutcome, resume: bool) -> None:
     """The built-in recipe: Trainer over the spec's local dataset, as the trial's config says."""
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from planner.executor._callbacks import BudgetCallback, ReportingCallback
@@ -229,7 +229,7 @@ def trainer_attempt(run: TrialRun, outcome: TrialOutcome, resume: bool) -> None:
         args=TrainingArguments(**arguments),
         train_dataset=train,
         eval_dataset=evaluation,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        data_collator=collator(tokenizer),
         callbacks=[
             ReportingCallback(run.reporter),
             BudgetCallback(

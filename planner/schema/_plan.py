@@ -23,6 +23,12 @@ class DataStats(BaseModel):
     max_tokens: NonNegativeInt
     counted_with: str
     """``tokenizer <name>``, ``byte proxy (~4 bytes/token)`` or ``given counts``."""
+    epoch_tokens: NonNegativeInt | None = None
+    """Tokens the trainer is fed per epoch (after truncation or packing; padding not included);
+    None when not tokenized here (given counts, byte proxy)."""
+    epoch_trained_tokens: NonNegativeInt | None = None
+    """Of those, tokens with a loss target (label not -100: all but the masked prompt tokens of
+    ``completion_only``); None when not tokenized here."""
 
 
 class TimeEstimate(BaseModel):

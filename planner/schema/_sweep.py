@@ -148,11 +148,34 @@ class DataCounts(BaseModel):
     eval_examples: int = Field(0, ge=0, le=MAX_EXAMPLES)
 
 
-class DataSpec(BaseModel):
-    """The training data: local files (counted with the model's tokenizer) or explicit counts.
+class DataColumns(BaseModel):
+    """Column names of the rows, when they differ from the usual ones (each default in brackets)."""
 
-    ``train``/``eval`` are JSONL (``text`` or ``prompt``/``response`` per line), plain text (one
-    example per non-empty line) or a directory saved with ``datasets.save_to_disk``.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str | None = None
+    """The whole example [``text``]."""
+    prompt: str | None = None
+    """What the model is given [``prompt``, else alpaca's ``instruction``]."""
+    input: str | None = None
+    """An optional second part of the prompt [alpaca's ``input``, when the rows have it]."""
+    response: str | None = None
+    """What the model learns to answer [``response``, else ``output``, else ``completion``]."""
+    messages: str | None = None
+    """A conversation, a list of ``{role, content}`` [``messages``]."""
+
+
+DataFormat = Literal["auto", "text", "prompt_response", "chat"]
+
+
+class DataSpec(BaseModel):
+    """The training data: a dataset on this machine (counted with the model's tokenizer) or counts.
+
+    ``train``/``eval``: a json/jsonl/csv/parquet/arrow file, a plain text file (one example per
+    non-empty line), a directory saved with ``datasets.save_to_disk`` or of data files, or a hub
+    dataset id already in the local ``datasets`` cache (never downloaded). Rows are ``text``,
+    prompt/response (or alpaca's instruction/input/output) or chat ``messages`` rendered with the
+    tokenizer's chat template; ``format: auto`` tells them by their columns.
     ``fraction`` trains on that share of the examples (the low-fidelity rung of successive halving).
     """
 
@@ -163,7 +186,19 @@ class DataSpec(BaseModel):
     counts: DataCounts | None = None
     tokenizer: str | None = None
     """A tokenizer directory or hub id; default: the model's own directory when it has one."""
+    format: DataFormat = "auto"
+    columns: DataColumns = DataColumns()
+    split: str = "train"
+    """The split of ``train`` when it has named splits (a saved DatasetDict, a hub dataset)."""
+    eval_split: str = "validation"
+    """The split of ``eval`` when it has named splits."""
+    completion_only: bool = False
+    """Loss on the responses only: prompt tokens (prompt/response rows) or every turn but the
+    assistant's (chat rows, which needs a chat template with ``{% generation %}`` markers)."""
+    chat_template: Path | None = None
+    """A Jinja chat template file replacing the tokenizer's own (e.g. one with generation markers)."""
     packing: bool = False
+    """Concatenate the examples (each ending in EOS) and cut the stream into ``seq_len`` rows."""
     fraction: float = Field(1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")

@@ -367,6 +367,84 @@ CASES: list[Case] = [
             "e.txt": b"\x00\x01\xfe",
         },
     ),
+    Case(
+        "plan-data-missing-parquet",
+        PLAN,
+        "data.train: cannot read",
+        {"spec.yaml": spec(data={"counts": DROP, "train": "no.parquet"})},
+    ),
+    Case(
+        "plan-data-hub-not-cached",
+        PLAN,
+        "no hub dataset 'someone/nothing'",
+        {"spec.yaml": spec(data={"counts": DROP, "train": "someone/nothing"})},
+    ),
+    Case(
+        "plan-data-unknown-column",
+        PLAN,
+        "data.columns.text: data.train has no column 'body'",
+        {
+            "spec.yaml": spec(data={"counts": DROP, "train": "d.jsonl", "columns": {"text": "body"}}),
+            "d.jsonl": '{"text": "a"}\n',
+        },
+    ),
+    Case(
+        "plan-data-format-typo",
+        PLAN,
+        "data.format",
+        {
+            "spec.yaml": spec(data={"counts": DROP, "train": "d.jsonl", "format": "chats"}),
+            "d.jsonl": '{"text": "a"}\n',
+        },
+    ),
+    Case(
+        "plan-data-chat-no-tokenizer",
+        PLAN,
+        "data.tokenizer: data.train has chat rows",
+        {
+            "spec.yaml": spec(data={"counts": DROP, "train": "d.jsonl"}),
+            "d.jsonl": json.dumps({"messages": [{"role": "user", "content": "a"}]}) + "\n",
+        },
+    ),
+    Case(
+        "plan-data-no-chat-template",
+        PLAN,
+        "data.chat_template: data.train has chat rows and the tokenizer has no chat template",
+        {
+            # The study's tiny tokenizer (written by the world fixture) has no chat template.
+            "spec.yaml": spec(
+                data={"counts": DROP, "train": "d.jsonl", "tokenizer": "../../study/tiny-llama"}
+            ),
+            "d.jsonl": json.dumps({"messages": [{"role": "user", "content": "a"}]}) + "\n",
+        },
+    ),
+    Case(
+        "plan-data-template-without-generation",
+        PLAN,
+        "data.completion_only: the chat template marks no assistant tokens",
+        {
+            "spec.yaml": spec(
+                data={
+                    "counts": DROP,
+                    "train": "d.jsonl",
+                    "tokenizer": "../../study/tiny-llama",
+                    "chat_template": "t.jinja",
+                    "completion_only": True,
+                }
+            ),
+            "d.jsonl": json.dumps({"messages": [{"role": "user", "content": "a"}]}) + "\n",
+            "t.jinja": "{% for m in messages %}{{ m['content'] }}{% endfor %}",
+        },
+    ),
+    Case(
+        "plan-data-completion-only-text",
+        PLAN,
+        "data.completion_only",
+        {
+            "spec.yaml": spec(data={"counts": DROP, "train": "d.jsonl", "completion_only": True}),
+            "d.jsonl": '{"text": "a"}\n',
+        },
+    ),
     _plan_case("plan-data-both", {"data": {"train": "d.txt"}}, "data"),
     _plan_case("plan-data-neither", {"data": {"counts": DROP}}, "data"),
     _plan_case(

@@ -116,6 +116,27 @@ def test_the_export_reads_back_as_the_best_trials_config(
     assert fit.exit_code == 0, fit.output
 
 
+def test_the_axolotl_export_reads_back_as_the_best_trials_config(
+    swept: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """``--format axolotl``: the best trial as an axolotl config, read back by the axolotl reader."""
+    from planner.configs import read_training_config
+    from planner.schema import TrainingConfig
+
+    spec, _ = swept
+    path = tmp_path / "best.yml"
+    results = payload(run("results", spec, "--export", path, "--format", "axolotl", "--json"))
+    best = next(t for t in results["trials"] if t["number"] == results["best"])
+    assert path.read_text().startswith("# best trial")
+    imported = read_training_config(path)
+    assert imported.format == "axolotl"
+    assert imported.config == TrainingConfig.model_validate(best["config"])
+    assert imported.training is not None
+    assert imported.training.learning_rate == best["params"]["learning_rate"]
+    refused = run("results", spec, "--export", tmp_path / "best.json", "--format", "axolotl")
+    assert refused.exit_code == 2 and "--export" in refused.output
+
+
 def test_report_writes_the_plots(swept: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     spec, _ = swept
     written = payload(run("report", spec, "--out", tmp_path / "report", "--json"))["written"]

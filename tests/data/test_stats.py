@@ -28,7 +28,7 @@ def test_jsonl_text_and_prompt_response_and_plain_text(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "problem"),
-    [("{not json", "not valid JSON"), (json.dumps({"other": 1}), "neither 'text'"), ("", "no examples")],
+    [("{not json", "not valid JSON"), (json.dumps({"other": 1}), "none of text"), ("", "no examples")],
 )
 def test_bad_data_names_the_line(tmp_path: Path, content: str, problem: str) -> None:
     path = tmp_path / "d.jsonl"

@@ -61,6 +61,29 @@ def tiny_model(directory: Path) -> Path:
     return directory
 
 
+# A chat template in the shape real ones have (turn markers, end-of-turn token), with
+# ``{% generation %}`` around the assistant's content so apply_chat_template can mask the rest.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<s> ' + message['role'] + ' ' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + ' </s>' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + ' </s> ' }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+def tiny_chat_model(directory: Path) -> Path:
+    """The tiny Llama and its word-level tokenizer, with :data:`CHAT_TEMPLATE` saved beside it."""
+    from transformers import AutoTokenizer
+
+    tiny_model(directory)
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
 def write_tokenizer(directory: Path) -> None:
     """A word-level tokenizer over ``WORDS`` with <s>, </s>, <pad>, <unk>, saved as a fast tokenizer."""
     from tokenizers import Tokenizer, models, pre_tokenizers
