@@ -7,7 +7,7 @@ from planner.timing._roofline import (
     OP_DISPATCH_SECONDS,
     RooflineStep,
 )
-from planner.timing._step import ProfileLookup, StepTimeModel, StepTimes
+from planner.timing._step import ProfileLookup, StepTimeModel, StepTimes, StepTraces
 from planner.timing._trial import TrialWork, count_work, trial_time
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "RooflineStep",
     "StepTimeModel",
     "StepTimes",
+    "StepTraces",
     "TrialWork",
     "count_work",
     "trial_time",
