@@ -331,13 +331,22 @@ def results_command(
 def report_command(
     spec: Path | None, storage: str | None, study: str | None, out: Path, as_json: bool
 ) -> None:
-    """PNG plots of the sweep: loss curves, predicted vs measured time, and memory per trial."""
-    from planner.executor import load_results, write_report
+    """PNG plots of the sweep: Optuna's timeline, intermediate values and parameter importances;
+    training-loss curves, and predicted vs measured time and memory per trial.
+
+    \b
+    Examples:
+      planner report spec.yaml --out plots/
+      planner report --storage postgresql://user@host/db --study my-sweep --out plots/ --json
+    """
+    from planner.executor import load_sweep_study, write_report
 
     check_output_dir(out, field="--out")
-    paths = write_report(load_results(*_study_of(spec, storage, study)), out)
+    report = write_report(load_sweep_study(*_study_of(spec, storage, study)), out)
     if as_json:
-        emit_json({"written": [str(p) for p in paths]})
+        emit_json({"written": [str(p) for p in report.written], "skipped": report.skipped})
     else:
-        for path in paths:
+        for path in report.written:
             click.echo(f"wrote {path}")
+        for skipped in report.skipped:
+            click.echo(f"left out {skipped}")
