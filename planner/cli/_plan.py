@@ -7,10 +7,9 @@ from pathlib import Path
 import click
 from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from planner._files import check_output_file
-from planner.cli._common import PLOT_SUFFIXES, emit_json, parse_budget, user_errors_exit_2
+from planner.cli._common import PLOT_SUFFIXES, emit_json, parse_budget, readable_table, user_errors_exit_2
 from planner.formatting import PARAM_LABELS, format_duration, format_value
 from planner.schema import GIB, MAX_WORKERS, MIB, Plan
 
@@ -67,24 +66,32 @@ def print_plan(plan: Plan) -> None:
     names = list(dict.fromkeys(name for trial in plan.trials for name in trial.params))
     labels = [PARAM_LABELS.get(name, name) for name in names]
     headers = ["#", *labels, "micro x acc", "steps", "time", "range", "status"]
-    table = Table(*headers, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    rows = []
     for trial in plan.trials:
         values = [format_value(trial.params.get(name, "")) for name in names]
         if trial.time is None:
-            table.add_row(str(trial.number), *values, "-", "-", "-", "-", "[red]infeasible[/]")
+            rows.append([str(trial.number), *values, "-", "-", "-", "-", "[red]infeasible[/]"])
             continue
         time = trial.time
         status = "[green]planned[/]" if trial.status == "planned" else f"[yellow]{trial.status}[/]"
-        table.add_row(
-            str(trial.number),
-            *values,
-            f"{trial.config.micro_batch} x {trial.config.gradient_accumulation}",
-            str(trial.optimizer_steps),
-            format_duration(time.seconds),
-            f"{format_duration(time.low_seconds)}-{format_duration(time.high_seconds)}",
-            status,
+        rows.append(
+            [
+                str(trial.number),
+                *values,
+                f"{trial.config.micro_batch} x {trial.config.gradient_accumulation}",
+                str(trial.optimizer_steps),
+                format_duration(time.seconds),
+                f"{format_duration(time.low_seconds)}-{format_duration(time.high_seconds)}",
+                status,
+            ]
         )
-    console.print(table)
+    if all(trial.status == "planned" for trial in plan.trials):
+        # Every row would say "planned" (the budget line below says so): room for the values.
+        headers, rows = headers[:-1], [row[:-1] for row in rows]
+    whole = ["#", *labels, "micro x acc", "time", "range"]
+    console.print(
+        readable_table(headers, rows, whole=whole, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    )
     if not any(trial.feasible for trial in plan.trials):
         # No total and no budget verdict: "the sweep fits; 0 trial(s) run" would read as success.
         console.print(f"[bold red]No trial can run on {plan.card}[/]: every trial is infeasible (why below).")

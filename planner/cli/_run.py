@@ -10,10 +10,9 @@ from pathlib import Path
 import click
 from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from planner._files import check_output_dir, check_output_file, check_sqlite_database, read_model
-from planner.cli._common import emit_json, parse_budget, user_errors_exit_2
+from planner.cli._common import emit_json, parse_budget, readable_table, user_errors_exit_2
 from planner.cli._plan import infeasible_groups
 from planner.errors import ConfigError
 from planner.formatting import format_params
@@ -273,20 +272,9 @@ def results_command(
         emit_json(results.model_dump(mode="json"))
         return
     console = Console()
-    table = Table(
-        "trial",
-        "params",
-        "status",
-        results.objective or "value",
-        "micro x acc",
-        "time / pred",
-        "peak GiB",
-        "note",
-        title=f"{results.study} ({results.direction})",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-    )
+    objective = results.objective or "value"
+    headers = ["trial", "params", "status", objective, "micro x acc", "time / pred", "peak GiB", "note"]
+    rows = []
     for trial in results.trials:
         shape = f"{trial.micro_batch} x {trial.gradient_accumulation}" if trial.micro_batch else "-"
         time = (
@@ -301,16 +289,27 @@ def results_command(
             notes.append(f"continues #{trial.continues}")
         if trial.fix:
             notes.append(f"fix: {trial.fix}")
-        table.add_row(
-            f"[bold]{trial.number}[/]" if trial.number == results.best else str(trial.number),
-            format_params(trial.params),
-            trial.status,
-            f"{trial.value:.4g}" if trial.value is not None else "-",
-            shape,
-            time,
-            f"{trial.peak_memory_bytes / GIB:.2f}" if trial.peak_memory_bytes else "-",
-            "; ".join(n for n in notes if n),
+        rows.append(
+            [
+                f"[bold]{trial.number}[/]" if trial.number == results.best else str(trial.number),
+                format_params(trial.params),
+                trial.status,
+                f"{trial.value:.4g}" if trial.value is not None else "-",
+                shape,
+                time,
+                f"{trial.peak_memory_bytes / GIB:.2f}" if trial.peak_memory_bytes else "-",
+                "; ".join(n for n in notes if n),
+            ]
         )
+    table = readable_table(
+        headers,
+        rows,
+        whole=["trial", "params", "status", objective],
+        title=f"{results.study} ({results.direction})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     console.print(table)
     if results.best is not None:
         best = next(t for t in results.trials if t.number == results.best)

@@ -74,3 +74,20 @@ def test_missing_spec_and_bad_budget_option(tiny_models: dict[str, str], tmp_pat
     spec = write_spec(tmp_path, tiny_models["llama"])
     result = run("plan", str(spec), "--card", "rtx-4090", "--budget", "-5m")
     assert result.exit_code == 2 and "--budget" in result.output
+
+
+def test_plan_table_keeps_every_learning_rate_whole_at_80_columns(
+    tiny_models: dict[str, str], tmp_path: Path
+) -> None:
+    learning_rates = [3.1623e-05, 0.000125, 0.0002]
+    search = {"learning_rate": learning_rates, "weight_decay": [0.0, 0.01], "lora_r": [8, 16]}
+    spec = write_spec(tmp_path, tiny_models["llama"], search=search, budget="1h")
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(cli, ["plan", str(spec), "--card", "rtx-4090"])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output and all(len(line) <= 80 for line in result.output.splitlines())
+    rows = [
+        line.split() for line in result.output.splitlines() if line.split()[:1] and line.split()[0].isdigit()
+    ]
+    assert len(rows) == 12
+    for lr in ("3.1623e-05", "0.000125", "0.0002"):
+        assert sum(lr in row for row in rows) == 4  # the full value, on each of its trials' rows
