@@ -421,22 +421,46 @@ def print_measured(console: Console, report: FitReport) -> None:
 
 
 def plot_fit(report: FitReport, path: Path) -> None:
-    """Predicted memory against micro-batch, with the card's usable memory as a line."""
-    import matplotlib
+    """Write :func:`draw_fit` of ``report`` to ``path``."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    figure = Figure(figsize=(7, 4))
+    draw_fit(report, figure.subplots())
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def draw_fit(report: FitReport, axes: Any) -> None:
+    """Predicted memory against micro-batch on integer ticks, the card's usable memory as a line,
+    and the max micro-batch marked (the largest that fits, confirmed by a full-depth trace)."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
 
     sizes = [row.micro_batch for row in report.rows]
-    figure, axes = plt.subplots(figsize=(7, 4))
     axes.plot(sizes, [row.peak_bytes / GIB for row in report.rows], marker="o", label="predicted peak (NVML)")
     axes.axhline(
         report.at_max.available_bytes / GIB, color="red", linestyle="--", label=f"{report.card} usable"
     )
+    best = report.max_micro_batch
+    if best:
+        axes.axvline(best, color="green", linestyle=":", label=f"max micro-batch {best}")
+        axes.plot([best], [report.at_max.peak_bytes / GIB], marker="*", markersize=14, color="green")
+    ticks = sorted({*sizes, *([best] if best else [])})
+    if ticks[-1] >= 16 * ticks[0]:  # powers of two across decades: a log axis, ticks at the sizes
+        axes.set_xscale("log", base=2)
+        # Sizes closer than 1.3x would print on top of each other (4096 next to 4097): the max
+        # micro-batch keeps its tick, its near neighbours give theirs up.
+        spaced: list[int] = []
+        for tick in ticks:
+            crowded = bool(spaced) and tick < 1.3 * spaced[-1]
+            near_best = bool(best) and best / 1.3 < tick < best * 1.3
+            if tick == best or (not crowded and not near_best):
+                spaced.append(tick)
+        axes.xaxis.set_major_locator(FixedLocator(spaced))
+        axes.xaxis.set_minor_locator(NullLocator())
+        axes.xaxis.set_major_formatter(ScalarFormatter())
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # micro-batches are whole rows
     axes.set_xlabel("micro-batch")
     axes.set_ylabel("GiB")
     axes.set_title(f"{report.config.model} ({report.config.method.value}, seq {report.config.seq_len})")
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)

@@ -167,3 +167,22 @@ def test_bad_comparison_input_is_one_line_exit_2(tiny_models: dict[str, str], tm
     result = run("fit", tiny_models["llama"], "--seq-len", "64", *(a.format(prices=prices) for a in args))
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: {field}") and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("sizes", [None, "1,2,3"])
+def test_fit_plot_has_integer_ticks_and_marks_the_max_micro_batch(tiny_models: dict[str, str], sizes):
+    from matplotlib.figure import Figure
+
+    from planner import TrainingConfig, fit
+    from planner.cli._fit import draw_fit
+
+    config = TrainingConfig(model=tiny_models["llama"], seq_len=64)
+    report = fit(config, "rtx-4090", [int(s) for s in sizes.split(",")] if sizes else None)
+    axes = Figure().subplots()
+    draw_fit(report, axes)
+    figure = axes.figure
+    figure.canvas.draw()
+    ticks = [label.get_text() for label in axes.get_xticklabels() if label.get_text()]
+    assert ticks and all(tick.isdigit() for tick in ticks), ticks
+    labels = axes.get_legend_handles_labels()[1]
+    assert f"max micro-batch {report.max_micro_batch}" in labels
