@@ -154,9 +154,9 @@ def fit_command(
     Examples:
       planner fit Qwen/Qwen2.5-7B --method qlora --seq-len 2048 --card rtx-4090
       planner fit --config axolotl.yaml --card a100-80gb --plot fit.png
-      planner fit Qwen/Qwen2.5-1.5B --method lora --card rtx-4090,l4,a100-80gb,h100-sxm \\
-          --tokens 500M --prices prices.yaml
-      planner fit Qwen/Qwen2.5-7B --card l4 --require-fit --json > fit.json || echo "does not fit"
+      planner fit Qwen/Qwen2.5-1.5B --method lora --card rtx-4090,l4,h100-sxm \\
+          --tokens 500M --prices prices.yaml   # prices.yaml: `h100-sxm: 2.99`
+      planner fit Qwen/Qwen2.5-7B --card l4 --require-fit --json > fit.json
     """
     from planner import compare_cards, read_prices
     from planner.cards import load_card

@@ -28,7 +28,14 @@ from planner.schema import GIB, MAX_WORKERS, MIB, Plan
 def plan_command(
     spec: Path, card: str, budget: str | None, workers: int | None, as_json: bool, plot: Path | None
 ) -> None:
-    """Plan the sweep in SPEC on --card: what fits, each trial's shape and time, and the budget."""
+    """Plan the sweep in SPEC on --card: what fits, each trial's shape and time, and the budget.
+
+    \b
+    Examples:
+      planner plan examples/tiny-sweep/spec.yaml --card cpu
+      planner plan spec.yaml --card rtx-4090 --budget 5h --plot timeline.png
+      planner plan spec.yaml --card a100-80gb --workers 4 --json > plan.json
+    """
     from planner.cards import load_card
     from planner.sweep import check_model_limits, load_spec, plan_for_card
 

@@ -167,7 +167,17 @@ def run_command(
     report_to: str,
     as_json: bool,
 ) -> None:
-    """Run the sweep in SPEC: the planned trials that fit the budget, resumable after any crash."""
+    """Run the sweep in SPEC: the planned trials that fit the budget, resumable after any crash.
+
+    Run it again to continue: trials cut by the budget or a crash resume from their checkpoints.
+    With --report-to, each trial is a run named <study>-trial-<n>, grouped by the study.
+
+    \b
+    Examples:
+      planner run examples/tiny-sweep/spec.yaml --card cpu --budget 10m
+      planner run spec.yaml --gpus 0,1,2,3 --report-to tensorboard
+      planner run spec.yaml --storage postgresql://user@host/db  # several hosts
+    """
     from planner.cards import load_card, this_machine_card
     from planner.executor import (
         LiveObserver,
@@ -260,7 +270,15 @@ def run_command(
 def results_command(
     spec: Path | None, storage: str | None, study: str | None, export: Path | None, as_json: bool
 ) -> None:
-    """Every trial of the sweep (run, waiting, infeasible) and the best configuration."""
+    """Every trial of the sweep (run, waiting, infeasible) and the best configuration.
+
+    \b
+    Examples:
+      planner results spec.yaml
+      planner results spec.yaml --export best.yaml
+      planner fit --config best.yaml --card l4   # the best config, read back
+      planner results --storage sqlite:///sweep.db --study my-sweep --json
+    """
     from planner.executor import export_best, load_results
 
     if export is not None:
@@ -336,7 +354,7 @@ def report_command(
     \b
     Examples:
       planner report spec.yaml --out plots/
-      planner report --storage postgresql://user@host/db --study my-sweep --out plots/ --json
+      planner report --storage postgresql://host/db --study sweep --out plots/
     """
     from planner.executor import load_sweep_study, write_report
 

@@ -186,3 +186,15 @@ def test_fit_plot_has_integer_ticks_and_marks_the_max_micro_batch(tiny_models: d
     assert ticks and all(tick.isdigit() for tick in ticks), ticks
     labels = axes.get_legend_handles_labels()[1]
     assert f"max micro-batch {report.max_micro_batch}" in labels
+
+
+@pytest.mark.parametrize(
+    "command", ["fit", "plan", "run", "results", "report", "profile", "cards", "models", None]
+)
+def test_help_has_examples_and_fits_80_columns(command: str | None):
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(cli, [command, "--help"] if command else ["--help"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    examples = lines[lines.index("  Examples:") + 1 :]
+    assert examples and examples[0].strip().startswith("planner ")
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
