@@ -167,7 +167,7 @@ def fit_command(
         check_output_file(plot, field="--plot", suffixes=PLOT_SUFFIXES)
     sizes = parse_sizes(micro_batches, "micro-batch")
     notes: list[str] = []
-    cards = [name.strip() for name in card.split(",") if name.strip()]
+    cards = [name.strip() for name in card.split(",") if name.strip()] or [card]  # '' : unknown card
     if len(cards) > 1:
         for given, option in (
             (micro_batches, "--micro-batch"),

@@ -13,9 +13,10 @@ study and takes WAITING trials from it. What this module adds on top:
   ``STALE_SECONDS`` from another host) is failed and continued by a new trial that resumes from
   its checkpoints; a trial cut by the budget is continued the same way on the next run. Recovery
   runs under a lock of the study (:func:`study_lock`: the SQLite file's lock, a PostgreSQL
-  advisory lock), and a trial counts as continued when a trial with ``continues: n`` exists, so
-  each continuation happens exactly once and the storage holds the user's study alone: no lock
-  studies or tables of ours (``optuna.get_all_study_names`` lists exactly the sweeps).
+  advisory lock, MySQL's named lock), and a trial counts as continued when a trial with
+  ``continues: n`` exists, so each continuation happens exactly once and the storage holds the
+  user's study alone: no lock studies or tables of ours (``optuna.get_all_study_names`` lists
+  exactly the sweeps).
 
 How trials end, in Optuna's states (what optuna-dashboard and Optuna's samplers read), with the
 reason in the trial's ``reason`` user attr and our finer ``status`` beside it:
@@ -177,18 +178,38 @@ def study_lock(study: optuna.Study, storage_url: str) -> Iterator[None]:
     """Serialise one section across every worker of ``study``, leaving nothing in the storage.
 
     SQLite: the database file's lock file (as claims). PostgreSQL: an advisory lock keyed by the
-    study's id, on the storage's own engine. Other databases are not serialised: recovery there
-    may continue a trial twice if two workers start at the same moment.
+    study's id, on the storage's own engine. MySQL: its named lock, ``GET_LOCK`` (MySQL manual,
+    "Locking Functions": held by the session, released when it ends; no MySQL server here tests
+    it). Another database's recovery is not serialised: two workers starting at the same moment
+    could both continue a trial.
     """
-    if not storage_url.startswith("postgresql"):
-        with claim_lock(storage_url):
-            yield
-        return
     storage = study._storage
     rdb = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
-    assert isinstance(rdb, optuna.storages.RDBStorage)  # every sweep's storage (open_storage)
-    with _advisory_lock(rdb.engine, STUDY_LOCK_CLASS, study._study_id):
-        yield
+    if storage_url.startswith("postgresql"):
+        assert isinstance(rdb, optuna.storages.RDBStorage)  # every sweep's storage (open_storage)
+        with _advisory_lock(rdb.engine, STUDY_LOCK_CLASS, study._study_id):
+            yield
+    elif storage_url.startswith("mysql"):
+        assert isinstance(rdb, optuna.storages.RDBStorage)
+        with _mysql_named_lock(rdb.engine, f"vram-planner-study-{study._study_id}"):
+            yield
+    else:
+        with claim_lock(storage_url):
+            yield
+
+
+@contextlib.contextmanager
+def _mysql_named_lock(engine: Any, name: str) -> Iterator[None]:
+    """MySQL's ``GET_LOCK(name, -1)`` (a negative timeout waits as long as it takes) on a
+    connection of its own, released with ``RELEASE_LOCK``."""
+    import sqlalchemy
+
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": name})
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
 
 
 def sqlite_path(url: str) -> str | None:
