@@ -11,21 +11,24 @@ The subpackages hold the parts: ``schema`` (the shared vocabulary), ``step`` (th
 ``estimator``, ``profiler``, ``timing``, ``sweep``, ``executor``, and ``cli`` over them.
 """
 
-from planner._api import fit, plan, profile, results, run
+from planner._api import compare_cards, fit, plan, profile, read_prices, results, run
 from planner.errors import PlannerError
-from planner.schema import Card, FitReport, MeasuredProfile, Plan, SweepSpec, TrainingConfig
+from planner.schema import Card, CardComparison, FitReport, MeasuredProfile, Plan, SweepSpec, TrainingConfig
 
 __all__ = [
     "Card",
+    "CardComparison",
     "FitReport",
     "MeasuredProfile",
     "Plan",
     "PlannerError",
     "SweepSpec",
     "TrainingConfig",
+    "compare_cards",
     "fit",
     "plan",
     "profile",
+    "read_prices",
     "results",
     "run",
 ]

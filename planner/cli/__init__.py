@@ -22,7 +22,17 @@ from planner.cli._run import report_command, results_command, run_command
 @click.version_option(package_name="vram-planner")
 @click.option("-v", "--verbose", count=True, help="Log what the planner does (-v) and why (-vv), on stderr.")
 def cli(verbose: int) -> None:
-    """vram-planner: what fits on your GPU, how long a sweep takes, and running it inside a budget."""
+    """vram-planner: what fits on your GPU, how long a sweep takes, and running it inside a budget.
+
+    \b
+    Examples:
+      planner fit Qwen/Qwen2.5-7B --method qlora --card rtx-4090
+      planner plan spec.yaml --card rtx-4090 --budget 5h
+      planner run spec.yaml --budget 5h
+      planner results spec.yaml --export best.yaml
+
+    `planner COMMAND --help` shows each command's options and examples.
+    """
     configure_logging(verbose)
 
 

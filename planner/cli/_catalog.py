@@ -15,7 +15,13 @@ from planner.models import describe_model, shipped_models
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @user_errors_exit_2
 def cards_command(as_json: bool) -> None:
-    """List the GPU cards the planner knows (profiles/cards)."""
+    """List the GPU cards the planner knows (profiles/cards).
+
+    \b
+    Examples:
+      planner cards
+      planner cards --json
+    """
     cards = shipped_cards()
     if as_json:
         emit_json([card.model_dump(mode="json") for card in cards])
@@ -39,7 +45,13 @@ def cards_command(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @user_errors_exit_2
 def models_command(as_json: bool) -> None:
-    """List the model architectures shipped for offline use (profiles/models)."""
+    """List the model architectures shipped for offline use (profiles/models).
+
+    \b
+    Examples:
+      planner models
+      planner models --json
+    """
     models = [describe_model(model_id) for model_id in shipped_models()]
     if as_json:
         emit_json(models)

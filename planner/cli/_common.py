@@ -9,14 +9,17 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from pydantic import ValidationError
 
 from planner.errors import ConfigError, PlannerError, from_validation_error
 from planner.schema import parse_duration
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -139,3 +142,29 @@ def parse_budget(value: str | None) -> float | None:
 
 # What matplotlib's savefig writes: the file's suffix chooses the format.
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".webp", ".eps", ".ps", ".tif", ".tiff")
+
+
+def readable_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, whole: Collection[str], **options: Any
+) -> Table:
+    """A rich table legible in an 80-column terminal: no value is cut to "...".
+
+    Rich fits a table to the terminal by shrinking columns and ending cut values with an
+    ellipsis, which turned learning rates such as ``3.1623e-05`` into ``3.1623e-...``. Here the
+    ``whole`` columns (the values a reader compares: trial numbers, searched values, shapes) are
+    at least as wide as their widest word (and their header), so a value wraps between words but
+    no word is cut; every column folds onto more lines rather than cutting.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(**options)
+    for index, header in enumerate(headers):
+        if header in whole:
+            words = [w for row in rows for w in Text.from_markup(row[index]).plain.split()] + [header]
+            table.add_column(header, overflow="fold", min_width=max(len(w) for w in words))
+        else:
+            table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from planner._files import check_output_file
 from planner.cli._common import PLOT_SUFFIXES, emit_json, parse_sizes, user_errors_exit_2
 from planner.errors import ConfigError
-from planner.schema import GIB, Attention, FitReport, Method, OptimizerName, Precision, TrainingConfig
+from planner.formatting import format_duration
+from planner.schema import (
+    GIB,
+    Attention,
+    CardComparison,
+    FitReport,
+    Method,
+    OptimizerName,
+    Precision,
+    TrainingConfig,
+)
 
 _GIB_FORMAT = "{:.2f}"
 
@@ -115,7 +127,22 @@ def training_config(model: str, options: dict[str, Any]) -> TrainingConfig:
     help="An axolotl/LLaMA-Factory YAML, TrainingArguments/SFTConfig JSON, peft adapter_config.json or "
     "spec to start from; MODEL and the flags given override it.",
 )
-@click.option("--card", required=True, help="Card name (see `planner cards`) or 'local'.")
+@click.option(
+    "--card",
+    required=True,
+    help="Card name (see `planner cards`) or 'local'; several, comma-separated, compare them in one table.",
+)
+@click.option(
+    "--tokens",
+    help="With several cards: the training token count to time and price, e.g. 200M or 1.5B.",
+)
+@click.option(
+    "--prices",
+    "prices_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With several cards: a YAML file of `card: usd_per_hour` to rank the cheapest that fits.",
+)
+@click.option("--require-fit", is_flag=True, help="Exit 1 when nothing fits (for scripts).")
 @click.option("--micro-batch", "micro_batches", help="Micro-batch sizes to report, e.g. 1,2,4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
@@ -131,6 +158,9 @@ def training_config(model: str, options: dict[str, Any]) -> TrainingConfig:
 def fit_command(
     model: str | None,
     card: str,
+    tokens: str | None,
+    prices_path: Path | None,
+    require_fit: bool,
     config_path: Path | None,
     micro_batches: str | None,
     as_json: bool,
@@ -143,7 +173,16 @@ def fit_command(
 
     Profiles from `planner profile` calibrate the CUDA overheads, and their measured figures are
     shown beside the predicted ones.
+
+    \b
+    Examples:
+      planner fit Qwen/Qwen2.5-7B --method qlora --seq-len 2048 --card rtx-4090
+      planner fit --config axolotl.yaml --card a100-80gb --plot fit.png
+      planner fit Qwen/Qwen2.5-1.5B --method lora --card rtx-4090,l4,h100-sxm \\
+          --tokens 500M --prices prices.yaml   # prices.yaml: `h100-sxm: 2.99`
+      planner fit Qwen/Qwen2.5-7B --card l4 --require-fit --json > fit.json
     """
+    from planner import compare_cards, read_prices
     from planner.cards import load_card
     from planner.models import check_seq_len
     from planner.profiler import fit_with_profiles
@@ -152,7 +191,23 @@ def fit_command(
         check_output_file(plot, field="--plot", suffixes=PLOT_SUFFIXES)
     sizes = parse_sizes(micro_batches, "micro-batch")
     notes: list[str] = []
-    target = load_card(card)
+    cards = [name.strip() for name in card.split(",") if name.strip()] or [card]  # '' : unknown card
+    if len(cards) > 1:
+        for given, option in (
+            (micro_batches, "--micro-batch"),
+            (plot, "--plot"),
+            (profile_path, "--profile"),
+        ):
+            if given is not None:
+                raise ConfigError(
+                    option, "applies to one card, not a comparison", f"give one --card with {option}"
+                )
+    elif tokens is not None or prices_path is not None:
+        option = "--tokens" if tokens is not None else "--prices"
+        raise ConfigError(option, "compares several cards", "give several, e.g. --card rtx-4090,l4,h100-sxm")
+    targets = [load_card(name) for name in cards]
+    count = parse_tokens(tokens)
+    prices = read_prices(prices_path) if prices_path is not None else None
     if config_path is not None:
         config, notes = imported_with_flags(config_path, model, options)
         check_seq_len(config.model, config.seq_len, option="--seq-len")
@@ -162,15 +217,115 @@ def fit_command(
         config = training_config(model, options)
     if config.torch_compile and not any(note.startswith("torch_compile") for note in notes):
         notes.append("torch_compile: memory is estimated as eager's (what inductor saves is not traced)")
-    report = fit_with_profiles(config, target, sizes, profile=profile_path)
-    if plot is not None:
-        plot_fit(report, plot)
+    if len(targets) > 1:
+        comparison = compare_cards(config, targets, tokens=count, prices=prices)
+        fits = comparison.best is not None
+        payload = comparison.model_dump(mode="json")
+    else:
+        report = fit_with_profiles(config, targets[0], sizes, profile=profile_path)
+        if plot is not None:
+            plot_fit(report, plot)
+        fits = report.max_micro_batch > 0
+        payload = report.model_dump(mode="json")
     if as_json:
-        emit_json({**report.model_dump(mode="json"), **({"notes": notes} if config_path or notes else {})})
+        emit_json({**payload, **({"notes": notes} if config_path or notes else {})})
     else:
         for note in notes:
             click.echo(f"note: {note}", err=True)
-        print_fit(report)
+        if len(targets) > 1:
+            print_comparison(comparison)
+        else:
+            print_fit(report)
+    if require_fit and not fits:
+        sys.exit(1)
+
+
+_TOKEN_SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+
+
+def parse_tokens(value: str | None) -> int | None:
+    """A token count such as 500M, 1.5B or 200000, or a ConfigError naming ``--tokens``."""
+    if value is None:
+        return None
+    text = value.strip().lower().replace("_", "").replace(",", "")
+    number, suffix = (text[:-1], text[-1]) if text[-1:] in _TOKEN_SUFFIXES else (text, "")
+    try:
+        count = round(float(number) * _TOKEN_SUFFIXES[suffix])
+    except ValueError:
+        count = 0
+    if count <= 0:
+        raise ConfigError("--tokens", f"'{value}' is not a token count", "e.g. --tokens 500M, 1.5B or 200000")
+    return count
+
+
+def _rate(value: float | None) -> str:
+    """Tokens per second in three significant digits: ``49.9k``, ``1.2M``, ``812``."""
+    if value is None:
+        return "-"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def print_comparison(comparison: CardComparison) -> None:
+    """One row per card, ranked: max micro-batch, tokens/s (low-high), time and price of the tokens."""
+    console = Console()
+    config = comparison.config
+    console.print(
+        f"[bold]{config.model}[/] {config.method.value} {config.precision.value}, seq {config.seq_len}, "
+        f"accumulation {config.gradient_accumulation}"
+    )
+    tokens = comparison.tokens
+    priced = any(o.usd_per_hour is not None for o in comparison.options)
+    amount = _count(tokens) if tokens else "1M"
+    columns = ["card", "max mb", "GiB/usable", "tok/s", "low-high", "time"]
+    if priced:
+        columns += ["$/h", "$"]
+    # Short headers, compact values and a light box: the table stays whole at 80 columns.
+    table = Table(
+        *columns,
+        box=box.SIMPLE_HEAD,
+        caption=f"time and $ for {amount} tokens; tok/s low-high: the step model's interval",
+    )
+    for option in comparison.options:
+        rate = option.tokens_per_second
+        hours = option.hours if tokens else (1_000_000 / rate / 3600 if rate else None)
+        row = [
+            f"[bold]{option.card}[/]" if option.card == comparison.best else option.card,
+            str(option.max_micro_batch) if option.fits else "[red]none[/]",
+            f"{option.peak_bytes / GIB:.1f}/{option.available_bytes / GIB:.1f}",
+            _rate(rate),
+            f"{_rate(option.tokens_per_second_low)}-{_rate(option.tokens_per_second_high)}" if rate else "-",
+            format_duration(hours * 3600 if hours is not None else None),
+        ]
+        if priced:
+            row += [
+                "-" if option.usd_per_hour is None else f"{option.usd_per_hour:.2f}",
+                "-" if option.usd is None else f"{option.usd:,.2f}",
+            ]
+        table.add_row(*row)
+    console.print(table)
+    if comparison.best is None:
+        console.print("[bold red]Fits on none of these cards, not even at micro-batch 1.[/]")
+    else:
+        by = "Cheapest" if comparison.ranked_by == "price" else "Fastest"
+        console.print(f"[bold green]{by} that fits: {comparison.best}[/] (ranked by {comparison.ranked_by})")
+    for option in comparison.options:
+        if option.fits and option.tokens_per_second is None:
+            console.print(f"{option.card}: no time: {option.note}")
+    console.print(f"Includes: {'; '.join(comparison.includes)}.")
+    console.print(f"Expected error: {comparison.expected_error}.")
+
+
+def _count(tokens: int | None) -> str:
+    """``500M``: a token count, short."""
+    if tokens is None:
+        return ""
+    for scale, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "k")):
+        if tokens >= scale:
+            return f"{tokens / scale:g}{suffix}"
+    return str(tokens)
 
 
 # CLI option -> TrainingConfig field ("lora.r": inside ``lora``).
@@ -297,22 +452,46 @@ def print_measured(console: Console, report: FitReport) -> None:
 
 
 def plot_fit(report: FitReport, path: Path) -> None:
-    """Predicted memory against micro-batch, with the card's usable memory as a line."""
-    import matplotlib
+    """Write :func:`draw_fit` of ``report`` to ``path``."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    figure = Figure(figsize=(7, 4))
+    draw_fit(report, figure.subplots())
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def draw_fit(report: FitReport, axes: Any) -> None:
+    """Predicted memory against micro-batch on integer ticks, the card's usable memory as a line,
+    and the max micro-batch marked (the largest that fits, confirmed by a full-depth trace)."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
 
     sizes = [row.micro_batch for row in report.rows]
-    figure, axes = plt.subplots(figsize=(7, 4))
     axes.plot(sizes, [row.peak_bytes / GIB for row in report.rows], marker="o", label="predicted peak (NVML)")
     axes.axhline(
         report.at_max.available_bytes / GIB, color="red", linestyle="--", label=f"{report.card} usable"
     )
+    best = report.max_micro_batch
+    if best:
+        axes.axvline(best, color="green", linestyle=":", label=f"max micro-batch {best}")
+        axes.plot([best], [report.at_max.peak_bytes / GIB], marker="*", markersize=14, color="green")
+    ticks = sorted({*sizes, *([best] if best else [])})
+    if ticks[-1] >= 16 * ticks[0]:  # powers of two across decades: a log axis, ticks at the sizes
+        axes.set_xscale("log", base=2)
+        # Sizes closer than 1.3x would print on top of each other (4096 next to 4097): the max
+        # micro-batch keeps its tick, its near neighbours give theirs up.
+        spaced: list[int] = []
+        for tick in ticks:
+            crowded = bool(spaced) and tick < 1.3 * spaced[-1]
+            near_best = bool(best) and best / 1.3 < tick < best * 1.3
+            if tick == best or (not crowded and not near_best):
+                spaced.append(tick)
+        axes.xaxis.set_major_locator(FixedLocator(spaced))
+        axes.xaxis.set_minor_locator(NullLocator())
+        axes.xaxis.set_major_formatter(ScalarFormatter())
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # micro-batches are whole rows
     axes.set_xlabel("micro-batch")
     axes.set_ylabel("GiB")
     axes.set_title(f"{report.config.model} ({report.config.method.value}, seq {report.config.seq_len})")
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)

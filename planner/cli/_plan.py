@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from planner._files import check_output_file
-from planner.cli._common import PLOT_SUFFIXES, emit_json, parse_budget, user_errors_exit_2
+from planner.cli._common import PLOT_SUFFIXES, emit_json, parse_budget, readable_table, user_errors_exit_2
 from planner.formatting import PARAM_LABELS, format_duration, format_value
 from planner.schema import GIB, MAX_WORKERS, MIB, Plan
 
@@ -28,7 +28,14 @@ from planner.schema import GIB, MAX_WORKERS, MIB, Plan
 def plan_command(
     spec: Path, card: str, budget: str | None, workers: int | None, as_json: bool, plot: Path | None
 ) -> None:
-    """Plan the sweep in SPEC on --card: what fits, each trial's shape and time, and the budget."""
+    """Plan the sweep in SPEC on --card: what fits, each trial's shape and time, and the budget.
+
+    \b
+    Examples:
+      planner plan examples/tiny-sweep/spec.yaml --card cpu
+      planner plan spec.yaml --card rtx-4090 --budget 5h --plot timeline.png
+      planner plan spec.yaml --card a100-80gb --workers 4 --json > plan.json
+    """
     from planner.cards import load_card
     from planner.sweep import check_model_limits, load_spec, plan_for_card
 
@@ -72,24 +79,32 @@ def print_plan(plan: Plan) -> None:
     names = list(dict.fromkeys(name for trial in plan.trials for name in trial.params))
     labels = [PARAM_LABELS.get(name, name) for name in names]
     headers = ["#", *labels, "micro x acc", "steps", "time", "range", "status"]
-    table = Table(*headers, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    rows = []
     for trial in plan.trials:
         values = [format_value(trial.params.get(name, "")) for name in names]
         if trial.time is None:
-            table.add_row(str(trial.number), *values, "-", "-", "-", "-", "[red]infeasible[/]")
+            rows.append([str(trial.number), *values, "-", "-", "-", "-", "[red]infeasible[/]"])
             continue
         time = trial.time
         status = "[green]planned[/]" if trial.status == "planned" else f"[yellow]{trial.status}[/]"
-        table.add_row(
-            str(trial.number),
-            *values,
-            f"{trial.config.micro_batch} x {trial.config.gradient_accumulation}",
-            str(trial.optimizer_steps),
-            format_duration(time.seconds),
-            f"{format_duration(time.low_seconds)}-{format_duration(time.high_seconds)}",
-            status,
+        rows.append(
+            [
+                str(trial.number),
+                *values,
+                f"{trial.config.micro_batch} x {trial.config.gradient_accumulation}",
+                str(trial.optimizer_steps),
+                format_duration(time.seconds),
+                f"{format_duration(time.low_seconds)}-{format_duration(time.high_seconds)}",
+                status,
+            ]
         )
-    console.print(table)
+    if all(trial.status == "planned" for trial in plan.trials):
+        # Every row would say "planned" (the budget line below says so): room for the values.
+        headers, rows = headers[:-1], [row[:-1] for row in rows]
+    whole = ["#", *labels, "micro x acc", "time", "range"]
+    console.print(
+        readable_table(headers, rows, whole=whole, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    )
     if not any(trial.feasible for trial in plan.trials):
         # No total and no budget verdict: "the sweep fits; 0 trial(s) run" would read as success.
         console.print(f"[bold red]No trial can run on {plan.card}[/]: every trial is infeasible (why below).")
@@ -126,29 +141,71 @@ def print_plan(plan: Plan) -> None:
 
 
 def plot_timeline(plan: Plan, path: Path) -> None:
-    """Each planned trial as a bar on its worker's row, with the budget as a vertical line."""
-    import matplotlib
+    """Write :func:`draw_timeline` of ``plan`` to ``path``."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scheduled = [t for t in plan.trials if t.time is not None and t.start_seconds is not None]
-    figure, axes = plt.subplots(figsize=(9, 1.2 + 0.5 * plan.workers))
-    hours = 3600.0 if plan.makespan_seconds > 3 * 3600 else 60.0
-    unit = "hours" if hours == 3600.0 else "minutes"
-    for trial in scheduled:
-        assert trial.time is not None and trial.start_seconds is not None
-        start, width = trial.start_seconds / hours, trial.time.seconds / hours
-        axes.barh(trial.worker or 0, width, left=start, edgecolor="black", alpha=0.7)
-        axes.text(
-            start + width / 2, trial.worker or 0, str(trial.number), ha="center", va="center", fontsize=8
-        )
-    if plan.budget_seconds is not None:
-        axes.axvline(plan.budget_seconds / hours, color="red", linestyle="--", label="budget")
-        axes.legend(loc="lower right")
-    axes.set_yticks(range(plan.workers), [f"worker {w}" for w in range(plan.workers)])
-    axes.set_xlabel(unit)
-    axes.set_title(f"{plan.spec_name} on {plan.card}: predicted timeline")
+    rows = (
+        plan.workers
+        + any(t.status == "over budget" for t in plan.trials)
+        + (not all(t.feasible for t in plan.trials))
+    )
+    figure = Figure(figsize=(9, 1.4 + 0.5 * rows))
+    draw_timeline(plan, figure.subplots())
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
+
+
+def draw_timeline(plan: Plan, axes: Any) -> None:
+    """Each planned trial as a bar on its worker's row, its predicted range as a whisker at its end,
+    the budget as a vertical line; trials over the budget on a row after it, infeasible ones listed.
+
+    The whisker spans the trial's low-high prediction (:class:`~planner.schema.TimeEstimate`);
+    over-budget trials are drawn one after another from the budget line, where they would run
+    with more budget; infeasible trials never run and have no time: their numbers are listed.
+    """
+    scheduled = [t for t in plan.trials if t.time is not None and t.start_seconds is not None]
+    over = [t for t in plan.trials if t.status == "over budget" and t.time is not None]
+    infeasible = [t.number for t in plan.trials if not t.feasible]
+    longest = max([plan.makespan_seconds, plan.budget_seconds or 0.0])
+    scale, unit = (
+        (3600.0, "hours") if longest > 3 * 3600 else (60.0, "minutes") if longest > 120 else (1.0, "seconds")
+    )
+    labels = [f"worker {w}" for w in range(plan.workers)]
+    for trial in scheduled:
+        assert trial.time is not None and trial.start_seconds is not None
+        start, width, row = trial.start_seconds / scale, trial.time.seconds / scale, trial.worker or 0
+        axes.barh(row, width, left=start, color="tab:blue", edgecolor="black", alpha=0.7)
+        axes.text(start + width / 2, row, str(trial.number), ha="center", va="center", fontsize=8)
+        end, low, high = start + width, trial.time.low_seconds / scale, trial.time.high_seconds / scale
+        axes.errorbar(
+            end, row, xerr=[[width - low], [high - width]], fmt="none", ecolor="black", capsize=3, lw=1
+        )
+    if over:
+        row, start = len(labels), (plan.budget_seconds or 0.0) / scale
+        labels.append("over budget")
+        for trial in over:
+            assert trial.time is not None
+            width = trial.time.seconds / scale
+            axes.barh(row, width, left=start, color="lightgrey", edgecolor="grey", hatch="//")
+            axes.text(start + width / 2, row, str(trial.number), ha="center", va="center", fontsize=8)
+            start += width
+    if infeasible:
+        labels.append("infeasible")
+        axes.text(
+            0,
+            len(labels) - 1,
+            "  " + ", ".join(f"#{n}" for n in infeasible) + ": cannot run (why: `planner plan`)",
+            ha="left",
+            va="center",
+            fontsize=8,
+            color="tab:red",
+        )
+    if plan.budget_seconds is not None:
+        axes.axvline(plan.budget_seconds / scale, color="red", linestyle="--", label="budget")
+    axes.errorbar([], [], xerr=[], fmt="none", ecolor="black", capsize=3, lw=1, label="predicted low-high")
+    axes.legend(loc="lower right", fontsize=8)
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_ylim(len(labels) - 0.5, -0.5)  # worker 0 on top, over budget and infeasible below
+    axes.set_xlim(left=0)
+    axes.set_xlabel(unit)
+    axes.set_title(f"{plan.spec_name} on {plan.card}: predicted timeline")

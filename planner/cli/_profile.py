@@ -57,6 +57,11 @@ def profile_command(
 
     The profile is saved, and `planner fit` then uses it: calibrated CUDA overheads, and measured
     figures beside the predicted ones.
+
+    \b
+    Examples:
+      planner profile Qwen/Qwen2.5-0.5B --method lora --seq-len 1024 --find-max
+      planner profile examples/tiny-llama --device cpu --micro-batch 1,4 --json
     """
     from planner.profiler import MEASURED_ENV, ProfileStore, device_card, local_device, profile_config
 

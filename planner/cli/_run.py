@@ -11,10 +11,9 @@ from typing import Literal
 import click
 from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from planner._files import check_output_dir, check_output_file, check_sqlite_database, read_model
-from planner.cli._common import emit_json, parse_budget, user_errors_exit_2
+from planner.cli._common import emit_json, parse_budget, readable_table, user_errors_exit_2
 from planner.cli._plan import infeasible_groups
 from planner.errors import ConfigError
 from planner.formatting import format_params
@@ -169,7 +168,17 @@ def run_command(
     report_to: str,
     as_json: bool,
 ) -> None:
-    """Run the sweep in SPEC: the planned trials that fit the budget, resumable after any crash."""
+    """Run the sweep in SPEC: the planned trials that fit the budget, resumable after any crash.
+
+    Run it again to continue: trials cut by the budget or a crash resume from their checkpoints.
+    With --report-to, each trial is a run named <study>-trial-<n>, grouped by the study.
+
+    \b
+    Examples:
+      planner run examples/tiny-sweep/spec.yaml --card cpu --budget 10m
+      planner run spec.yaml --gpus 0,1,2,3 --report-to tensorboard
+      planner run spec.yaml --storage postgresql://user@host/db  # several hosts
+    """
     from planner.cards import load_card, this_machine_card
     from planner.executor import (
         LiveObserver,
@@ -275,7 +284,15 @@ def results_command(
     export_form: Literal["spec", "axolotl"],
     as_json: bool,
 ) -> None:
-    """Every trial of the sweep (run, waiting, infeasible) and the best configuration."""
+    """Every trial of the sweep (run, waiting, infeasible) and the best configuration.
+
+    \b
+    Examples:
+      planner results spec.yaml
+      planner results spec.yaml --export best.yaml
+      planner fit --config best.yaml --card l4   # the best config, read back
+      planner results --storage sqlite:///sweep.db --study my-sweep --json
+    """
     from planner.executor import export_best, load_results
 
     if export is not None:
@@ -288,20 +305,9 @@ def results_command(
         emit_json(results.model_dump(mode="json"))
         return
     console = Console()
-    table = Table(
-        "trial",
-        "params",
-        "status",
-        results.objective or "value",
-        "micro x acc",
-        "time / pred",
-        "peak GiB",
-        "note",
-        title=f"{results.study} ({results.direction})",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-    )
+    objective = results.objective or "value"
+    headers = ["trial", "params", "status", objective, "micro x acc", "time / pred", "peak GiB", "note"]
+    rows = []
     for trial in results.trials:
         shape = f"{trial.micro_batch} x {trial.gradient_accumulation}" if trial.micro_batch else "-"
         time = (
@@ -316,16 +322,27 @@ def results_command(
             notes.append(f"continues #{trial.continues}")
         if trial.fix:
             notes.append(f"fix: {trial.fix}")
-        table.add_row(
-            f"[bold]{trial.number}[/]" if trial.number == results.best else str(trial.number),
-            format_params(trial.params),
-            trial.status,
-            f"{trial.value:.4g}" if trial.value is not None else "-",
-            shape,
-            time,
-            f"{trial.peak_memory_bytes / GIB:.2f}" if trial.peak_memory_bytes else "-",
-            "; ".join(n for n in notes if n),
+        rows.append(
+            [
+                f"[bold]{trial.number}[/]" if trial.number == results.best else str(trial.number),
+                format_params(trial.params),
+                trial.status,
+                f"{trial.value:.4g}" if trial.value is not None else "-",
+                shape,
+                time,
+                f"{trial.peak_memory_bytes / GIB:.2f}" if trial.peak_memory_bytes else "-",
+                "; ".join(n for n in notes if n),
+            ]
         )
+    table = readable_table(
+        headers,
+        rows,
+        whole=["trial", "params", "status", objective],
+        title=f"{results.study} ({results.direction})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     console.print(table)
     if results.best is not None:
         best = next(t for t in results.trials if t.number == results.best)
@@ -346,13 +363,22 @@ def results_command(
 def report_command(
     spec: Path | None, storage: str | None, study: str | None, out: Path, as_json: bool
 ) -> None:
-    """PNG plots of the sweep: loss curves, predicted vs measured time, and memory per trial."""
-    from planner.executor import load_results, write_report
+    """PNG plots of the sweep: Optuna's timeline, intermediate values and parameter importances;
+    training-loss curves, and predicted vs measured time and memory per trial.
+
+    \b
+    Examples:
+      planner report spec.yaml --out plots/
+      planner report --storage postgresql://host/db --study sweep --out plots/
+    """
+    from planner.executor import load_sweep_study, write_report
 
     check_output_dir(out, field="--out")
-    paths = write_report(load_results(*_study_of(spec, storage, study)), out)
+    report = write_report(load_sweep_study(*_study_of(spec, storage, study)), out)
     if as_json:
-        emit_json({"written": [str(p) for p in paths]})
+        emit_json({"written": [str(p) for p in report.written], "skipped": report.skipped})
     else:
-        for path in paths:
+        for path in report.written:
             click.echo(f"wrote {path}")
+        for skipped in report.skipped:
+            click.echo(f"left out {skipped}")

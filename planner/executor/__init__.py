@@ -12,6 +12,7 @@ from planner.executor._results import (
     TrialResult,
     export_best,
     load_results,
+    load_sweep_study,
     oom_records,
     sweep_results,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "export_best",
     "learned_ratio",
     "load_results",
+    "load_sweep_study",
     "oom_records",
     "open_storage",
     "open_study",

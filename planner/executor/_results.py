@@ -165,6 +165,11 @@ def sweep_results(study: optuna.Study) -> SweepResults:
 
 def load_results(storage_url: str, study_name: str) -> SweepResults:
     """Results of the study ``study_name`` in ``storage_url`` (reading creates no SQLite file)."""
+    return sweep_results(load_sweep_study(storage_url, study_name))
+
+
+def load_sweep_study(storage_url: str, study_name: str) -> optuna.Study:
+    """The sweep's Optuna study, or a one-line error when there is none (creates no SQLite file)."""
     from planner.executor._study import open_storage, sqlite_path
 
     database = sqlite_path(storage_url)
@@ -173,12 +178,11 @@ def load_results(storage_url: str, study_name: str) -> SweepResults:
             "study", f"no study '{study_name}' in {storage_url} (no such file)", "run `planner run` first"
         )
     try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+        return optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
     except KeyError:
         raise ConfigError(
             "study", f"no study '{study_name}' in {storage_url}", "run `planner run` first, or pass --study"
         ) from None
-    return sweep_results(study)
 
 
 ExportForm = Literal["spec", "axolotl"]

@@ -11,8 +11,24 @@ study and takes WAITING trials from it. What this module adds on top:
   claims, as SQLite does not lock the row it reads;
 - a trial left RUNNING by a dead worker (its PID gone on this host, or no heartbeat for
   ``STALE_SECONDS`` from another host) is failed and continued by a new trial that resumes from
-  its checkpoints; a trial cut by the budget is continued the same way on the next run. A lock
-  study named ``<study>.continue-<n>`` makes each continuation happen exactly once.
+  its checkpoints; a trial cut by the budget is continued the same way on the next run. Recovery
+  runs under a lock of the study (:func:`study_lock`: the SQLite file's lock, a PostgreSQL
+  advisory lock, MySQL's named lock), and a trial counts as continued when a trial with
+  ``continues: n`` exists, so each continuation happens exactly once and the storage holds the
+  user's study alone: no lock studies or tables of ours (``optuna.get_all_study_names`` lists
+  exactly the sweeps).
+
+How trials end, in Optuna's states (what optuna-dashboard and Optuna's samplers read), with the
+reason in the trial's ``reason`` user attr and our finer ``status`` beside it:
+
+- cut by the budget (``status: budget``) and never run for the budget (``over budget``):
+  ``PRUNED``. The sweep stopped them early by its own rule, as a pruner does; Optuna's state
+  says "pruned with TrialPruned" (optuna/trial/_state.py) and is not an error, and what they
+  reported before the cut is a real measurement that TPE keeps (it ranks PRUNED trials by their
+  last intermediate value: optuna/samplers/_tpe/sampler.py, ``_split_trials``).
+- diverged, crashed, interrupted by a dead worker or the machine: ``FAIL``. Optuna itself
+  fails a trial whose objective is NaN (optuna/study/_tell.py, ``_check_values_are_feasible``),
+  which is what a diverged loss is on its way to; TPE leaves FAIL trials out.
 """
 
 from __future__ import annotations
@@ -39,6 +55,8 @@ STALE_SECONDS = 6 * HEARTBEAT_SECONDS
 ENQUEUE_WAIT_SECONDS = 120.0
 """How long a worker that did not create the study waits for its creator to enqueue the plan."""
 RESUMABLE = ("interrupted", "budget")
+"""Statuses of ended trials that recovery continues from their checkpoints."""
+ENDED = (TrialState.FAIL, TrialState.PRUNED)
 
 
 def worker_identity() -> dict[str, Any]:
@@ -106,6 +124,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
 SCHEMA_LOCK_KEY = 0x706C616E6E6572  # "planner": any constant shared by every worker works
 """The PostgreSQL advisory lock taken while a worker creates or checks Optuna's tables."""
+STUDY_LOCK_CLASS = 0x706C6E72  # "plnr": the first half of a study's two-key advisory lock
+"""PostgreSQL advisory locks of a study are (this, the study's id): one per study and database."""
 
 
 @contextlib.contextmanager
@@ -125,18 +145,71 @@ def _schema_lock(url: str) -> Iterator[None]:
 
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
-        with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-            connection.commit()
-            try:
-                yield
-            finally:
-                connection.execute(
-                    sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY}
-                )
-                connection.commit()
+        with _advisory_lock(engine, SCHEMA_LOCK_KEY):
+            yield
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine: Any, *key: int) -> Iterator[None]:
+    """A PostgreSQL session-level advisory lock on a connection of its own, held while inside.
+
+    Advisory locks live in the server's memory, not in any table (PostgreSQL docs, "Advisory
+    Locks"); the server releases one when its connection closes, so a killed worker's lock goes
+    with it.
+    """
+    import sqlalchemy
+
+    arguments = ", ".join(f":k{index}" for index in range(len(key)))
+    values = {f"k{index}": value for index, value in enumerate(key)}
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({arguments})"), values)
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text(f"SELECT pg_advisory_unlock({arguments})"), values)
+            connection.commit()
+
+
+@contextlib.contextmanager
+def study_lock(study: optuna.Study, storage_url: str) -> Iterator[None]:
+    """Serialise one section across every worker of ``study``, leaving nothing in the storage.
+
+    SQLite: the database file's lock file (as claims). PostgreSQL: an advisory lock keyed by the
+    study's id, on the storage's own engine. MySQL: its named lock, ``GET_LOCK`` (MySQL manual,
+    "Locking Functions": held by the session, released when it ends; no MySQL server here tests
+    it). Another database's recovery is not serialised: two workers starting at the same moment
+    could both continue a trial.
+    """
+    storage = study._storage
+    rdb = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
+    if storage_url.startswith("postgresql"):
+        assert isinstance(rdb, optuna.storages.RDBStorage)  # every sweep's storage (open_storage)
+        with _advisory_lock(rdb.engine, STUDY_LOCK_CLASS, study._study_id):
+            yield
+    elif storage_url.startswith("mysql"):
+        assert isinstance(rdb, optuna.storages.RDBStorage)
+        with _mysql_named_lock(rdb.engine, f"vram-planner-study-{study._study_id}"):
+            yield
+    else:
+        with claim_lock(storage_url):
+            yield
+
+
+@contextlib.contextmanager
+def _mysql_named_lock(engine: Any, name: str) -> Iterator[None]:
+    """MySQL's ``GET_LOCK(name, -1)`` (a negative timeout waits as long as it takes) on a
+    connection of its own, released with ``RELEASE_LOCK``."""
+    import sqlalchemy
+
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": name})
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
 
 
 def sqlite_path(url: str) -> str | None:
@@ -254,13 +327,14 @@ def open_study(spec: SweepSpec, plan: Plan, storage_url: str, name: str) -> optu
 def recover(study: optuna.Study, storage_url: str) -> list[FrozenTrial]:
     """Fail trials of dead workers, then continue every interrupted or budget-cut trial once.
 
-    The lock study ``<study>.continue-<n>`` is what says trial n has been continued (a finished
-    trial's attrs cannot change); the continuation carries ``continues: n``.
+    Both happen under :func:`study_lock`; a trial whose number some trial's ``continues`` attr
+    holds has been continued already (by this or another worker, in this run or an earlier one).
 
     Returns the trials it continued (as they ended: interrupted or cut by the budget).
     """
     storage = study._storage
-    with claim_lock(storage_url):
+    continued = []
+    with study_lock(study, storage_url):
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             worker = trial.user_attrs.get("worker")
             if worker is None or _worker_alive(worker, trial.user_attrs.get("heartbeat")):
@@ -272,24 +346,22 @@ def recover(study: optuna.Study, storage_url: str) -> list[FrozenTrial]:
                     trial._trial_id, "reason", f"its worker (pid {worker.get('pid')}) died"
                 )
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    continued = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        attrs = trial.user_attrs
-        if attrs.get("status") not in RESUMABLE or "planned" not in attrs:
-            continue
-        try:
-            optuna.create_study(study_name=f"{study.study_name}.continue-{trial.number}", storage=storage)
-        except optuna.exceptions.DuplicatedStudyError:
-            continue  # another worker continues it
-        params = trial.system_attrs.get("fixed_params", trial.params)
-        keep: dict[str, Any] = {k: attrs[k] for k in ("planned", "order", "output_dir") if k in attrs}
-        result = attrs.get("result", {})
-        if "micro_batch" in result:  # continue with the shape an OOM left it at
-            keep.update(
-                micro_batch=result["micro_batch"], gradient_accumulation=result["gradient_accumulation"]
-            )
-        study.enqueue_trial(params, user_attrs={**keep, "continues": trial.number})
-        continued.append(trial)
+        trials = study.get_trials(deepcopy=False)
+        done = {t.user_attrs["continues"] for t in trials if "continues" in t.user_attrs}
+        for trial in trials:
+            attrs = trial.user_attrs
+            resumable = trial.state in ENDED and attrs.get("status") in RESUMABLE
+            if not resumable or "planned" not in attrs or trial.number in done:
+                continue
+            params = trial.system_attrs.get("fixed_params", trial.params)
+            keep: dict[str, Any] = {k: attrs[k] for k in ("planned", "order", "output_dir") if k in attrs}
+            result = attrs.get("result", {})
+            if "micro_batch" in result:  # continue with the shape an OOM left it at
+                keep.update(
+                    micro_batch=result["micro_batch"], gradient_accumulation=result["gradient_accumulation"]
+                )
+            study.enqueue_trial(params, user_attrs={**keep, "continues": trial.number})
+            continued.append(trial)
     return continued
 
 
@@ -319,8 +391,6 @@ def claim(study: optuna.Study, frozen: FrozenTrial, storage_url: str) -> optuna.
 
 
 def delete_study(storage_url: str, name: str) -> None:
-    """Delete a study and its continuation locks (tests and a fresh re-run of a sweep)."""
-    storage = open_storage(storage_url)
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        if summary.study_name == name or summary.study_name.startswith(f"{name}.continue-"):
-            optuna.delete_study(study_name=summary.study_name, storage=storage)
+    """Delete a study (tests and a fresh re-run of a sweep); it is all a sweep keeps in the storage."""
+    with contextlib.suppress(KeyError):  # none by that name: nothing to delete
+        optuna.delete_study(study_name=name, storage=open_storage(storage_url))

@@ -74,6 +74,9 @@ class TrialConfig:
     """Where to write checkpoints; a continued trial finds its predecessor's here."""
     resume: bool
     """True when an interrupted trial continues: load the latest checkpoint in ``output_dir``."""
+    run_name: str = "trial"
+    """The trial's name for your experiment tracker (``<study>-trial-<number>``); the study's name
+    is in ``WANDB_RUN_GROUP`` when the sweep was given ``report_to``."""
 
 
 TrainFunction = Callable[[TrialConfig, Reporter], "float | dict[str, float] | None"]
@@ -235,7 +238,7 @@ class _Worker:
         if predicted > self.deadline.remaining():
             trial.set_user_attr("status", "over budget")
             trial.set_user_attr("reason", f"predicted {predicted:.0f}s exceeds the remaining budget")
-            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.tell(trial, state=TrialState.PRUNED)  # stopped by the budget (see _study)
             self.observer.note(f"trial {trial.number} not run: {trial.user_attrs['reason']}")
             return False
         frozen = self.study.get_trials(deepcopy=False)[trial.number]
@@ -280,6 +283,8 @@ class _Worker:
             predicted_save_seconds=time_parts.get("checkpoints", 0.0) / max(1, planned.checkpoint_saves),
             report_to=self.report_to,
             callbacks=self.callbacks,
+            run_name=f"{self.study.study_name}-trial-{trial.number}",
+            group=self.study.study_name,
         )
         start = time.monotonic()
         try:
@@ -349,9 +354,9 @@ class _Worker:
             state, status, reason = TrialState.FAIL, "failed", error
         elif outcome.failed is not None:
             state, status, reason = TrialState.FAIL, "failed", outcome.failed
-        elif log.stopped == "pruned":
-            state, status, reason = TrialState.PRUNED, "pruned", log.reason
-        elif log.stopped is not None:
+        elif log.stopped in ("pruned", "budget"):  # stopped early by a rule, not an error (see _study)
+            state, status, reason = TrialState.PRUNED, log.stopped, log.reason
+        elif log.stopped is not None:  # diverged
             state, status, reason = TrialState.FAIL, log.stopped, log.reason
         elif value is None:
             state, status = TrialState.FAIL, "failed"
@@ -460,6 +465,7 @@ def run_function(
             hyper=run.planned.hyper,
             output_dir=run.output_dir,
             resume=resume,
+            run_name=run.run_name,
         )
         try:
             returned = fn(trial_config, run.reporter)

@@ -7,12 +7,13 @@ resumes from the trial's last checkpoint, or restarts when there is none.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -45,6 +46,10 @@ class TrialRun:
     predicted_save_seconds: float = 0.0
     report_to: Sequence[str] = ()
     callbacks: Sequence[TrainerCallback] = ()
+    run_name: str = "trial"
+    """The trial's name for experiment trackers: ``<study>-trial-<number>``."""
+    group: str = "sweep"
+    """What groups the sweep's runs in the trackers: the study's name."""
 
 
 @dataclass
@@ -162,7 +167,8 @@ def run_trial(run: TrialRun, attempt: Attempt) -> TrialOutcome:
     while True:
         out_of_memory = False
         try:
-            attempt(run, outcome, resume)
+            with tracker_environment(run, run.spec.output_dir / "runs"):
+                attempt(run, outcome, resume)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -203,6 +209,35 @@ def run_trial(run: TrialRun, attempt: Attempt) -> TrialOutcome:
     return outcome
 
 
+@contextlib.contextmanager
+def tracker_environment(run: TrialRun, runs_dir: Path) -> Iterator[None]:
+    """The trial's name and the sweep's group where the trackers ``report_to`` names read them.
+
+    Trainer's integrations take the run's name from ``TrainingArguments.run_name`` but their
+    grouping from the environment (transformers/integrations/integration_utils.py): W&B's
+    ``wandb.init`` reads ``WANDB_RUN_GROUP``; ``TensorBoardCallback`` writes to
+    ``TENSORBOARD_LOGGING_DIR`` (else a timestamped folder under the trial's output directory),
+    so each trial gets ``<dir>/<run_name>`` and ``tensorboard --logdir <dir>`` shows the sweep's
+    trials side by side. A group or directory the user set already is kept (the directory as the
+    parent of the trials'). Restored afterwards: trials of one process run one after another.
+    """
+    if not run.report_to:
+        yield
+        return
+    saved = {key: os.environ.get(key) for key in ("WANDB_RUN_GROUP", "TENSORBOARD_LOGGING_DIR")}
+    os.environ["WANDB_RUN_GROUP"] = saved["WANDB_RUN_GROUP"] or run.group
+    parent = Path(saved["TENSORBOARD_LOGGING_DIR"] or runs_dir)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(parent / run.run_name)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def trainer_attempt(run: TrialRun, outcome: TrialOutcome, resume: bool) -> None:
     """The built-in recipe: Trainer over the spec's local dataset, as the trial's config says."""
     from transformers import Trainer, TrainingArguments, set_seed
@@ -219,6 +254,7 @@ def trainer_attempt(run: TrialRun, outcome: TrialOutcome, resume: bool) -> None:
         }
     )
     arguments = training_arguments(spec, planned, run.output_dir, run.report_to)
+    arguments["run_name"] = run.run_name
     outcome.training_arguments = training_arguments(spec, planned, None, run.report_to)
     tokenizer = tokenizer_for(spec)
     train, evaluation = load_datasets(spec, tokenizer, planned.config.seq_len)

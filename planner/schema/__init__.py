@@ -1,6 +1,7 @@
 """Pydantic models shared by every part of the planner: the project's vocabulary."""
 
 from planner.schema._card import GIB, MIB, Card, Throughput
+from planner.schema._compare import CardComparison, CardOption
 from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstimate
 from planner.schema._plan import DataStats, HalvingRung, Plan, PlannedTrial, TimeEstimate, TimeSource
 from planner.schema._profile import (
@@ -41,6 +42,8 @@ __all__ = [
     "SEARCHABLE",
     "Attention",
     "Card",
+    "CardComparison",
+    "CardOption",
     "DataColumns",
     "DataCounts",
     "DataFormat",

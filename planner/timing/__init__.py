@@ -7,7 +7,7 @@ from planner.timing._kernels import (
     gemm_efficiency,
 )
 from planner.timing._roofline import RooflineStep
-from planner.timing._step import ProfileLookup, StepTimeModel, StepTimes
+from planner.timing._step import ProfileLookup, StepTimeModel, StepTimes, StepTraces
 from planner.timing._trial import TrialWork, count_work, trial_time
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "RooflineStep",
     "StepTimeModel",
     "StepTimes",
+    "StepTraces",
     "TrialWork",
     "attention_efficiency",
     "count_work",

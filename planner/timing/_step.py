@@ -8,7 +8,7 @@ profiles (``calibrated``), or taken at the documented default efficiencies (``de
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from planner.errors import ProfileError
@@ -57,14 +57,28 @@ def _config_shape(config: TrainingConfig) -> TrainingConfig:
     return config.with_changes(gradient_accumulation=1, torch_compile=False).step_shape()
 
 
-class StepTimeModel:
-    """Step times for configs on one card, caching the shallow traces the roofline needs."""
+@dataclass
+class StepTraces:
+    """Shallow traces' op costs, by config shape, CUDA target and micro-batch (or depth).
 
-    def __init__(self, card: Card, profiles: ProfileLookup | None = None) -> None:
+    A trace's FLOPs and bytes depend on the card only through what CUDA would run (its
+    :class:`~planner.step.CudaTarget`): models of cards sharing one share these.
+    """
+
+    costs: dict[tuple[str, Any, int], dict[int, dict[str, PhaseCosts]]] = field(default_factory=dict)
+    tracers: dict[tuple[str, Any, int], CostedTracer] = field(default_factory=dict)
+
+
+class StepTimeModel:
+    """Step times for configs on one card, caching the shallow traces the roofline needs
+    (in ``traces``: give several cards' models one to trace each shape once)."""
+
+    def __init__(
+        self, card: Card, profiles: ProfileLookup | None = None, traces: StepTraces | None = None
+    ) -> None:
         self.card = card
         self.profiles = profiles
-        self._shallow: dict[tuple[str, int], dict[int, dict[str, PhaseCosts]]] = {}
-        self._tracers: dict[tuple[str, int], CostedTracer] = {}
+        self.traces = traces if traces is not None else StepTraces()
         self._steps: dict[tuple[str, bool, int], RooflineStep] = {}
         self._scale: tuple[float, tuple[float, float] | None, str] | None = None
 
@@ -73,23 +87,23 @@ class StepTimeModel:
         """Roofline seconds of a full-depth step at default efficiencies (no calibration)."""
         hf_config = load_model_config(config.model)
         shape = _config_shape(config)
-        key = (shape.key, micro_batch)
-        if key not in self._shallow:
+        cuda = cuda_target(self.card, shape, hf_config)
+        key = (shape.key, cuda, micro_batch)
+        costs = self.traces.costs
+        if key not in costs:
             depths = probe_depths(hf_config)
-            self._shallow[key] = {d: self._tracer(shape, hf_config, d).costs(micro_batch) for d in depths}
+            costs[key] = {d: self._tracer(shape, hf_config, cuda, d).costs(micro_batch) for d in depths}
         step_key = (shape.key, config.torch_compile, micro_batch)
         if step_key not in self._steps:  # a sweep asks for the same step once per trial
-            depth = num_layers(hf_config)
-            self._steps[step_key] = roofline_step(self._shallow[key], depth, self.card, config)
+            self._steps[step_key] = roofline_step(costs[key], num_layers(hf_config), self.card, config)
         return self._steps[step_key]
 
-    def _tracer(self, shape: TrainingConfig, hf_config: Any, depth: int) -> CostedTracer:
-        """One built shallow model per config and depth, traced at every micro-batch asked."""
-        key = (shape.key, depth)
-        if key not in self._tracers:
-            cuda = cuda_target(self.card, shape, hf_config)
-            self._tracers[key] = CostedTracer(truncated_config(hf_config, depth), shape, cuda=cuda)
-        return self._tracers[key]
+    def _tracer(self, shape: TrainingConfig, hf_config: Any, cuda: Any, depth: int) -> CostedTracer:
+        """One built shallow model per config, CUDA target and depth, traced at every micro-batch asked."""
+        key = (shape.key, cuda, depth)
+        if key not in self.traces.tracers:
+            self.traces.tracers[key] = CostedTracer(truncated_config(hf_config, depth), shape, cuda=cuda)
+        return self.traces.tracers[key]
 
     def _calibration(self) -> tuple[float, tuple[float, float] | None, str]:
         """(scale, relative interval, note): measured/roofline over the card's CUDA profiles.

@@ -116,3 +116,96 @@ def test_fit_takes_torch_compile_and_says_memory_is_eagers(tiny_models: dict[str
     assert any("estimated as eager's" in note for note in report["notes"])
     eager = json.loads(run(*args, "--json").output)
     assert eager["config"]["torch_compile"] is False and "notes" not in eager
+
+
+CARDS = "rtx-4090,l4,a100-80gb,h100-sxm"
+
+
+def test_several_cards_in_one_table_ranked_cheapest_first(tiny_models: dict[str, str], tmp_path):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("rtx-4090: 0.69\nh100-sxm: 2.99\nA100 80GB: 1.79\n")  # names as `planner cards` takes
+    common = ["fit", tiny_models["llama"], "--seq-len", "64", "--card", CARDS, "--tokens", "200M"]
+    table = CliRunner(env={"COLUMNS": "80"}).invoke(cli, [*common, "--prices", str(prices)])
+    assert table.exit_code == 0, table.output
+    assert all(len(line) <= 80 for line in table.output.splitlines()), table.output
+    assert "…" not in table.output  # nothing truncated
+    payload = json.loads(run(*common, "--prices", str(prices), "--json").output)
+    options = payload["options"]
+    assert {o["card"] for o in options} == set(CARDS.split(","))
+    assert payload["ranked_by"] == "price" and payload["tokens"] == 200_000_000
+    priced = [o for o in options if o["usd_per_hour"] is not None]
+    assert [o["card"] for o in options[: len(priced)]] == [o["card"] for o in priced]  # priced first
+    assert [o["usd"] for o in priced] == sorted(o["usd"] for o in priced)
+    assert payload["best"] == priced[0]["card"]
+    for option in options:
+        assert option["max_micro_batch"] > 0 and option["tokens_per_second"] > 0
+        assert option["hours"] == pytest.approx(2e8 / option["tokens_per_second"] / 3600)
+        line = next(
+            line for line in table.output.splitlines() if line.split() and line.split()[0] == option["card"]
+        )
+        assert str(option["max_micro_batch"]) in line.split()
+    assert f"Cheapest that fits: {payload['best']}" in table.output
+    # Without prices: fastest first.
+    fastest = json.loads(run(*common, "--json").output)
+    rates = [o["tokens_per_second"] for o in fastest["options"]]
+    assert fastest["ranked_by"] == "tokens/s" and rates == sorted(rates, reverse=True)
+
+
+def test_require_fit_exits_1_when_nothing_fits(tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch):
+    fake_gpu(monkeypatch, "NVIDIA GeForce RTX 4090", total_mib=300, free_mib=300, capability=(8, 9))
+    args = ["fit", tiny_models["llama"], "--seq-len", "64", "--card", "local"]
+    assert run(*args).exit_code == 0  # an answer, not an error
+    refused = run(*args, "--require-fit", "--json")
+    assert refused.exit_code == 1 and json.loads(refused.output)["max_micro_batch"] == 0
+    assert (
+        run("fit", tiny_models["llama"], "--seq-len", "64", "--card", "rtx-4090", "--require-fit").exit_code
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--card", "rtx-4090", "--tokens", "1M"], "--tokens"),
+        (["--card", CARDS, "--tokens", "lots"], "--tokens"),
+        (["--card", CARDS, "--micro-batch", "1,2"], "--micro-batch"),
+        (["--card", CARDS, "--prices", "{prices}"], "--prices: rtx-4090"),
+    ],
+)
+def test_bad_comparison_input_is_one_line_exit_2(tiny_models: dict[str, str], tmp_path, args, field):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("rtx-4090: cheap\n")
+    result = run("fit", tiny_models["llama"], "--seq-len", "64", *(a.format(prices=prices) for a in args))
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: {field}") and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("sizes", [None, "1,2,3"])
+def test_fit_plot_has_integer_ticks_and_marks_the_max_micro_batch(tiny_models: dict[str, str], sizes):
+    from matplotlib.figure import Figure
+
+    from planner import TrainingConfig, fit
+    from planner.cli._fit import draw_fit
+
+    config = TrainingConfig(model=tiny_models["llama"], seq_len=64)
+    report = fit(config, "rtx-4090", [int(s) for s in sizes.split(",")] if sizes else None)
+    axes = Figure().subplots()
+    draw_fit(report, axes)
+    figure = axes.figure
+    figure.canvas.draw()
+    ticks = [label.get_text() for label in axes.get_xticklabels() if label.get_text()]
+    assert ticks and all(tick.isdigit() for tick in ticks), ticks
+    labels = axes.get_legend_handles_labels()[1]
+    assert f"max micro-batch {report.max_micro_batch}" in labels
+
+
+@pytest.mark.parametrize(
+    "command", ["fit", "plan", "run", "results", "report", "profile", "cards", "models", None]
+)
+def test_help_has_examples_and_fits_80_columns(command: str | None):
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(cli, [command, "--help"] if command else ["--help"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    examples = lines[lines.index("  Examples:") + 1 :]
+    assert examples and examples[0].strip().startswith("planner ")
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]

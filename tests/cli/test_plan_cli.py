@@ -74,3 +74,51 @@ def test_missing_spec_and_bad_budget_option(tiny_models: dict[str, str], tmp_pat
     spec = write_spec(tmp_path, tiny_models["llama"])
     result = run("plan", str(spec), "--card", "rtx-4090", "--budget", "-5m")
     assert result.exit_code == 2 and "--budget" in result.output
+
+
+def test_plan_table_keeps_every_learning_rate_whole_at_80_columns(
+    tiny_models: dict[str, str], tmp_path: Path
+) -> None:
+    learning_rates = [3.1623e-05, 0.000125, 0.0002]
+    search = {"learning_rate": learning_rates, "weight_decay": [0.0, 0.01], "lora_r": [8, 16]}
+    spec = write_spec(tmp_path, tiny_models["llama"], search=search, budget="1h")
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(cli, ["plan", str(spec), "--card", "rtx-4090"])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output and all(len(line) <= 80 for line in result.output.splitlines())
+    rows = [
+        line.split() for line in result.output.splitlines() if line.split()[:1] and line.split()[0].isdigit()
+    ]
+    assert len(rows) == 12
+    for lr in ("3.1623e-05", "0.000125", "0.0002"):
+        assert sum(lr in row for row in rows) == 4  # the full value, on each of its trials' rows
+
+
+def test_timeline_draws_ranges_over_budget_and_infeasible_trials(
+    tiny_models: dict[str, str], tmp_path: Path
+) -> None:
+    from matplotlib.figure import Figure
+
+    from planner.cli._plan import draw_timeline, plot_timeline
+    from planner.schema import Plan
+
+    spec = write_spec(tmp_path, tiny_models["llama"])
+    plan = Plan.model_validate(json.loads(run("plan", str(spec), "--card", "rtx-4090", "--json").output))
+    first = plan.trials[0]
+    assert first.time is not None
+    # A budget that holds two trials: the others are over it; and one trial that cannot fit.
+    budget = 2 * first.time.seconds + 1e-6
+    trials = [
+        t if i < 2 else t.model_copy(update={"status": "over budget", "start_seconds": None, "worker": None})
+        for i, t in enumerate(plan.trials[:3])
+    ]
+    trials.append(plan.trials[3].model_copy(update={"feasible": False, "status": "infeasible", "time": None}))
+    plan = plan.model_copy(update={"trials": trials, "budget_seconds": budget})
+    axes = Figure().subplots()
+    draw_timeline(plan, axes)
+    assert [label.get_text() for label in axes.get_yticklabels()] == ["worker 0", "over budget", "infeasible"]
+    over = [bar for bar in axes.patches if bar.get_y() < 1 < bar.get_y() + bar.get_height()]
+    assert len(over) == 1 and over[0].get_x() == pytest.approx(budget)  # starts at the budget line (seconds)
+    assert len(axes.containers) >= 2  # each planned trial's low-high whisker
+    assert any(f"#{trials[3].number}:" in text.get_text() for text in axes.texts)
+    plot_timeline(plan, tmp_path / "timeline.png")
+    assert (tmp_path / "timeline.png").stat().st_size > 0

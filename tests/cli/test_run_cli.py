@@ -140,7 +140,14 @@ def test_the_axolotl_export_reads_back_as_the_best_trials_config(
 def test_report_writes_the_plots(swept: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     spec, _ = swept
     written = payload(run("report", spec, "--out", tmp_path / "report", "--json"))["written"]
-    assert sorted(Path(p).name for p in written) == ["losses.png", "memory.png", "time.png"]
+    assert sorted(Path(p).name for p in written) == [
+        "intermediate_values.png",
+        "losses.png",
+        "memory.png",
+        "param_importances.png",
+        "time.png",
+        "timeline.png",
+    ]
     for path in written:
         assert Path(path).read_bytes().startswith(PNG)
 
@@ -196,3 +203,17 @@ def test_export_of_an_unknown_format_exits_2(swept: tuple[Path, dict[str, Any]],
     spec, _ = swept
     result = run("results", spec, "--export", tmp_path / "best.toml")
     assert result.exit_code == 2 and "is not one of the formats .yaml, .yml, .json" in result.output
+
+
+def test_results_table_keeps_learning_rates_whole_at_80_columns(tmp_path: Path, model_dir: Path) -> None:
+    from planner.executor import run_function
+    from tests.executor.conftest import hand_plan
+
+    learning_rates = [3.1623e-05, 0.000125]
+    spec = load_spec(write_spec(tmp_path, model_dir, train=8, search={"learning_rate": learning_rates}))
+    run_function(spec, lambda trial, reporter: trial.hyper.learning_rate, hand_plan(spec, seconds=0.1))
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(cli, ["results", str(tmp_path / "spec.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output and all(len(line) <= 80 for line in result.output.splitlines())
+    for lr in ("lr=3.1623e-05", "lr=0.000125"):
+        assert lr in result.output.split()

@@ -1,23 +1,26 @@
 """The study under several workers: schema creation on an empty database, claims that lose a race,
-recovery messages, and reading results of a sweep that never ran."""
+recovery messages, reading results of a sweep that never ran, and what the storage shows Optuna."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import multiprocessing
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from planner.errors import ConfigError
-from planner.executor import load_results, open_storage, open_study, run_sweep
+from planner.executor import load_results, open_storage, open_study, run_function, run_sweep
 from planner.executor._study import claim, waiting
 from planner.sweep import load_spec
 from tests.executor.conftest import Notes, hand_plan, write_spec
@@ -129,3 +132,46 @@ def test_an_interrupted_trial_without_a_checkpoint_is_said_to_run_again_from_ste
         "trial 0 was interrupted before its first complete checkpoint: running it again from step 0"
     )
     assert continued.continues == 0 and continued.resumed_from_step == 0 and continued.status == "complete"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_storage_holds_exactly_the_users_study_with_each_trials_state_and_reason(
+    tmp_path: Path, tiny_model_dir: Path, backend: str
+) -> None:
+    """Acceptance 14 d: a sweep with a divergence and a budget cut, then a resume, as Optuna reads it."""
+    spec = load_spec(
+        write_spec(tmp_path, tiny_model_dir, train=8, search={"learning_rate": [1e-3, 2e-3, 3e-3]})
+    )
+
+    def train(trial: Any, reporter: Any) -> float:
+        lr = trial.hyper.learning_rate
+        for step in range(1, 10_000):
+            loss = math.nan if lr == 1e-3 and step == 2 else 1.0  # 1e-3 diverges at step 2
+            reporter.report(step, {"loss": loss, "eval_loss": lr})
+            if (lr == 2e-3 and step == 3) or (lr == 3e-3 and trial.resume):
+                return lr  # 2e-3 completes; 3e-3 completes once continued, else runs into the budget
+            time.sleep(0.01)
+        raise AssertionError("unreachable: the budget stops it")
+
+    with contextlib.ExitStack() as stack:
+        url = spec.storage_url if backend == "sqlite" else stack.enter_context(empty_postgres_database())
+        first = run_function(spec, train, hand_plan(spec, seconds=0.1), storage_url=url, budget_seconds=3.0)
+        assert [t.status for t in first.trials] == ["diverged", "complete", "budget"]
+        resumed = run_function(spec, train, hand_plan(spec, seconds=0.1), storage_url=url)
+        assert [(t.status, t.continues) for t in resumed.trials] == [("complete", 2)]
+
+        storage = open_storage(url)
+        assert optuna.get_all_study_names(storage) == [spec.name]  # no lock studies of ours
+        trials = optuna.load_study(study_name=spec.name, storage=storage).get_trials()
+        seen = [(t.state, t.user_attrs["status"], t.params["learning_rate"]) for t in trials]
+        assert seen == [
+            (TrialState.FAIL, "diverged", 1e-3),
+            (TrialState.COMPLETE, "complete", 2e-3),
+            (TrialState.PRUNED, "budget", 3e-3),
+            (TrialState.COMPLETE, "complete", 3e-3),
+        ]
+        reasons = [t.user_attrs["reason"] for t in trials]
+        assert "loss became nan at step 2" in reasons[0] and "budget" in reasons[2]
+        assert reasons[1] is None and reasons[3] is None
+        assert trials[3].user_attrs["continues"] == 2
+        storage.engine.dispose()  # before the database is dropped

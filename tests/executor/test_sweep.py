@@ -177,7 +177,7 @@ def test_budget_cuts_a_running_trial_with_a_checkpoint(
     assert run.elapsed_seconds <= budget * 1.02
     first, cut = run.trials
     assert first.status == "complete" and first.value is not None
-    assert cut.state == "FAIL" and cut.status == "budget"
+    assert cut.state == "PRUNED" and cut.status == "budget"
     assert cut.reason is not None and "inside the budget" in cut.reason
     assert 0 < (cut.steps_done or 0) < 8
     checkpoint = spec.output_dir / f"trial-{cut.number:03d}" / f"checkpoint-{cut.steps_done}"
