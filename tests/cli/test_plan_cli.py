@@ -85,8 +85,11 @@ def test_plan_table_keeps_every_learning_rate_whole_at_80_columns(
     result = CliRunner(env={"COLUMNS": "80"}).invoke(cli, ["plan", str(spec), "--card", "rtx-4090"])
     assert result.exit_code == 0, result.output
     assert "…" not in result.output and all(len(line) <= 80 for line in result.output.splitlines())
+    # Table rows: a trial number, then its learning rate (prose can wrap onto a line starting with a number).
     rows = [
-        line.split() for line in result.output.splitlines() if line.split()[:1] and line.split()[0].isdigit()
+        words
+        for words in (line.split() for line in result.output.splitlines())
+        if len(words) > 1 and words[0].isdigit() and words[1] in {str(lr) for lr in learning_rates}
     ]
     assert len(rows) == 12
     for lr in ("3.1623e-05", "0.000125", "0.0002"):
