@@ -38,7 +38,9 @@ def _fix_candidates(config: TrainingConfig) -> list[tuple[str, dict[str, Any]]]:
         changes.append(
             ("gradient checkpointing (~30% slower steps, same results)", {"gradient_checkpointing": True})
         )
-    if config.optimizer is OptimizerName.ADAMW:
+    if config.optimizer is OptimizerName.ADAMW_TORCH:
+        changes.append(("fused AdamW (adamw_torch_fused, same results)", {"optimizer": OptimizerName.ADAMW}))
+    if config.optimizer in (OptimizerName.ADAMW, OptimizerName.ADAMW_TORCH):
         changes.append(("8-bit AdamW (bitsandbytes)", {"optimizer": OptimizerName.ADAMW_8BIT}))
     if config.method is Method.FULL:
         changes.append(("LoRA instead of full fine-tuning", {"method": Method.LORA}))

@@ -10,7 +10,12 @@ what counts as running out of memory live here too.
 from planner.step._imports import import_bitsandbytes, import_peft
 from planner.step._lora import add_lora, lora_target_candidates
 from planner.step._oom import is_out_of_memory
-from planner.step._optimizers import BITSANDBYTES_OPTIMIZERS, TRAINER_OPTIM_NAMES, make_optimizer
+from planner.step._optimizers import (
+    BITSANDBYTES_OPTIMIZERS,
+    TRAINER_OPTIM_NAMES,
+    make_optimizer,
+    optimizer_implementation,
+)
 from planner.step._setup import (
     TrainingSetup,
     autocast_dtype,
@@ -62,6 +67,7 @@ __all__ = [
     "make_optimizer",
     "model_class",
     "num_layers",
+    "optimizer_implementation",
     "sdpa_backend",
     "task_of",
     "trace_step",
