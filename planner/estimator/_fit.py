@@ -26,7 +26,13 @@ from planner.schema import (
     Precision,
     TrainingConfig,
 )
-from planner.step import BITSANDBYTES_OPTIMIZERS, import_bitsandbytes, import_peft, model_class
+from planner.step import (
+    BITSANDBYTES_OPTIMIZERS,
+    import_bitsandbytes,
+    import_peft,
+    model_class,
+    modelled_stack,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +169,7 @@ def fit(
         at_max=at_max,
         fixes=fixes,
         calibration=estimator.overhead.source,
+        stack=modelled_stack(config, estimator.cuda),
     )
 
 

@@ -1,7 +1,7 @@
 """Pydantic models shared by every part of the planner: the project's vocabulary."""
 
 from planner.schema._card import GIB, MIB, Card, Throughput
-from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstimate
+from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstimate, ModelledStack
 from planner.schema._plan import DataStats, HalvingRung, Plan, PlannedTrial, TimeEstimate, TimeSource
 from planner.schema._profile import (
     MaxBatchSearch,
@@ -53,6 +53,7 @@ __all__ = [
     "MemoryBreakdown",
     "MemoryEstimate",
     "Method",
+    "ModelledStack",
     "Objective",
     "OptimizerName",
     "Plan",

@@ -25,6 +25,7 @@ from planner.step._setup import (
     model_class,
     task_of,
 )
+from planner.step._stack import TRACED_BATCH, modelled_stack
 from planner.step._target import CUDA_BLOCK_BYTES, CudaTarget, check_card_supports, cuda_target, sdpa_backend
 from planner.step._trace import (
     WINDOWS,
@@ -42,6 +43,7 @@ from planner.step._tracker import LiveBytesTracker, LivePeak
 __all__ = [
     "BITSANDBYTES_OPTIMIZERS",
     "CUDA_BLOCK_BYTES",
+    "TRACED_BATCH",
     "TRAINER_OPTIM_NAMES",
     "WINDOWS",
     "AllocationStream",
@@ -66,6 +68,7 @@ __all__ = [
     "lora_target_candidates",
     "make_optimizer",
     "model_class",
+    "modelled_stack",
     "num_layers",
     "optimizer_implementation",
     "sdpa_backend",

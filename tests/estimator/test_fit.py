@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from planner.errors import ConfigError
-from planner.estimator import Estimator, LinearPeak, fit
+from planner.estimator import Estimator, LinearPeak, TraceCache, fit
 from planner.schema import MIB, TrainingConfig
 from planner.step import WINDOWS, PeakSplit, StepTrace
 from tests.conftest import TINY_CONFIGS, make_card, write_model
@@ -26,6 +28,23 @@ def test_linear_fit_predicts_full_depth_traces(deep_llama: str):
         assert estimator.linear.at(micro_batch) == pytest.approx(
             estimator.full_trace(micro_batch).peak, rel=1e-3
         )
+
+
+@pytest.mark.parametrize("arch", list(TINY_CONFIGS))
+def test_the_unconfirmed_answer_agrees_with_full_depth_traces_on_every_architecture(
+    tmp_path: Path, arch: str
+):
+    # Five layers: deeper than both probes, so depth is extrapolated as well as micro-batch.
+    depth_key = "n_layer" if "n_layer" in TINY_CONFIGS[arch] else "num_hidden_layers"
+    model = str(write_model(tmp_path / arch, {**TINY_CONFIGS[arch], depth_key: 5}))
+    lora = {"dropout": 0.0} if arch == "mixtral" else {}  # peft's fused-expert wrapper takes none
+    estimator = Estimator(
+        TrainingConfig(model=model, seq_len=32, lora=lora), make_card(1024), cache=TraceCache()
+    )
+    assert max(estimator.traces.depths) < 5
+    for micro_batch in (1, 6):
+        traced = estimator.full_trace(micro_batch).peak
+        assert estimator.linear.at(micro_batch) == pytest.approx(traced, rel=0.005)
 
 
 def _window(peak: int, activations: int) -> PeakSplit:
