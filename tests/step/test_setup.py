@@ -55,3 +55,17 @@ def test_the_adamw_implementation_is_the_one_trainer_gets_on_the_device(
     trainer_implementation = "fused" if fused else "foreach" if foreach else "for-loop"
     name = next(ours for ours, trainer in TRAINER_OPTIM_NAMES.items() if trainer == optim)
     assert optimizer_implementation(name, on_cuda=on_cuda) == trainer_implementation == implementation
+
+
+def test_the_padded_batchs_mask_rules_flash_out_on_cuda(tiny_models: dict[str, str]):
+    from planner.models import load_model_config
+    from planner.schema import TrainingConfig
+    from planner.step import cuda_target, sdpa_backend
+    from tests.conftest import make_card
+
+    ampere = make_card(24 * 1024, compute_capability="8.6")
+    assert sdpa_backend(ampere, half_precision=True, head_size=64) == "flash"
+    assert sdpa_backend(ampere, half_precision=True, head_size=64, masked=True) == "efficient"
+    config = TrainingConfig(model=tiny_models["llama"], seq_len=32)
+    target = cuda_target(ampere, config, load_model_config(config.model))
+    assert target is not None and target.sdpa_backend == "efficient"
