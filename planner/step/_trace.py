@@ -178,8 +178,9 @@ class StepTracer:
     def trace(self, micro_batch: int) -> StepTrace:
         """Run (or fake) one steady-state training step at ``micro_batch`` and return its peaks.
 
-        A model whose step runs an op with a data-dependent output size (e.g. ``nonzero``) cannot
-        be traced without data: that is a one-line :class:`ConfigError` naming the op.
+        An op with a data-dependent output size (e.g. ``nonzero``) runs on the batch's labels,
+        whose values the trace knows (see :func:`_labels_are_known`); on any other data it cannot
+        be followed without it: that is a one-line :class:`ConfigError` naming the op.
         """
         try:
             return self._trace(micro_batch)
