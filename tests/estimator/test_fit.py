@@ -158,6 +158,23 @@ def test_fixes_offer_lora_and_qlora_for_a_full_fine_tune(deep_llama: str):
     assert qlora.max_micro_batch >= lora.max_micro_batch >= 1
 
 
+def test_fused_adamw_is_offered_where_foreachs_intermediate_is_what_does_not_fit(tmp_path: Path):
+    # Wide and shallow, short rows: the optimizer step is the peak, and foreach AdamW holds one
+    # parameter-sized intermediate there that fused AdamW does not.
+    wide = {"hidden_size": 1024, "intermediate_size": 2048, "num_attention_heads": 8, "vocab_size": 4096}
+    model = str(write_model(tmp_path / "wide", {**TINY_CONFIGS["llama"], **wide}))
+    config = TrainingConfig(model=model, seq_len=16, precision="fp32", optimizer="adamw_torch")
+    estimators = [
+        Estimator(config.with_changes(optimizer=name), make_card(4096), cache=TraceCache())
+        for name in ("adamw", "adamw_torch")
+    ]
+    peaks = [estimator.estimate(1).peak_bytes for estimator in estimators]
+    report = fit(config, make_card(sum(peaks) // 2 // MIB))
+    assert report.max_micro_batch == 0
+    fused = next(fix for fix in report.fixes if fix.change.startswith("fused AdamW"))
+    assert fused.config.optimizer.value == "adamw" and fused.max_micro_batch >= 1
+
+
 def test_bf16_on_a_card_without_bf16_is_refused(deep_llama: str):
     with pytest.raises(ConfigError, match="precision"):
         fit(TrainingConfig(model=deep_llama, precision="bf16"), make_card(16000, compute_capability="7.5"))
