@@ -11,9 +11,11 @@ import pytest
 
 from planner.schema import Card
 
-# Four architectures that cover what the estimator must get right: grouped-query attention
-# (Llama), learned positions + dropout + LayerNorm (GPT-2), an encoder classifier (BERT), and
-# attention biases (Qwen2).
+# Architectures that cover what the estimator must get right: grouped-query attention (Llama),
+# learned positions + dropout + LayerNorm (GPT-2), an encoder classifier (BERT), mixture of experts
+# (Mixtral), a relative-position classifier whose loss runs a data-dependent op (DeBERTa-v2),
+# attention biases (Qwen2), and sliding-window attention shorter than the traced sequences
+# (Mistral: transformers builds a banded 4-D mask rather than running causal SDPA).
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "llama": {
         "architectures": ["LlamaForCausalLM"],
@@ -88,6 +90,19 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "vocab_size": 512,
         "max_position_embeddings": 256,
         "tie_word_embeddings": True,
+    },
+    "mistral-sliding": {
+        "architectures": ["MistralForCausalLM"],
+        "model_type": "mistral",
+        "hidden_size": 64,
+        "intermediate_size": 160,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 512,
+        "max_position_embeddings": 256,
+        "sliding_window": 16,
+        "tie_word_embeddings": False,
     },
 }
 

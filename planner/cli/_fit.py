@@ -421,6 +421,12 @@ def print_fit(report: FitReport) -> None:
     if report.measured:
         print_measured(console, report)
     console.print(f"Includes: {'; '.join(report.at_max.includes)}.")
+    if report.stack is not None:
+        stack = report.stack
+        console.print(
+            f"Modelled: torch {stack.torch}, transformers {stack.transformers}, optim {stack.trainer_optim} "
+            f"({stack.optimizer_implementation}), SDPA {stack.attention}, {stack.batch}."
+        )
     console.print(f"Expected error: {report.at_max.expected_error}.")
     linear = next((row for row in report.rows if not row.traced), None)
     if linear is not None and linear.expected_error != report.at_max.expected_error:

@@ -8,7 +8,9 @@ key as the file spells it.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping
+from importlib.metadata import version
 from typing import Any, Literal, get_args
 
 from pydantic import (
@@ -29,10 +31,11 @@ FORMATS: tuple[Format, ...] = get_args(Format)
 
 # ``TrainingArguments.optim`` names (transformers ``OptimizerNames``; axolotl's ``optimizer`` and
 # LLaMA-Factory's ``optim`` take the same values) -> the optimizer the estimator builds. The fused
-# and unfused torch AdamW keep the same state; ``adamw_hf`` is the pre-5.0 name of the same maths.
+# and unfused torch AdamW keep the same state but not the same step: unfused runs foreach on CUDA,
+# with parameter-sized intermediates. ``adamw_hf`` is the pre-5.0 name of the same maths.
 OPTIMIZER_NAMES: dict[str, OptimizerName] = {
     "adamw": OptimizerName.ADAMW,
-    "adamw_torch": OptimizerName.ADAMW,
+    "adamw_torch": OptimizerName.ADAMW_TORCH,
     "adamw_torch_fused": OptimizerName.ADAMW,
     "adamw_hf": OptimizerName.ADAMW,
     "adamw_8bit": OptimizerName.ADAMW_8BIT,
@@ -83,6 +86,14 @@ def did_you_mean(value: str, choices: Iterable[str], cutoff: float = 0.6) -> str
     """`` (did you mean 'x'?)`` for the closest choice, or nothing."""
     close = difflib.get_close_matches(value, list(choices), n=1, cutoff=cutoff)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def trainer_default_optim() -> str:
+    """``TrainingArguments.optim``'s default under the installed torch: ``adamw_torch_fused`` from
+    torch 2.8 on, ``adamw_torch`` before (transformers' ``TrainingArguments.default_optim``; read
+    from torch's version, since importing transformers' training_args takes seconds)."""
+    major, minor = (int(part) for part in re.findall(r"\d+", version("torch"))[:2])
+    return "adamw_torch_fused" if (major, minor) >= (2, 8) else "adamw_torch"
 
 
 def optimizer_from_name(key: str, value: object) -> OptimizerName:

@@ -21,6 +21,7 @@ from planner.configs._common import (
     optimizer_from_name,
     precision_from_flags,
     scheduler_from_name,
+    trainer_default_optim,
     warmup,
 )
 from planner.errors import ConfigError
@@ -67,7 +68,7 @@ def read_trainer_args(source: Source, fields: dict[str, Any], training: dict[str
     )
     if not source.has("per_device_train_batch_size"):
         source.note("per_device_train_batch_size unset: 8 (TrainingArguments' default)")
-    fields["optimizer"] = optimizer_from_name("optim", source.value("optim", "adamw_torch"))
+    fields["optimizer"] = optimizer_from_name("optim", source.value("optim", trainer_default_optim()))
     max_steps = source.number("max_steps", int)
     training.update(
         learning_rate=source.number("learning_rate", float, 5e-5),

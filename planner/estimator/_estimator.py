@@ -29,6 +29,8 @@ REPLAYED_ERROR = (
 INCLUDES = [
     "weights (with 4-bit quant state), gradients, optimizer state",
     "activations saved for backward and temporaries (logits, fp32 loss upcast) at the step's peak",
+    "a padded collator batch (input ids, attention mask the model expands, labels -100 at padding)",
+    "the optimizer step as the optim runs on the device (foreach AdamW's parameter-sized intermediate)",
     "CUDA caching-allocator 512-byte block rounding, cuBLAS workspace",
     "CUDA context; reserved memory: fully traced rows replay the step's allocations through the "
     "caching-allocator model (segments, splitting, caching), linear-fit rows add a fragmentation margin",

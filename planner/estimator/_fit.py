@@ -26,7 +26,13 @@ from planner.schema import (
     Precision,
     TrainingConfig,
 )
-from planner.step import BITSANDBYTES_OPTIMIZERS, import_bitsandbytes, import_peft, model_class
+from planner.step import (
+    BITSANDBYTES_OPTIMIZERS,
+    import_bitsandbytes,
+    import_peft,
+    model_class,
+    modelled_stack,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +44,9 @@ def _fix_candidates(config: TrainingConfig) -> list[tuple[str, dict[str, Any]]]:
         changes.append(
             ("gradient checkpointing (~30% slower steps, same results)", {"gradient_checkpointing": True})
         )
-    if config.optimizer is OptimizerName.ADAMW:
+    if config.optimizer is OptimizerName.ADAMW_TORCH:
+        changes.append(("fused AdamW (adamw_torch_fused, same results)", {"optimizer": OptimizerName.ADAMW}))
+    if config.optimizer in (OptimizerName.ADAMW, OptimizerName.ADAMW_TORCH):
         changes.append(("8-bit AdamW (bitsandbytes)", {"optimizer": OptimizerName.ADAMW_8BIT}))
     if config.method is Method.FULL:
         changes.append(("LoRA instead of full fine-tuning", {"method": Method.LORA}))
@@ -161,6 +169,7 @@ def fit(
         at_max=at_max,
         fixes=fixes,
         calibration=estimator.overhead.source,
+        stack=modelled_stack(config, estimator.cuda),
     )
 
 

@@ -3,8 +3,8 @@
 Tracing a deep model at every micro-batch would be slow, so the answer uses two linearities:
 identical layers make every byte count linear in depth, and for a fixed sequence length every
 byte count is linear in micro-batch, within each window of the step whose peak a trace reports
-(the step's peak is the highest window's). Traces of a one- and two-layer copy at micro-batch 1
-and 2 give both slopes.
+(the step's peak is the highest window's). Traces of a two- and three-layer copy at micro-batch
+1 and 2 give both slopes (see :func:`shallow_depths` for why not one and two).
 """
 
 from __future__ import annotations
@@ -116,9 +116,17 @@ class LinearPeak:
 
 
 def shallow_depths(hf_config: Any) -> tuple[int, int]:
-    """Two depths to probe: one and two repeats of the layer pattern (e.g. Gemma 2 alternates)."""
+    """Two depths to probe: two and three repeats of the layer pattern (e.g. Gemma 2 alternates).
+
+    Depth is linear only over layers with the same neighbours. A one-layer copy's layer is both the
+    first (its input is the embeddings' output, not a layer's) and the last, so what is live at a
+    peak inside it need not be what is live inside the last of several: a BERT classifier under
+    bf16 autocast holds one fp32 hidden-state tensor more at its forward peak from two layers on,
+    and a line through one and two layers overshot six by 2-3%. From two repeats on, the first
+    and last layers are distinct in every probe and each added layer is a middle one.
+    """
     period = layer_period(hf_config)
-    return period, 2 * period
+    return 2 * period, 3 * period
 
 
 def probe_depths(hf_config: Any) -> list[int]:

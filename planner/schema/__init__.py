@@ -2,7 +2,7 @@
 
 from planner.schema._card import GIB, MIB, Card, Throughput
 from planner.schema._compare import CardComparison, CardOption
-from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstimate
+from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstimate, ModelledStack
 from planner.schema._plan import DataStats, HalvingRung, Plan, PlannedTrial, TimeEstimate, TimeSource
 from planner.schema._profile import (
     MaxBatchSearch,
@@ -61,6 +61,7 @@ __all__ = [
     "MemoryBreakdown",
     "MemoryEstimate",
     "Method",
+    "ModelledStack",
     "Objective",
     "OptimizerName",
     "Plan",

@@ -85,6 +85,29 @@ class Fix(BaseModel):
     max_micro_batch: int
 
 
+class ModelledStack(BaseModel):
+    """The software a memory answer modelled, and the choices it makes for the step.
+
+    What Trainer runs depends on the installed versions (e.g. its default ``optim``, and whether
+    torch's AdamW runs fused, foreach or a per-parameter loop on the device), so an answer names them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    torch: str
+    transformers: str
+    peft: str | None = None
+    bitsandbytes: str | None = None
+    trainer_optim: str
+    """``TrainingArguments.optim`` of the modelled optimizer."""
+    optimizer_implementation: str
+    """How its step runs on the device: fused, foreach, for-loop, or bitsandbytes' kernel."""
+    attention: str
+    """The SDPA kernel traced: flash, efficient or math on CUDA; the CPU's on the host."""
+    batch: str
+    """What one traced micro-batch holds."""
+
+
 class FitReport(BaseModel):
     """The answer of ``planner fit``: per-micro-batch estimates, the max micro-batch, fixes."""
 
@@ -104,6 +127,8 @@ class FitReport(BaseModel):
     """Micro-batches ``planner profile`` measured for this config on this card, next to the prediction."""
     profile: str | None = None
     """The measured profile those figures come from (a file path)."""
+    stack: ModelledStack | None = None
+    """The versions and choices modelled (None only in reports older than this field)."""
     oom_limit: int | None = None
     """Set when a real run of this config on this card ran out of memory above this micro-batch
     (``oom.jsonl`` beside the measured profiles): the max micro-batch is capped at it."""

@@ -44,9 +44,15 @@ class Precision(str, Enum):
 
 
 class OptimizerName(str, Enum):
-    """Optimizers by their ``TrainingArguments.optim`` names."""
+    """Optimizers by their ``TrainingArguments.optim`` names.
+
+    ``adamw`` is Trainer's default for torch >= 2.8, ``adamw_torch_fused``; ``adamw_torch`` is
+    torch's AdamW left to pick its implementation (foreach on CUDA, a for-loop on the CPU), the
+    default before. Same state, but foreach keeps parameter-sized intermediates during the step.
+    """
 
     ADAMW = "adamw"
+    ADAMW_TORCH = "adamw_torch"
     ADAMW_8BIT = "adamw_8bit"
     PAGED_ADAMW_8BIT = "paged_adamw_8bit"
     SGD = "sgd"

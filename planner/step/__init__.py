@@ -10,7 +10,12 @@ what counts as running out of memory live here too.
 from planner.step._imports import import_bitsandbytes, import_peft
 from planner.step._lora import add_lora, lora_target_candidates
 from planner.step._oom import is_out_of_memory
-from planner.step._optimizers import BITSANDBYTES_OPTIMIZERS, TRAINER_OPTIM_NAMES, make_optimizer
+from planner.step._optimizers import (
+    BITSANDBYTES_OPTIMIZERS,
+    TRAINER_OPTIM_NAMES,
+    make_optimizer,
+    optimizer_implementation,
+)
 from planner.step._setup import (
     TrainingSetup,
     autocast_dtype,
@@ -20,6 +25,7 @@ from planner.step._setup import (
     model_class,
     task_of,
 )
+from planner.step._stack import TRACED_BATCH, modelled_stack
 from planner.step._target import CUDA_BLOCK_BYTES, CudaTarget, check_card_supports, cuda_target, sdpa_backend
 from planner.step._trace import (
     WINDOWS,
@@ -37,6 +43,7 @@ from planner.step._tracker import LiveBytesTracker, LivePeak
 __all__ = [
     "BITSANDBYTES_OPTIMIZERS",
     "CUDA_BLOCK_BYTES",
+    "TRACED_BATCH",
     "TRAINER_OPTIM_NAMES",
     "WINDOWS",
     "AllocationStream",
@@ -61,7 +68,9 @@ __all__ = [
     "lora_target_candidates",
     "make_optimizer",
     "model_class",
+    "modelled_stack",
     "num_layers",
+    "optimizer_implementation",
     "sdpa_backend",
     "task_of",
     "trace_step",

@@ -52,7 +52,7 @@ def import_peft() -> ModuleType:
 
 
 @contextlib.contextmanager
-def patched(obj: Any, name: str, value: Callable[..., Any]) -> Iterator[None]:
+def patched(obj: Any, name: str, value: object) -> Iterator[None]:
     """Temporarily replace ``obj.name`` (used to emulate CUDA's attention kernel choice)."""
     original = getattr(obj, name)
     setattr(obj, name, value)

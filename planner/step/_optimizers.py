@@ -11,6 +11,7 @@ from planner.step._imports import import_bitsandbytes
 # transformers' TrainingArguments.optim name for each of ours (what the executor passes Trainer).
 TRAINER_OPTIM_NAMES: dict[OptimizerName, str] = {
     OptimizerName.ADAMW: "adamw_torch_fused",
+    OptimizerName.ADAMW_TORCH: "adamw_torch",
     OptimizerName.ADAMW_8BIT: "adamw_bnb_8bit",
     OptimizerName.PAGED_ADAMW_8BIT: "paged_adamw_8bit",
     OptimizerName.SGD: "sgd",
@@ -21,24 +22,53 @@ BITSANDBYTES_OPTIMIZERS = frozenset({OptimizerName.ADAMW_8BIT, OptimizerName.PAG
 """The optimizers bitsandbytes implements (its import is needed to build them)."""
 
 
+def optimizer_implementation(name: OptimizerName, *, on_cuda: bool) -> str:
+    """How the optimizer Trainer builds for ``name`` runs its step on CUDA (or the CPU).
+
+    torch's AdamW and SGD, given neither ``fused`` nor ``foreach``, take the multi-tensor
+    (foreach) path when every parameter is on a device with foreach kernels (CUDA, not the CPU)
+    and a per-parameter loop otherwise (``torch.optim.optimizer._default_to_fused_or_foreach``,
+    ``torch.utils._foreach_utils._get_foreach_kernels_supported_devices``); Trainer passes
+    ``fused=True`` for ``adamw_torch_fused`` alone (``transformers.trainer_optimizer``).
+    bitsandbytes' 8-bit AdamW updates each parameter in one kernel; transformers' Adafactor loops.
+    """
+    if name is OptimizerName.ADAMW:
+        return "fused"
+    if name in (OptimizerName.ADAMW_TORCH, OptimizerName.SGD):
+        return "foreach" if on_cuda else "for-loop"
+    if name in BITSANDBYTES_OPTIMIZERS:
+        return "bitsandbytes 8-bit" + (" paged" if name is OptimizerName.PAGED_ADAMW_8BIT else "")
+    return "for-loop"
+
+
 def make_optimizer(
-    name: OptimizerName, params: list[nn.Parameter], *, paged_as_unpaged: bool = False, lr: float = 1e-5
+    name: OptimizerName, params: list[nn.Parameter], *, as_on_cuda: bool = False, lr: float = 1e-5
 ) -> torch.optim.Optimizer:
     """The optimizer class and arguments ``Trainer.get_optimizer_cls_and_kwargs`` picks for ``name``.
 
     Kept as a table rather than calling Trainer: importing Trainer costs ~4 s, over half of the
     estimator's time budget. ``tests/step/test_setup.py`` checks the table against Trainer.
-    ``paged_as_unpaged`` builds paged 8-bit AdamW as its non-paged twin (same state layout):
-    paging needs CUDA managed memory, which no CPU can host.
+    ``as_on_cuda``: the parameters are CPU (fake) tensors standing for CUDA ones, so the optimizer
+    is built as torch builds it for CUDA parameters: the implementation it would choose there
+    (:func:`optimizer_implementation`) made explicit, and paged 8-bit AdamW as its non-paged twin
+    (same state layout; paging needs CUDA managed memory, which no CPU can host). Otherwise torch
+    chooses for the device the parameters are on, as under Trainer.
     """
-    if name is OptimizerName.ADAMW:
-        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    if name in (OptimizerName.ADAMW, OptimizerName.ADAMW_TORCH):
+        implementation = optimizer_implementation(name, on_cuda=as_on_cuda)
+        if implementation == "fused":
+            choice = {"fused": True}
+        elif as_on_cuda:  # torch would pick foreach for CUDA parameters; these are CPU ones
+            choice = {"foreach": True}
+        else:
+            choice = {}
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, **choice)
     if name in BITSANDBYTES_OPTIMIZERS:
         bnb = import_bitsandbytes()
-        paged = name is OptimizerName.PAGED_ADAMW_8BIT and not paged_as_unpaged
+        paged = name is OptimizerName.PAGED_ADAMW_8BIT and not as_on_cuda
         return bnb.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, optim_bits=8, is_paged=paged)
     if name is OptimizerName.SGD:
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, **({"foreach": True} if as_on_cuda else {}))
     from transformers.optimization import Adafactor
 
     return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False)

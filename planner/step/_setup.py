@@ -38,13 +38,25 @@ class TrainingSetup:
     """The output projection; from its forward on, allocations are logits/loss temporaries."""
 
     def make_batch(self, micro_batch: int, seq_len: int) -> dict[str, torch.Tensor]:
-        """Token ids and labels of one micro-batch; no attention mask (packed/unpadded rows).
+        """One micro-batch as a Trainer's collator gives it: ``input_ids``, ``attention_mask``, ``labels``.
 
-        An all-ones mask costs nothing either: transformers drops it and runs causal SDPA.
+        ``DataCollatorForLanguageModeling`` and ``DataCollatorWithPadding`` pad the rows to one
+        length and send the mask along; language-modelling labels are the ids with -100 at the
+        padding. Every row here ends in one pad position, so the mask always has a zero, as a
+        padded batch's has: transformers then builds the 4-D attention mask a real padded step
+        builds (an all-ones mask it would drop, but under fake tensors it cannot look). A
+        classifier's labels are class 0, made with ``torch.tensor`` so that a fake trace knows
+        their values (see ``_trace._labels_are_known``): every row labelled, as in a real dataset.
         """
         ids = torch.randint(0, self.vocab_size, (micro_batch, seq_len))
-        labels = torch.zeros(micro_batch, dtype=torch.long) if self.task == "sequence-classification" else ids
-        return {"input_ids": ids, "labels": labels}
+        mask = torch.ones(micro_batch, seq_len, dtype=torch.long)
+        if seq_len > 1:
+            mask[:, -1] = 0
+        if self.task == "sequence-classification":
+            labels = torch.tensor([0] * micro_batch)
+        else:
+            labels = ids.masked_fill(mask == 0, -100)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
@@ -194,8 +206,8 @@ def build_training_setup(
 ) -> TrainingSetup:
     """Build model, adapters and optimizer for ``config``; with ``fake_mode`` nothing is allocated.
 
-    ``cuda_optimizer_layout`` traces paged 8-bit AdamW as its non-paged twin (same state layout):
-    paging needs CUDA managed memory, which no CPU can host.
+    ``cuda_optimizer_layout``: the (CPU) parameters stand for CUDA ones, so the optimizer is built
+    as on CUDA (see :func:`~planner.step._optimizers.make_optimizer`'s ``as_on_cuda``).
     """
     model = build_model(hf_config, config, fake_mode=fake_mode)
     task = task_of(model_class(hf_config).__name__)
@@ -203,7 +215,7 @@ def build_training_setup(
     params = [p for p in model.parameters() if p.requires_grad]
     # Optimizers are built outside fake mode: bitsandbytes computes its quantization maps with
     # data-dependent Python at construction. The maps are tiny real tensors; the state is fake.
-    optimizer = make_optimizer(config.optimizer, params, paged_as_unpaged=cuda_optimizer_layout)
+    optimizer = make_optimizer(config.optimizer, params, as_on_cuda=cuda_optimizer_layout)
     return TrainingSetup(
         model=model,
         optimizer=optimizer,

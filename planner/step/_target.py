@@ -30,13 +30,15 @@ class CudaTarget:
     sdpa_backend: str
 
 
-def sdpa_backend(card: Card, half_precision: bool, head_size: int) -> str:
+def sdpa_backend(card: Card, half_precision: bool, head_size: int, *, masked: bool = False) -> str:
     """The kernel ``scaled_dot_product_attention`` picks on ``card`` (PyTorch's sdp_utils.cpp rules).
 
-    Flash needs sm80+, fp16/bf16 and head_dim <= 256; memory-efficient (CUTLASS) takes fp32 too,
-    head_dim <= 256 here; anything else falls back to the math kernel that stores the probabilities.
+    Flash needs sm80+, fp16/bf16, head_dim <= 256 and no ``attn_mask`` (``check_for_attn_mask``
+    among its constraints); memory-efficient (CUTLASS) takes fp32 and masks too, head_dim <= 256
+    here; anything else falls back to the math kernel that stores the probabilities. ``masked``:
+    transformers passes a 4-D mask, as it does for a padded batch or a sliding window.
     """
-    if head_size <= 256 and half_precision and card.compute_capability_tuple >= (8, 0):
+    if head_size <= 256 and half_precision and card.compute_capability_tuple >= (8, 0) and not masked:
         return "flash"
     if head_size <= 256:
         return "efficient"
@@ -52,7 +54,8 @@ def cuda_target(card: Card, config: TrainingConfig, hf_config: Any) -> CudaTarge
         # check_card_supports has refused cards and dtypes flash-attn has no kernel for.
         return CudaTarget(sdpa_backend="flash")
     half = config.precision is not Precision.FP32
-    return CudaTarget(sdpa_backend=sdpa_backend(card, half, head_dim(hf_config)))
+    # The traced batch is the collator's padded one (see TrainingSetup.make_batch): masked.
+    return CudaTarget(sdpa_backend=sdpa_backend(card, half, head_dim(hf_config), masked=True))
 
 
 def check_card_supports(config: TrainingConfig, card: Card) -> None:

@@ -172,13 +172,15 @@ class StepTracer:
         stack.enter_context(_attention_as_on(self.cuda))
         stack.enter_context(_rows_are_single_sequences())
         stack.enter_context(_experts_through_their_fallback())
+        stack.enter_context(_labels_are_known())
         return stack
 
     def trace(self, micro_batch: int) -> StepTrace:
         """Run (or fake) one steady-state training step at ``micro_batch`` and return its peaks.
 
-        A model whose step runs an op with a data-dependent output size (e.g. ``nonzero``) cannot
-        be traced without data: that is a one-line :class:`ConfigError` naming the op.
+        An op with a data-dependent output size (e.g. ``nonzero``) runs on the batch's labels,
+        whose values the trace knows (see :func:`_labels_are_known`); on any other data it cannot
+        be followed without it: that is a one-line :class:`ConfigError` naming the op.
         """
         try:
             return self._trace(micro_batch)
@@ -399,6 +401,26 @@ def _experts_through_their_fallback() -> Any:
     except ImportError:  # a transformers without MoE integrations has nothing to redirect
         return entered(None)
     return patched(moe, "_can_use_grouped_mm", lambda *args, **kwargs: False)
+
+
+# Elements of the largest tensor whose values a fake trace keeps: a micro-batch's class labels
+# (one per row; the estimator's micro-batches stop at 4096).
+_KNOWN_VALUES_NUMEL = 4096
+
+
+def _labels_are_known() -> Any:
+    """Let the fake trace compute on the batch's labels, whose values we chose.
+
+    ``FakeTensorMode`` keeps the real value of a tensor made with ``torch.tensor`` (a "constant")
+    and runs ops whose inputs are all constants for real, so data-dependent ops on them (DeBERTa's
+    classifier keeps the labelled rows with ``(labels >= 0).nonzero()`` when the config names no
+    ``problem_type``) get the shape a real step gets. It keeps only constants of at most
+    ``CONSTANT_NUMEL_LIMIT`` elements (1: scalars), too few for a micro-batch of labels; raised
+    while tracing. Nothing else the step makes is a constant: weights and activations stay fake.
+    """
+    from torch._subclasses import fake_tensor
+
+    return patched(fake_tensor, "CONSTANT_NUMEL_LIMIT", _KNOWN_VALUES_NUMEL)
 
 
 def _rows_are_single_sequences() -> Any:

@@ -46,6 +46,32 @@ def test_fit_json_and_plot(tiny_models: dict[str, str], tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("card", "optimizer", "implementation", "attention"),
+    [
+        ("rtx-4090", "adamw_torch", "foreach", "efficient"),
+        ("cpu", "adamw_torch", "for-loop", "cpu"),
+        ("rtx-4090", "adamw", "fused", "efficient"),
+    ],
+)
+def test_fit_json_states_the_versions_and_optimizer_it_modelled(
+    tiny_models: dict[str, str], card: str, optimizer: str, implementation: str, attention: str
+):
+    import torch
+    import transformers
+
+    result = run(
+        "fit", tiny_models["llama"], "--seq-len", "32", "--card", card, "--optimizer", optimizer,
+        "--micro-batch", "1", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stack = json.loads(result.output)["stack"]
+    assert (stack["torch"], stack["transformers"]) == (torch.__version__, transformers.__version__)
+    assert (stack["optimizer_implementation"], stack["attention"]) == (implementation, attention)
+    assert stack["trainer_optim"] == {"adamw": "adamw_torch_fused"}.get(optimizer, optimizer)
+    assert "attention_mask" in stack["batch"]
+
+
+@pytest.mark.parametrize(
     ("args", "field"),
     [
         (["fit", "no-such/model", "--card", "rtx-4090"], "model"),

@@ -92,7 +92,7 @@ num_train_epochs: 2.0
 lr_scheduler_type: cosine
 warmup_ratio: 0.1
 weight_decay: 0.01
-optim: adamw_torch
+optim: adamw_torch_fused
 bf16: true
 ddp_timeout: 180000000
 """

@@ -123,6 +123,18 @@ def test_real_training_arguments_to_dict_reads(tmp_path: Path, tiny_models: dict
     assert any(note.startswith("ignored ") for note in result.notes)
 
 
+def test_an_unset_optim_is_the_installed_trainers_default(tmp_path: Path, tiny_models: dict[str, str]):
+    from transformers import TrainingArguments
+
+    from planner.configs import OPTIMIZER_NAMES
+
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none")
+    fields = {k: v for k, v in json.loads(json.dumps(args.to_dict(), default=str)).items() if k != "optim"}
+    result = read_training_config(dump(tmp_path / "args.json", fields), model=tiny_models["gpt2"])
+    assert result.config.optimizer is OPTIMIZER_NAMES[str(TrainingArguments.default_optim)]
+    assert result.config.optimizer is OPTIMIZER_NAMES[str(args.optim.value)]
+
+
 def test_peft_adapter_config_gives_lora_settings_and_base_model(tmp_path: Path, tiny_models: dict[str, str]):
     adapter = tmp_path / "checkpoint-500"
     adapter.mkdir()

@@ -55,7 +55,7 @@ n_trials: 4
         0.05,
     )
     assert spec.search == {
-        "optimizer": ["adamw", "paged_adamw_8bit"],
+        "optimizer": ["adamw_torch", "paged_adamw_8bit"],
         "epochs": [1, 3],
         "seq_len": [64, 128],
         "learning_rate": Range(low=1e-5, high=1e-3, log=True),

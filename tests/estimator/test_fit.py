@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from planner.errors import ConfigError
-from planner.estimator import Estimator, LinearPeak, fit
+from planner.estimator import Estimator, LinearPeak, TraceCache, fit
 from planner.schema import MIB, TrainingConfig
 from planner.step import WINDOWS, PeakSplit, StepTrace
 from tests.conftest import TINY_CONFIGS, make_card, write_model
@@ -26,6 +28,23 @@ def test_linear_fit_predicts_full_depth_traces(deep_llama: str):
         assert estimator.linear.at(micro_batch) == pytest.approx(
             estimator.full_trace(micro_batch).peak, rel=1e-3
         )
+
+
+@pytest.mark.parametrize("arch", list(TINY_CONFIGS))
+def test_the_unconfirmed_answer_agrees_with_full_depth_traces_on_every_architecture(
+    tmp_path: Path, arch: str
+):
+    # Five layers: deeper than both probes, so depth is extrapolated as well as micro-batch.
+    depth_key = "n_layer" if "n_layer" in TINY_CONFIGS[arch] else "num_hidden_layers"
+    model = str(write_model(tmp_path / arch, {**TINY_CONFIGS[arch], depth_key: 5}))
+    lora = {"dropout": 0.0} if arch == "mixtral" else {}  # peft's fused-expert wrapper takes none
+    estimator = Estimator(
+        TrainingConfig(model=model, seq_len=32, lora=lora), make_card(1024), cache=TraceCache()
+    )
+    assert max(estimator.traces.depths) < 5
+    for micro_batch in (1, 6):
+        traced = estimator.full_trace(micro_batch).peak
+        assert estimator.linear.at(micro_batch) == pytest.approx(traced, rel=0.005)
 
 
 def _window(peak: int, activations: int) -> PeakSplit:
@@ -137,6 +156,23 @@ def test_fixes_offer_lora_and_qlora_for_a_full_fine_tune(deep_llama: str):
     qlora = next(f for f in report.fixes if f.config.method.value == "qlora")
     # The 4-bit base leaves more room for activations than LoRA's half base.
     assert qlora.max_micro_batch >= lora.max_micro_batch >= 1
+
+
+def test_fused_adamw_is_offered_where_foreachs_intermediate_is_what_does_not_fit(tmp_path: Path):
+    # Wide and shallow, short rows: the optimizer step is the peak, and foreach AdamW holds one
+    # parameter-sized intermediate there that fused AdamW does not.
+    wide = {"hidden_size": 1024, "intermediate_size": 2048, "num_attention_heads": 8, "vocab_size": 4096}
+    model = str(write_model(tmp_path / "wide", {**TINY_CONFIGS["llama"], **wide}))
+    config = TrainingConfig(model=model, seq_len=16, precision="fp32", optimizer="adamw_torch")
+    estimators = [
+        Estimator(config.with_changes(optimizer=name), make_card(4096), cache=TraceCache())
+        for name in ("adamw", "adamw_torch")
+    ]
+    peaks = [estimator.estimate(1).peak_bytes for estimator in estimators]
+    report = fit(config, make_card(sum(peaks) // 2 // MIB))
+    assert report.max_micro_batch == 0
+    fused = next(fix for fix in report.fixes if fix.change.startswith("fused AdamW"))
+    assert fused.config.optimizer.value == "adamw" and fused.max_micro_batch >= 1
 
 
 def test_bf16_on_a_card_without_bf16_is_refused(deep_llama: str):
