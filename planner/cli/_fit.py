@@ -410,6 +410,20 @@ def print_fit(report: FitReport) -> None:
         parts.add_row(name.replace("_", " "), _gib(value))
     parts.add_row("[bold]total (predicted NVML used)[/]", f"[bold]{_gib(report.at_max.peak_bytes)}[/]")
     console.print(parts)
+    paged = report.at_max.paged_bytes
+    if paged:
+        on_host = paged - breakdown.paged_on_device
+        console.print(
+            f"Paged optimizer state: {_gib(paged)} GiB in CUDA managed memory, outside the caching "
+            "allocator: not in allocated or reserved, and not what decides fit. "
+            + (
+                f"{_gib(on_host)} GiB of it does not fit beside the allocator's memory: the driver "
+                "pages it to host RAM, which slows the optimizer step."
+                if on_host
+                else "It stays on the device while there is room; under memory pressure the driver "
+                "pages it to host RAM, at a speed cost."
+            )
+        )
     if not report.max_micro_batch:
         if report.fixes:
             fixes = Table("change", "max micro-batch", title="What would make it fit")

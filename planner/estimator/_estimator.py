@@ -34,6 +34,9 @@ INCLUDES = [
     "CUDA caching-allocator 512-byte block rounding, cuBLAS workspace",
     "CUDA context; reserved memory: fully traced rows replay the step's allocations through the "
     "caching-allocator model (segments, splitting, caching), linear-fit rows add a fragmentation margin",
+    "paged optimizer state (bitsandbytes paged_*): CUDA managed memory outside the caching allocator, "
+    "not in allocated/reserved; in device-used as far as the device has room (the driver pages the "
+    "rest to host RAM, slower), never an OOM by itself",
 ]
 
 
@@ -106,8 +109,19 @@ class Estimator:
 
     @property
     def _tensor_limit(self) -> int:
-        """Most live tensor bytes the step may peak at: the allocated limit less cuBLAS workspace."""
-        return self.allocated_limit - self.overhead.workspace_bytes
+        """Most live tensor bytes the step may peak at: the allocated limit less cuBLAS workspace,
+        plus the paged optimizer state the trace counts but the allocator never holds."""
+        return self.allocated_limit - self.overhead.workspace_bytes + self.paged_bytes()
+
+    def paged_bytes(self, step: StepTrace | None = None) -> int:
+        """Optimizer state a CUDA run keeps in managed (paged) memory, outside the caching allocator:
+        the traced ``step``'s own blocks, else the full-depth figure of the built setups."""
+        stream = step.allocations if step is not None else None
+        if stream is not None:
+            return sum(
+                delta for block, delta in stream.setup if block in stream.outside_allocator and delta > 0
+            )
+        return round(self.traces.paged_bytes()) if self.cuda is not None else 0
 
     def _allocated(self, tensor_bytes: float) -> int:
         return math.ceil(tensor_bytes) + self.overhead.workspace_bytes
@@ -118,27 +132,37 @@ class Estimator:
             step = self.full_trace(micro_batch)
             values = {key: float(getattr(step, key)) for key in TRACE_KEYS}
         else:
+            step = None
             values = {key: self.linear.at(micro_batch, key) for key in TRACE_KEYS}
+        paged = self.paged_bytes(step)
         replayed = self.replayed(micro_batch) if trace else None
         if replayed is not None:
             allocated, reserved = replayed.allocated, replayed.reserved
             expected_error = REPLAYED_ERROR.format(context=self.overhead.context_source)
         else:
-            allocated = self._allocated(values["peak"])
+            allocated = self._allocated(values["peak"] - paged)
             reserved = self.overhead.reserved(allocated)
             expected_error = self.overhead.expected_error
-        device = reserved + self.overhead.context_bytes
+        # Managed memory stays on the device while it has room; past that the driver migrates
+        # pages to host RAM instead of failing (CUDA Programming Guide, "Unified Memory":
+        # oversubscription on Pascal and newer), so it only fills what the allocator leaves.
+        allocator_device = reserved + self.overhead.context_bytes
+        paged_on_device = min(paged, max(0, self.card.available_bytes - allocator_device))
+        device = allocator_device + paged_on_device
         owners = ("weights", "gradients", "optimizer_state", "activations", "temporaries")
         parts = {name: max(0, round(values[name])) for name in owners}
         # Rounding of fitted parts must not break "the breakdown sums to the peak".
         parts["temporaries"] += max(0, math.ceil(values["peak"]) - sum(parts.values()))
+        # The paged state is live through the whole step, so it is in the peak's optimizer state.
+        parts["optimizer_state"] = max(0, parts["optimizer_state"] - paged)
         cuda_context = self.overhead.context_bytes + self.overhead.workspace_bytes
         breakdown = MemoryBreakdown(
             **parts,
             cuda_context=cuda_context,
             # Whatever the allocator holds beyond live tensors and the workspace: block and
             # segment rounding, and cached free blocks (reserved - allocated).
-            allocator_overhead=max(0, device - cuda_context - sum(parts.values())),
+            allocator_overhead=max(0, allocator_device - cuda_context - sum(parts.values())),
+            paged_on_device=paged_on_device,
         )
         return MemoryEstimate(
             config=self.config.with_changes(micro_batch=micro_batch),
@@ -153,6 +177,7 @@ class Estimator:
             expected_error=expected_error,
             traced=trace,
             segments=replayed.segments if replayed is not None else None,
+            paged_bytes=paged,
         )
 
     def trainable_bytes(self) -> int:
@@ -179,8 +204,12 @@ class Estimator:
             if replayed is not None:
                 # On CUDA the allocator's replay decides; the live-bytes limit for the next
                 # prediction takes the allocator's overhead at this micro-batch as it was.
-                limit = math.floor(
-                    (self.card.available_bytes - self.overhead.context_bytes) * step.peak / replayed.reserved
+                # Paged optimizer state is in the trace's peak but not in what the allocator reserves.
+                paged = self.paged_bytes(step)
+                limit = paged + math.floor(
+                    (self.card.available_bytes - self.overhead.context_bytes)
+                    * (step.peak - paged)
+                    / replayed.reserved
                 )
             if replayed.fits if replayed is not None else step.peak <= limit:
                 fits = candidate

@@ -10,6 +10,11 @@ the first step, and a peak reached in the second is one a real run reaches too.
 "Fits" means the replay completes within the card's memory less the CUDA context: when the
 unlimited replay reserves more, it is replayed again with that capacity, so the allocator's own
 out-of-memory path (free the cache, retry) decides, as it does on the GPU.
+
+Blocks the stream marks as outside the allocator (a paged optimizer's state, in CUDA managed
+memory: bitsandbytes' ``F.get_paged`` calls ``cudaMallocManaged``) are not replayed: the caching
+allocator never sees them, and the driver pages them to host memory rather than fail an
+allocation, so they do not decide the fit (see :mod:`planner.estimator._estimator`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ def _events(stream: AllocationStream, workspace_bytes: int, steps: int) -> Itera
         yield Event.alloc("cublas-workspace", workspace_bytes)
     setup_blocks: set[int] = set()
     for block, delta in stream.setup:
+        if block in stream.outside_allocator:
+            continue
         if delta > 0:
             setup_blocks.add(block)
             yield Event.alloc(block, delta)

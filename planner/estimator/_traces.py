@@ -36,6 +36,8 @@ class StepTraces:
         """depth -> bytes live between steps."""
         self.trainable: dict[int, int] = {}
         """depth -> bytes of the weights that train."""
+        self.paged: dict[int, int] = {}
+        """depth -> bytes of optimizer state in CUDA managed (paged) memory."""
         self.probes: dict[tuple[int, int], StepTrace] = {}
         """(depth, micro-batch) -> trace."""
         self.full: dict[int, StepTrace] = {}
@@ -50,6 +52,7 @@ class StepTraces:
             self._tracers[depth] = StepTracer(hf_config, self.config, cuda=self.cuda)
             self.resident[depth] = self._tracers[depth].resident_bytes
             self.trainable[depth] = self._tracers[depth].trainable_bytes
+            self.paged[depth] = self._tracers[depth].paged_bytes
         return self._tracers[depth]
 
     def probe(self, depth: int, micro_batch: int) -> StepTrace:
@@ -89,6 +92,16 @@ class StepTraces:
                 self.tracer(depth)
         return self._at_full_depth({d: float(self.trainable[d]) for d in self.depths})
 
+    def paged_bytes(self) -> float:
+        """Bytes of optimizer state a CUDA run keeps in managed memory (paged optimizers), at full
+        depth: the full-depth model's own figure once built, else linear in depth from the probes."""
+        if self.depth in self.paged:
+            return float(self.paged[self.depth])
+        for depth in self.depths:
+            if depth not in self.paged:
+                self.tracer(depth)
+        return self._at_full_depth({d: float(self.paged[d]) for d in self.depths})
+
     def peak_at_one(self) -> float:
         """The fit's full-depth peak at micro-batch 1, from the probes at micro-batch 1 alone."""
         return max(
@@ -108,13 +121,18 @@ class StepTraces:
     def taken(self) -> TakenTraces:
         """The traces alone, without the built models (what crosses from the helper process)."""
         return TakenTraces(
-            resident=self.resident, trainable=self.trainable, probes=self.probes, full=self.full
+            resident=self.resident,
+            trainable=self.trainable,
+            paged=self.paged,
+            probes=self.probes,
+            full=self.full,
         )
 
     def absorb(self, taken: TakenTraces) -> None:
         """Add traces of this same step taken elsewhere (a helper process's)."""
         self.resident = {**taken.resident, **self.resident}
         self.trainable = {**taken.trainable, **self.trainable}
+        self.paged = {**taken.paged, **self.paged}
         self.probes = {**taken.probes, **self.probes}
         self.full = {**taken.full, **self.full}
 
@@ -125,6 +143,7 @@ class TakenTraces:
 
     resident: dict[int, int]
     trainable: dict[int, int]
+    paged: dict[int, int]
     probes: dict[tuple[int, int], StepTrace]
     full: dict[int, StepTrace]
 

@@ -15,7 +15,9 @@ class MemoryBreakdown(BaseModel):
     at the peak that is not weights/gradients/optimizer state (logits and their fp32 copy, loss
     gradients, matmul outputs in flight). ``cuda_context`` and ``allocator_overhead`` exist only
     on CUDA: the driver context plus cuBLAS workspace, and the caching allocator's reserved but
-    unallocated bytes (fragmentation).
+    unallocated bytes (fragmentation). ``paged_on_device`` is the part of a paged optimizer's
+    state (CUDA managed memory, outside the allocator) resident on the device at the peak; that
+    state is not in ``optimizer_state``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -27,6 +29,7 @@ class MemoryBreakdown(BaseModel):
     temporaries: NonNegativeInt
     cuda_context: NonNegativeInt = 0
     allocator_overhead: NonNegativeInt = 0
+    paged_on_device: NonNegativeInt = 0
 
     @property
     def total(self) -> int:
@@ -38,6 +41,7 @@ class MemoryBreakdown(BaseModel):
             + self.temporaries
             + self.cuda_context
             + self.allocator_overhead
+            + self.paged_on_device
         )
 
 
@@ -46,7 +50,8 @@ class MemoryEstimate(BaseModel):
 
     ``peak_allocated_bytes`` predicts ``torch.cuda.max_memory_allocated``; ``peak_reserved_bytes``
     predicts ``torch.cuda.max_memory_reserved``; ``peak_bytes`` (what decides fit) predicts the NVML
-    "used" figure of the process: reserved plus CUDA context.
+    "used" figure of the process: reserved plus CUDA context, plus the paged optimizer state
+    (``paged_bytes``) as far as the device has room for it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -65,6 +70,10 @@ class MemoryEstimate(BaseModel):
     """True when this micro-batch was traced at full depth; False when it is the linear fit."""
     segments: NonNegativeInt | None = None
     """CUDA, traced: segments the caching allocator holds at the reserved peak (by replay)."""
+    paged_bytes: NonNegativeInt = 0
+    """CUDA: optimizer state in managed (paged) memory, outside the caching allocator (bitsandbytes'
+    paged optimizers). Not in allocated or reserved and never the cause of an OOM: it stays on the
+    device while there is room and the driver pages the rest to host RAM, at a speed cost."""
 
     @property
     def fits(self) -> bool:

@@ -72,3 +72,26 @@ def make_optimizer(
     from transformers.optimization import Adafactor
 
     return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False)
+
+
+# bitsandbytes' Optimizer8bit.get_state_buffer (bitsandbytes/optim/optimizer.py): a paged optimizer
+# takes the state of parameters with at least 1e5 elements from F.get_paged, i.e. cudaMallocManaged
+# unified memory outside PyTorch's caching allocator; smaller ones are ordinary zeros_like tensors.
+PAGED_MIN_NUMEL = 100_000
+
+
+def paged_state_tensors(name: OptimizerName, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The optimizer-state tensors that ``name`` keeps in CUDA managed (paged) memory.
+
+    Only state1/state2 come from ``get_state_buffer``; absmax, qmaps and step stay ordinary
+    tensors. Empty for every optimizer but paged 8-bit AdamW (and before its state exists).
+    """
+    if name is not OptimizerName.PAGED_ADAMW_8BIT:
+        return []
+    return [
+        state[key]
+        for param, state in optimizer.state.items()
+        if isinstance(param, torch.Tensor) and param.numel() >= PAGED_MIN_NUMEL
+        for key in ("state1", "state2")
+        if isinstance(state.get(key), torch.Tensor)
+    ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from torch.utils._pytree import tree_leaves
 from planner.errors import ConfigError
 from planner.schema import TrainingConfig
 from planner.step._imports import entered, patched
+from planner.step._optimizers import paged_state_tensors
 from planner.step._setup import TrainingSetup, build_training_setup
 from planner.step._target import CUDA_BLOCK_BYTES, CudaTarget
 from planner.step._tracker import LiveBytesTracker, LivePeak
@@ -91,9 +93,14 @@ class AllocationStream:
 
     setup: tuple[tuple[int, int], ...]
     step: tuple[tuple[int, int], ...]
+    outside_allocator: frozenset[int] = frozenset()
+    """Setup blocks a CUDA run takes outside the caching allocator (a paged optimizer's managed
+    memory); they are in the stream, sized, so the trace's live bytes still hold them."""
 
     @classmethod
-    def of(cls, setup: list[tuple[int, int]], step: list[tuple[int, int]]) -> AllocationStream:
+    def of(
+        cls, setup: list[tuple[int, int]], step: list[tuple[int, int]], outside: Collection[int | None] = ()
+    ) -> AllocationStream:
         numbers: dict[int, int] = {}
         numbered: list[list[tuple[int, int]]] = [[], []]
         for part, events in enumerate((setup, step)):
@@ -103,7 +110,11 @@ class AllocationStream:
                 elif block not in numbers:
                     continue
                 numbered[part].append((numbers[block], delta))
-        return cls(setup=tuple(numbered[0]), step=tuple(numbered[1]))
+        return cls(
+            setup=tuple(numbered[0]),
+            step=tuple(numbered[1]),
+            outside_allocator=frozenset(numbers[block] for block in outside if block in numbers),
+        )
 
 
 def truncated_config(hf_config: Any, layers: int) -> Any:
@@ -157,6 +168,11 @@ class StepTracer:
         with self._tracing():
             _create_optimizer_state(self.setup)
         self._setup_stream = list(self.tracker.stream or [])
+        paged = paged_state_tensors(config.optimizer, self.setup.optimizer) if cuda is not None else []
+        self._paged = {self.tracker.storage_id(t) for t in paged}
+        self.paged_bytes = sum(delta for sid, delta in self._setup_stream if sid in self._paged and delta > 0)
+        """Bytes (as the trace counts them) of optimizer state a CUDA run keeps in managed (paged)
+        memory, outside the caching allocator (bitsandbytes' paged optimizers); 0 on the host."""
         self._layers = _repeated_layers(self.setup.model, num_layers(hf_config))
         self._period = layer_period(hf_config)
         self.resident_bytes = self.tracker.live_bytes
@@ -233,7 +249,7 @@ class StepTracer:
         *passes, optimizer = [_split(peak, gradients, optimizer_state) for peak in peaks]
         allocations = None
         if tracker.stream is not None:
-            allocations = AllocationStream.of(self._setup_stream, tracker.stream[stream_start:])
+            allocations = AllocationStream.of(self._setup_stream, tracker.stream[stream_start:], self._paged)
             # A reused tracer keeps only what comes before its first step.
             del tracker.stream[stream_start:]
         # Spans come micro-batch by micro-batch; a window's peak is its higher one (the first on a tie).

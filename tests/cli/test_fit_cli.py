@@ -235,3 +235,18 @@ def test_help_has_examples_and_fits_80_columns(command: str | None):
     examples = lines[lines.index("  Examples:") + 1 :]
     assert examples and examples[0].strip().startswith("planner ")
     assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+
+
+def test_fit_shows_paged_optimizer_state_apart(tmp_path):
+    from tests.conftest import TINY_CONFIGS, write_model
+
+    # Embedding and head of 32768 x 64 elements: paged by bitsandbytes (>= 1e5 elements each).
+    model = str(write_model(tmp_path / "llama", {**TINY_CONFIGS["llama"], "vocab_size": 32768}))
+    args = ["fit", model, "--optimizer", "paged_adamw_8bit", "--seq-len", "32", "--card", "rtx-4090"]
+    result = run(*args, "--micro-batch", "1")
+    assert result.exit_code == 0, result.output
+    assert "Paged optimizer state" in result.output and "host RAM" in result.output
+    report = json.loads(run(*args, "--micro-batch", "1", "--json").output)
+    paged = 2 * 2 * 32768 * 64  # state1 + state2, one byte per element, of both matrices
+    assert report["rows"][0]["paged_bytes"] == paged
+    assert report["rows"][0]["breakdown"]["paged_on_device"] == paged
