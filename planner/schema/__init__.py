@@ -2,6 +2,7 @@
 
 from planner.schema._card import GIB, MIB, Card, Throughput
 from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstimate
+from planner.schema._parallel import Offload, Parallelism, Strategy
 from planner.schema._plan import DataStats, HalvingRung, Plan, PlannedTrial, TimeEstimate, TimeSource
 from planner.schema._profile import (
     MaxBatchSearch,
@@ -54,7 +55,9 @@ __all__ = [
     "MemoryEstimate",
     "Method",
     "Objective",
+    "Offload",
     "OptimizerName",
+    "Parallelism",
     "Plan",
     "PlannedTrial",
     "Precision",
@@ -63,6 +66,7 @@ __all__ = [
     "Range",
     "Scheduler",
     "StepMeasurement",
+    "Strategy",
     "SweepSpec",
     "Throughput",
     "TimeEstimate",

@@ -1,0 +1,25 @@
+"""Training across GPUs: one rank of a DDP / FSDP / ZeRO job, its memory and its communication.
+
+Per-rank memory is traced on rank 0 of a fake process group with the real engine code (FSDP2's
+``fully_shard`` as accelerate applies it, DDP's gradient buckets as its ``Reducer`` allocates
+them); ZeRO's model states follow DeepSpeed's own formulas; communication volumes per step come
+from the strategy's collectives.
+"""
+
+from planner.distributed._ddp import BUCKET_CAP_BYTES, FIRST_BUCKET_BYTES, GRADIENT_BUCKETS, gradient_buckets
+from planner.distributed._fsdp import mixed_precision_policy, shard_like_accelerate
+from planner.distributed._prepare import Prepare, check_traceable, rank_preparer
+from planner.distributed._world import fake_mesh
+
+__all__ = [
+    "BUCKET_CAP_BYTES",
+    "FIRST_BUCKET_BYTES",
+    "GRADIENT_BUCKETS",
+    "Prepare",
+    "check_traceable",
+    "fake_mesh",
+    "gradient_buckets",
+    "mixed_precision_policy",
+    "rank_preparer",
+    "shard_like_accelerate",
+]
