@@ -13,7 +13,18 @@ from rich.table import Table
 from planner._files import check_output_file
 from planner.cli._common import PLOT_SUFFIXES, emit_json, parse_sizes, user_errors_exit_2
 from planner.errors import ConfigError
-from planner.schema import GIB, FitReport, Method, OptimizerName, Precision, TrainingConfig
+from planner.schema import (
+    GIB,
+    Card,
+    FitReport,
+    Method,
+    Offload,
+    OptimizerName,
+    Precision,
+    RankFit,
+    Strategy,
+    TrainingConfig,
+)
 
 _GIB_FORMAT = "{:.2f}"
 
@@ -54,6 +65,27 @@ def training_options(command: Any) -> Any:
             default="all-linear",
             show_default=True,
             help="Comma-separated module names, or all-linear.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def parallel_options(command: Any) -> Any:
+    """``--gpus``, ``--nodes``, ``--strategy``, ``--offload``: one rank of a data-parallel job."""
+    options = [
+        click.option(
+            "--gpus", help="GPUs per node (default 1); a list (1,2,4,8) answers per count in one table."
+        ),
+        click.option("--nodes", type=int, default=1, show_default=True, help="Nodes of --gpus GPUs each."),
+        click.option(
+            "--strategy",
+            type=click.Choice([s.value for s in Strategy]),
+            help="Data-parallel engine (default with several GPUs: ddp).",
+        ),
+        click.option(
+            "--offload", type=click.Choice([o.value for o in Offload]), default="none", show_default=True
         ),
     ]
     for option in reversed(options):
@@ -103,6 +135,7 @@ def training_config(model: str, options: dict[str, Any]) -> TrainingConfig:
 @click.option("--card", required=True, help="Card name (see `planner cards`) or 'local'.")
 @click.option("--micro-batch", "micro_batches", help="Micro-batch sizes to report, e.g. 1,2,4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@parallel_options
 @click.option(
     "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of memory vs micro-batch."
 )
@@ -121,6 +154,10 @@ def fit_command(
     as_json: bool,
     plot: Path | None,
     profile_path: Path | None,
+    gpus: str | None,
+    nodes: int,
+    strategy: str | None,
+    offload: str,
     **options: Any,
 ) -> None:
     """Does MODEL (or the setup in --config FILE) fit on --card, and what is the largest
@@ -145,6 +182,15 @@ def fit_command(
         raise ConfigError("model", "no model given", "give MODEL, or --config FILE")
     else:
         config = training_config(model, options)
+    gpu_counts = parse_sizes(gpus, "gpus") or [1]
+    if len(gpu_counts) > 1:
+        rows = gpu_count_rows(config, target, gpu_counts, nodes, strategy, offload)
+        if as_json:
+            emit_json([row.model_dump(mode="json") for row in rows])
+        else:
+            print_gpu_counts(rows, target.name)
+        return
+    config = with_parallelism(config, gpu_counts[0], nodes, strategy, offload)
     report = fit_with_profiles(config, target, sizes, profile=profile_path)
     if plot is not None:
         plot_fit(report, plot)
@@ -154,6 +200,8 @@ def fit_command(
         for note in notes:
             click.echo(f"note: {note}", err=True)
         print_fit(report)
+        if not config.parallelism.single_gpu:
+            print_rank_split(report, target)
 
 
 # CLI option -> TrainingConfig field ("lora.r": inside ``lora``).
@@ -294,3 +342,80 @@ def plot_fit(report: FitReport, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+# -- several GPUs -------------------------------------------------------------------------------
+def with_parallelism(
+    config: TrainingConfig, gpus: int, nodes: int, strategy: str | None, offload: str
+) -> TrainingConfig:
+    """``config`` as one rank of ``gpus`` x ``nodes`` GPUs under ``strategy`` (validated)."""
+    from pydantic import ValidationError
+
+    fields = {"gpus_per_node": gpus, "nodes": nodes, "strategy": strategy or "ddp", "offload": offload}
+    try:
+        return config.with_changes(parallelism=fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigError(
+            "--strategy", str(error["msg"]).removeprefix("Value error, "), "see `planner fit --help`"
+        ) from None
+
+
+def gpu_count_rows(
+    config: TrainingConfig, card: Card, gpu_counts: list[int], nodes: int, strategy: str | None, offload: str
+) -> list[RankFit]:
+    """The "how many cards" table: per count, the max micro-batch per rank (linear fit of the
+    per-rank traces) and the per-rank peak there. One GPU is the plain single-GPU step."""
+    from planner.estimator import rank_fit
+
+    rows: list[RankFit] = []
+    for gpus in gpu_counts:
+        rank_config = (
+            config
+            if gpus * nodes == 1
+            else with_parallelism(config, gpus, nodes, strategy or "fsdp", offload)
+        )
+        rows.append(rank_fit(rank_config, card))
+    return rows
+
+
+def print_gpu_counts(rows: list[RankFit], card: str) -> None:
+    table = Table(
+        "GPUs",
+        "strategy",
+        "max micro-batch / rank",
+        "peak / rank GiB",
+        "resident / rank GiB",
+        "tokens / step",
+        title=f"How many x {card}",
+    )
+    for row in rows:
+        table.add_row(
+            str(row.gpus),
+            row.strategy,
+            str(row.max_micro_batch),
+            _gib(row.peak_bytes),
+            _gib(row.resident_bytes),
+            f"{row.tokens_per_step:,}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        "Per rank, from the linear fit of traces of one rank with the sharded shapes and the strategy's "
+        "buffers; peak is the predicted NVML used at the max micro-batch (at 1 when nothing fits)."
+    )
+
+
+def print_rank_split(report: FitReport, card: Card) -> None:
+    """What of the per-rank peak is the rank's share of the model and what every rank holds whole."""
+    from planner.estimator import rank_split
+
+    split = rank_split(report.config, card)
+    console = Console()
+    table = Table("per rank", "GiB", title=f"{report.config.parallelism.describe()}: one rank")
+    table.add_row(f"resident between steps ({split.resident_kind})", _gib(split.resident_bytes))
+    table.add_row(
+        "step transient (gathered layers, gradients in flight, activations, buckets)",
+        _gib(report.at_max.peak_allocated_bytes - split.resident_bytes),
+    )
+    console.print(table)

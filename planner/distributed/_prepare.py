@@ -11,7 +11,7 @@ from planner.distributed._ddp import add_gradient_buckets
 from planner.distributed._fsdp import shard_like_accelerate
 from planner.distributed._world import fake_mesh
 from planner.errors import ConfigError
-from planner.schema import Method, Offload, TrainingConfig
+from planner.schema import Method, Offload, OptimizerName, TrainingConfig
 
 Prepare = Callable[[nn.Module], nn.Module]
 
@@ -30,6 +30,12 @@ def check_traceable(config: TrainingConfig) -> None:
         )
     if parallelism.offload is not Offload.NONE:
         raise ConfigError("offload", "offloaded steps are not traced per rank yet", "use --offload none")
+    if parallelism.strategy.is_fsdp and config.optimizer not in (OptimizerName.ADAMW, OptimizerName.SGD):
+        raise ConfigError(
+            "optimizer",
+            f"{config.optimizer.value} does not step FSDP's sharded (DTensor) parameters",
+            "use --optimizer adamw or sgd with --strategy fsdp",
+        )
     if parallelism.strategy.is_fsdp and config.method is Method.QLORA:
         raise ConfigError(
             "method",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from planner.allocator import AllocatorConfig
+from planner.distributed import check_traceable
 from planner.estimator._cuda import CudaOverhead, default_overhead
 from planner.estimator._helper import Helper
 from planner.estimator._linear import MAX_MICRO_BATCH, TRACE_KEYS, LinearPeak
@@ -48,6 +49,7 @@ class Estimator:
         alloc_conf: AllocatorConfig | None = None,
     ) -> None:
         check_card_supports(config, card)
+        check_traceable(config)
         self.config = config
         self.card = card
         self.hf_config = load_model_config(config.model)

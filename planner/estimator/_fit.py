@@ -24,6 +24,7 @@ from planner.schema import (
     Method,
     OptimizerName,
     Precision,
+    Strategy,
     TrainingConfig,
 )
 from planner.step import BITSANDBYTES_OPTIMIZERS, import_bitsandbytes, import_peft, model_class
@@ -38,11 +39,13 @@ def _fix_candidates(config: TrainingConfig) -> list[tuple[str, dict[str, Any]]]:
         changes.append(
             ("gradient checkpointing (~30% slower steps, same results)", {"gradient_checkpointing": True})
         )
-    if config.optimizer is OptimizerName.ADAMW:
+    sharded = config.parallelism.strategy.is_fsdp and not config.parallelism.single_gpu
+    # bitsandbytes' 8-bit optimizers and QLoRA are not traced under FSDP (check_traceable).
+    if config.optimizer is OptimizerName.ADAMW and not sharded:
         changes.append(("8-bit AdamW (bitsandbytes)", {"optimizer": OptimizerName.ADAMW_8BIT}))
     if config.method is Method.FULL:
         changes.append(("LoRA instead of full fine-tuning", {"method": Method.LORA}))
-    if config.method is not Method.QLORA:
+    if config.method is not Method.QLORA and not sharded:
         precision = Precision.BF16 if config.precision is Precision.PURE_BF16 else config.precision
         changes.append(("QLoRA (4-bit NF4 base + LoRA)", {"method": Method.QLORA, "precision": precision}))
     if not config.gradient_checkpointing:
@@ -82,6 +85,9 @@ def _suggest_fixes(
         Estimator(candidate, card, overhead).traces.absorb(traces)
         if best >= 1:
             fixes.append(Fix(change=change, config=candidate, max_micro_batch=best))
+    sharded = _sharding_fix(config, card, overhead)
+    if sharded is not None:
+        fixes.append(sharded)
     seq_len = config.seq_len // 2
     while seq_len >= 128 and not fixes:
         candidate = config.with_changes(seq_len=seq_len)
@@ -92,6 +98,38 @@ def _suggest_fixes(
             )
         seq_len //= 2
     return fixes
+
+
+SHARDING_GPUS = (2, 4, 8, 16, 32, 64)
+"""Card counts the sharding fix tries, fewest first; past 8 as nodes of 8 (GPUs per server)."""
+
+
+def _sharding_fix(config: TrainingConfig, card: Card, overhead: CudaOverhead | None) -> Fix | None:
+    """FSDP (full sharding, accelerate's units) over the fewest cards of this kind that fit, if any.
+
+    Only for a single-GPU config, and not for QLoRA (its 4-bit base is not traced sharded). With
+    checkpointing off it is turned on too (the usual FSDP recipe; the change says so). Card counts
+    whose share of the bytes resident between steps (all sharded by FSDP) is already over the
+    limit are skipped untraced; each other count is answered by the linear fit of its per-rank
+    traces.
+    """
+    if not config.parallelism.single_gpu or config.method is Method.QLORA:
+        return None
+    single = Estimator(config, card, overhead)
+    resident = single.traces.resident_bytes()
+    limit = single.allocated_limit - single.overhead.workspace_bytes
+    checkpointing = "" if config.gradient_checkpointing else " + gradient checkpointing"
+    for gpus in SHARDING_GPUS:
+        if resident / gpus > limit:
+            continue
+        per_node = min(gpus, 8)
+        parallelism = {"gpus_per_node": per_node, "nodes": gpus // per_node, "strategy": Strategy.FSDP}
+        candidate = config.with_changes(parallelism=parallelism, gradient_checkpointing=True)
+        best = Estimator(candidate, card, overhead).max_micro_batch(confirm=False)
+        if best >= 1:
+            change = f"FSDP over {gpus} x {card.name}{checkpointing}: max micro-batch {best} per rank"
+            return Fix(change=change, config=candidate, max_micro_batch=best)
+    return None
 
 
 def _fix_answer(config: TrainingConfig, card: Card, overhead: CudaOverhead | None) -> tuple[int, TakenTraces]:

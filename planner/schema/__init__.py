@@ -2,7 +2,7 @@
 
 from planner.schema._card import GIB, MIB, Card, Throughput
 from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstimate
-from planner.schema._parallel import Offload, Parallelism, Strategy
+from planner.schema._parallel import Offload, Parallelism, RankFit, Strategy
 from planner.schema._plan import DataStats, HalvingRung, Plan, PlannedTrial, TimeEstimate, TimeSource
 from planner.schema._profile import (
     MaxBatchSearch,
@@ -64,6 +64,7 @@ __all__ = [
     "ProbeResult",
     "ProfileKey",
     "Range",
+    "RankFit",
     "Scheduler",
     "StepMeasurement",
     "Strategy",

@@ -92,3 +92,22 @@ class Parallelism(BaseModel):
         )
         offload = "" if self.offload is Offload.NONE else f", {self.offload.value} offloaded to the host"
         return f"{self.strategy.value.upper()} over {gpus}{offload}"
+
+
+class RankFit(BaseModel):
+    """One row of the "how many cards" answer: a job of ``gpus`` ranks, seen from one rank."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpus: PositiveInt
+    """Ranks in the job (GPUs per node x nodes)."""
+    strategy: str
+    """The engine ("single GPU" for one)."""
+    max_micro_batch: int
+    """Per rank; 0 when not even 1 fits."""
+    peak_bytes: int
+    """Predicted device bytes per rank (NVML used) at the max micro-batch (at 1 when nothing fits)."""
+    resident_bytes: int
+    """Tensor bytes each rank keeps between steps (its shard of weights and optimizer state)."""
+    tokens_per_step: int
+    """Tokens the whole job trains on per micro-batch step at the max micro-batch."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import itertools
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -101,10 +102,13 @@ class AllocationStream:
     def of(cls, setup: list[tuple[int, int]], step: list[tuple[int, int]]) -> AllocationStream:
         numbers: dict[int, int] = {}
         numbered: list[list[tuple[int, int]]] = [[], []]
+        allocations = itertools.count()
         for part, events in enumerate((setup, step)):
             for block, delta in events:
                 if delta > 0:
-                    numbers[block] = len(numbers)
+                    # A new number per allocation: a storage resized in place (freed, then
+                    # allocated again) is a new block each time it grows.
+                    numbers[block] = next(allocations)
                 elif block not in numbers:
                     continue
                 numbered[part].append((numbers[block], delta))

@@ -128,12 +128,16 @@ class LiveBytesTracker(TorchDispatchMode):
         sid = self._ids.get(id(storage))
         if sid is None:
             return
-        nbytes = self._rounded(storage.nbytes())
-        if nbytes != self._sizes[sid]:
-            delta, self._sizes[sid] = nbytes - self._sizes[sid], nbytes
-            if delta > 0:
-                self._phases[sid] = self.phase
-            self._record(sid, delta)
+        nbytes, old = self._rounded(storage.nbytes()), self._sizes[sid]
+        if nbytes == old:
+            return
+        # An allocator serves a resize with a new block (the old one freed once copied): an
+        # allocation of the new size after the old size's free, as far as the event log goes.
+        self._sizes[sid] = nbytes
+        if old:
+            self._record(sid, -old)
+        if nbytes:
+            self._record(sid, nbytes)
 
     def _release(self, key: int, sid: int, _: weakref.ref[Any]) -> None:
         del self._ids[key], self._refs[sid]
@@ -152,7 +156,8 @@ class LiveBytesTracker(TorchDispatchMode):
     def reset_peak(self) -> None:
         """Start a new peak window at the current live bytes (like ``reset_peak_memory_stats``)."""
         self._window_live = self._replay(len(self._events))
-        self._phases = {sid: self._phases[sid] for sid in self._window_live}
+        # Storages not live now may still regrow (resized in place from 0): keep every registered one's.
+        self._phases = {sid: phase for sid, phase in self._phases.items() if sid in self._sizes}
         self._events = []
         self._window_bytes = self._peak_bytes = self.live_bytes
         self._peak_event = 0
