@@ -87,6 +87,11 @@ def parallel_options(command: Any) -> Any:
         click.option(
             "--offload", type=click.Choice([o.value for o in Offload]), default="none", show_default=True
         ),
+        click.option(
+            "--interconnect",
+            type=click.FloatRange(min=0, min_open=True),
+            help="GB/s per direction between the GPUs (default: the card's link, see `planner cards`).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -158,6 +163,7 @@ def fit_command(
     nodes: int,
     strategy: str | None,
     offload: str,
+    interconnect: float | None,
     **options: Any,
 ) -> None:
     """Does MODEL (or the setup in --config FILE) fit on --card, and what is the largest
@@ -184,7 +190,10 @@ def fit_command(
         config = training_config(model, options)
     gpu_counts = parse_sizes(gpus, "gpus") or [1]
     if len(gpu_counts) > 1:
-        rows = gpu_count_rows(config, target, gpu_counts, nodes, strategy, offload)
+        from planner.timing import how_many_cards
+
+        configs = gpu_count_configs(config, gpu_counts, nodes, strategy, offload)
+        rows = how_many_cards(configs, target, interconnect_gbs=interconnect)
         if as_json:
             emit_json([row.model_dump(mode="json") for row in rows])
         else:
@@ -361,22 +370,15 @@ def with_parallelism(
         ) from None
 
 
-def gpu_count_rows(
-    config: TrainingConfig, card: Card, gpu_counts: list[int], nodes: int, strategy: str | None, offload: str
-) -> list[RankFit]:
-    """The "how many cards" table: per count, the max micro-batch per rank (linear fit of the
-    per-rank traces) and the per-rank peak there. One GPU is the plain single-GPU step."""
-    from planner.estimator import rank_fit
-
-    rows: list[RankFit] = []
-    for gpus in gpu_counts:
-        rank_config = (
-            config
-            if gpus * nodes == 1
-            else with_parallelism(config, gpus, nodes, strategy or "fsdp", offload)
-        )
-        rows.append(rank_fit(rank_config, card))
-    return rows
+def gpu_count_configs(
+    config: TrainingConfig, gpu_counts: list[int], nodes: int, strategy: str | None, offload: str
+) -> list[TrainingConfig]:
+    """``config`` as a job of each GPU count (FSDP unless ``strategy`` says otherwise); one GPU
+    is the plain single-GPU step."""
+    return [
+        config if gpus * nodes == 1 else with_parallelism(config, gpus, nodes, strategy or "fsdp", offload)
+        for gpus in gpu_counts
+    ]
 
 
 def print_gpu_counts(rows: list[RankFit], card: str) -> None:
@@ -386,23 +388,30 @@ def print_gpu_counts(rows: list[RankFit], card: str) -> None:
         "max micro-batch / rank",
         "peak / rank GiB",
         "resident / rank GiB",
-        "tokens / step",
+        "step s",
+        "comm s (exposed)",
+        "tokens/s / GPU",
         title=f"How many x {card}",
     )
     for row in rows:
+        timed = row.step_seconds is not None
         table.add_row(
             str(row.gpus),
             row.strategy,
             str(row.max_micro_batch),
             _gib(row.peak_bytes),
             _gib(row.resident_bytes),
-            f"{row.tokens_per_step:,}",
+            f"{row.step_seconds:.3f}" if timed else "-",
+            f"{row.communication_seconds:.3f} ({row.exposed_communication_seconds:.3f})" if timed else "-",
+            f"{row.tokens_per_second_per_gpu:,.0f}" if timed and row.max_micro_batch else "-",
         )
     console = Console()
     console.print(table)
     console.print(
         "Per rank, from the linear fit of traces of one rank with the sharded shapes and the strategy's "
-        "buffers; peak is the predicted NVML used at the max micro-batch (at 1 when nothing fits)."
+        "buffers; peak is the predicted NVML used at the max micro-batch (at 1 when nothing fits). Step "
+        "time: uncalibrated roofline compute plus the collectives (ring volumes at the link's datasheet "
+        "bandwidth, a lower bound) the strategy does not overlap."
     )
 
 

@@ -6,20 +6,39 @@ them); ZeRO's model states follow DeepSpeed's own formulas; communication volume
 from the strategy's collectives.
 """
 
+from planner.distributed._comm import (
+    INTER_NODE_GBS,
+    Collective,
+    CommunicationTime,
+    ModelSizes,
+    communication_time,
+    step_collectives,
+)
 from planner.distributed._ddp import BUCKET_CAP_BYTES, FIRST_BUCKET_BYTES, GRADIENT_BUCKETS, gradient_buckets
 from planner.distributed._fsdp import mixed_precision_policy, shard_like_accelerate
 from planner.distributed._prepare import Prepare, check_traceable, rank_preparer
+from planner.distributed._sizes import model_sizes
 from planner.distributed._world import fake_mesh
+from planner.distributed._zero import ZeroModelStates, zero_model_states
 
 __all__ = [
     "BUCKET_CAP_BYTES",
     "FIRST_BUCKET_BYTES",
     "GRADIENT_BUCKETS",
+    "INTER_NODE_GBS",
+    "Collective",
+    "CommunicationTime",
+    "ModelSizes",
     "Prepare",
+    "ZeroModelStates",
     "check_traceable",
+    "communication_time",
     "fake_mesh",
     "gradient_buckets",
     "mixed_precision_policy",
+    "model_sizes",
     "rank_preparer",
     "shard_like_accelerate",
+    "step_collectives",
+    "zero_model_states",
 ]

@@ -111,3 +111,10 @@ class RankFit(BaseModel):
     """Tensor bytes each rank keeps between steps (its shard of weights and optimizer state)."""
     tokens_per_step: int
     """Tokens the whole job trains on per micro-batch step at the max micro-batch."""
+    step_seconds: float | None = None
+    """One optimizer step at the max micro-batch (at 1 when nothing fits): roofline compute plus
+    the communication the strategy does not hide; None where the card has no datasheet figures."""
+    communication_seconds: float | None = None
+    """All the step's collectives at the interconnect's bandwidth, hidden or not."""
+    exposed_communication_seconds: float | None = None
+    tokens_per_second_per_gpu: float | None = None

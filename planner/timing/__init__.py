@@ -1,5 +1,6 @@
 """Wall-clock predictions: step times (measured, calibrated roofline or default) and whole trials."""
 
+from planner.timing._parallel import RankStepTime, how_many_cards, rank_step_time
 from planner.timing._roofline import (
     BANDWIDTH_EFFICIENCY,
     DEFAULT_RELATIVE_INTERVAL,
@@ -16,10 +17,13 @@ __all__ = [
     "GEMM_EFFICIENCY",
     "OP_DISPATCH_SECONDS",
     "ProfileLookup",
+    "RankStepTime",
     "RooflineStep",
     "StepTimeModel",
     "StepTimes",
     "TrialWork",
     "count_work",
+    "how_many_cards",
+    "rank_step_time",
     "trial_time",
 ]
