@@ -16,6 +16,7 @@ from planner.distributed._comm import (
 )
 from planner.distributed._ddp import BUCKET_CAP_BYTES, FIRST_BUCKET_BYTES, GRADIENT_BUCKETS, gradient_buckets
 from planner.distributed._fsdp import mixed_precision_policy, shard_like_accelerate
+from planner.distributed._measure import measured_rank_peaks
 from planner.distributed._prepare import Prepare, check_traceable, rank_preparer
 from planner.distributed._sizes import model_sizes
 from planner.distributed._world import fake_mesh
@@ -35,6 +36,7 @@ __all__ = [
     "communication_time",
     "fake_mesh",
     "gradient_buckets",
+    "measured_rank_peaks",
     "mixed_precision_policy",
     "model_sizes",
     "rank_preparer",
