@@ -1,8 +1,9 @@
 """Per-rank memory of data-parallel jobs: the fake-world trace of one rank against real gloo ranks.
 
 For each case (tiny models built from configs, DDP and FSDP2, 2 and 4 processes, fp32 and bf16
-mixed precision, full and LoRA), the predicted per-rank peak of live tensor bytes (the trace of
-rank 0 with the sharded shapes and the strategy's buffers) and every real rank's measured peak
+mixed precision, full and LoRA, hybrid sharding over 2 "nodes" of 2), the predicted per-rank
+peak of live tensor bytes (the trace of rank 0 with the sharded shapes and the strategy's
+buffers) and every real rank's measured peak
 (``planner.distributed.measured_rank_peaks``: forked processes, gloo on 127.0.0.1). Prints a
 table and writes ``benchmarks/results/rank_memory-cpu.json``. The test suite holds the fp32
 cases to 2%; this script also shows the bf16 ones.
@@ -28,26 +29,27 @@ from tests.conftest import TINY_CONFIGS, write_model  # noqa: E402
 
 MICRO_BATCH = 2
 CASES = [
-    ("llama", "full", "fp32", "ddp", 2),
-    ("gpt2", "lora", "fp32", "ddp", 2),
-    ("llama", "lora", "fp32", "fsdp", 2),
-    ("gpt2", "full", "fp32", "fsdp", 2),
-    ("llama", "full", "fp32", "fsdp", 4),
-    ("llama", "full", "bf16", "fsdp", 2),
-    ("llama", "lora", "bf16", "ddp", 4),
+    ("llama", "full", "fp32", "ddp", 2, 1),
+    ("gpt2", "lora", "fp32", "ddp", 2, 1),
+    ("llama", "lora", "fp32", "fsdp", 2, 1),
+    ("gpt2", "full", "fp32", "fsdp", 2, 1),
+    ("llama", "full", "fp32", "fsdp", 4, 1),
+    ("llama", "full", "bf16", "fsdp", 2, 1),
+    ("llama", "lora", "bf16", "ddp", 4, 1),
+    ("llama", "full", "fp32", "fsdp-hybrid", 2, 2),
 ]
 
 
 def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as root:
-        for model, method, precision, strategy, gpus in CASES:
+        for model, method, precision, strategy, gpus, nodes in CASES:
             config = TrainingConfig(
                 model=str(write_model(Path(root) / model, TINY_CONFIGS[model])),
                 method=method,
                 precision=precision,
                 seq_len=32,
-                parallelism={"gpus_per_node": gpus, "strategy": strategy},
+                parallelism={"gpus_per_node": gpus, "nodes": nodes, "strategy": strategy},
             )
             tracer = StepTracer(
                 load_model_config(config.model), config, cuda=None, prepare=rank_preparer(config)
@@ -56,7 +58,7 @@ def main() -> None:
             measured = measured_rank_peaks(config, MICRO_BATCH)
             worst = max(abs(predicted - peak) / peak for peak in measured.values())
             row = {
-                "case": f"{model} {method} {precision} {strategy} x{gpus}",
+                "case": f"{model} {method} {precision} {strategy} {nodes}x{gpus}",
                 "predicted_bytes": predicted,
                 "measured_bytes": [measured[rank] for rank in sorted(measured)],
                 "worst_error": worst,

@@ -200,6 +200,9 @@ def fit_command(
             print_gpu_counts(rows, target.name)
         return
     config = with_parallelism(config, gpu_counts[0], nodes, strategy, offload)
+    if config.parallelism.strategy.is_zero:
+        print_zero_states(config, as_json)
+        return
     report = fit_with_profiles(config, target, sizes, profile=profile_path)
     if plot is not None:
         plot_fit(report, plot)
@@ -428,3 +431,28 @@ def print_rank_split(report: FitReport, card: Card) -> None:
         _gib(report.at_max.peak_allocated_bytes - split.resident_bytes),
     )
     console.print(table)
+
+
+def print_zero_states(config: TrainingConfig, as_json: bool) -> None:
+    """ZeRO's model states per rank (DeepSpeed's formulas; ZeRO is not traced per rank)."""
+    from dataclasses import asdict
+
+    from planner.distributed import zero_states
+
+    states = zero_states(config)
+    if as_json:
+        emit_json({"config": config.model_dump(mode="json"), "model_states": asdict(states)})
+        return
+    parallelism = config.parallelism
+    table = Table("per rank", "GiB", title=f"{parallelism.describe()}: model states of one rank")
+    table.add_row("GPU: model states", _gib(states.gpu_bytes))
+    table.add_row("  of which replicated (16-bit weights / gradients)", _gib(states.replicated_bytes))
+    table.add_row(f"  of which partitioned 1/{parallelism.world_size}", _gib(states.partitioned_bytes))
+    table.add_row("  of which the gathered largest layer (stage 3)", _gib(states.gathered_bytes))
+    table.add_row("host RAM: offloaded partitions", _gib(states.host_bytes))
+    console = Console()
+    console.print(table)
+    console.print(
+        "Model states only (mixed-precision AdamW, DeepSpeed's per-stage accounting): no activations, "
+        "communication buckets or allocator overhead; ZeRO is not traced per rank."
+    )

@@ -18,7 +18,7 @@ from planner.distributed._ddp import BUCKET_CAP_BYTES, FIRST_BUCKET_BYTES, GRADI
 from planner.distributed._fsdp import mixed_precision_policy, shard_like_accelerate
 from planner.distributed._measure import measured_rank_peaks
 from planner.distributed._prepare import Prepare, check_traceable, rank_preparer
-from planner.distributed._sizes import model_sizes
+from planner.distributed._sizes import model_sizes, zero_states
 from planner.distributed._world import fake_mesh
 from planner.distributed._zero import ZeroModelStates, zero_model_states
 
@@ -43,4 +43,5 @@ __all__ = [
     "shard_like_accelerate",
     "step_collectives",
     "zero_model_states",
+    "zero_states",
 ]

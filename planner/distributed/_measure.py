@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from planner.distributed._prepare import rank_preparer
 from planner.models import load_model_config
-from planner.schema import TrainingConfig
+from planner.schema import Strategy, TrainingConfig
 from planner.step import StepTracer
 
 TIMEOUT_SECONDS = 300
@@ -39,7 +39,13 @@ def _rank(rank: int, world: int, port: int, config_json: str, micro_batch: int, 
         from torch.distributed.device_mesh import init_device_mesh
 
         config = TrainingConfig.model_validate_json(config_json)
-        mesh = init_device_mesh("cpu", (world,)) if config.parallelism.strategy.is_fsdp else None
+        parallelism = config.parallelism
+        mesh = None
+        if parallelism.strategy is Strategy.FSDP_HYBRID:
+            shape = (parallelism.nodes, parallelism.gpus_per_node)
+            mesh = init_device_mesh("cpu", shape, mesh_dim_names=("replicate", "shard"))
+        elif parallelism.strategy.is_fsdp:
+            mesh = init_device_mesh("cpu", (world,))
         torch.manual_seed(rank)
         prepare = rank_preparer(config, mesh=mesh, real=True)
         tracer = StepTracer(load_model_config(config.model), config, cuda=None, fake=False, prepare=prepare)

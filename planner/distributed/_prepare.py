@@ -25,8 +25,8 @@ def check_traceable(config: TrainingConfig) -> None:
         raise ConfigError(
             "strategy",
             f"{parallelism.strategy.value} is estimated for its model states only (DeepSpeed's own "
-            "formulas, planner.distributed.zero_model_states), not traced per rank",
-            "use --strategy fsdp (the same sharding as zero3) or ddp",
+            "formulas), not traced per rank",
+            "use --strategy fsdp (the same sharding as zero3) or ddp for a traced answer",
         )
     if parallelism.offload is not Offload.NONE:
         raise ConfigError("offload", "offloaded steps are not traced per rank yet", "use --offload none")

@@ -10,8 +10,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from planner.distributed._comm import ModelSizes
 from planner.distributed._ddp import gradient_buckets
 from planner.distributed._fsdp import mixed_precision_policy
+from planner.distributed._zero import ZeroModelStates, zero_model_states
+from planner.errors import ConfigError
 from planner.models import load_model_config
-from planner.schema import Parallelism, TrainingConfig
+from planner.schema import Method, OptimizerName, Parallelism, Precision, TrainingConfig
 from planner.step import build_model, num_layers, truncated_config
 
 HALF_BYTES = 2
@@ -27,6 +29,9 @@ def _counts(config: TrainingConfig, depth: int) -> tuple[dict[str, int], int, in
     parameters = list(model.parameters())
     trainable = [p for p in parameters if p.requires_grad]
     counts = {
+        "largest_module_elements": max(
+            sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules()
+        ),
         "elements": sum(p.numel() for p in parameters),
         "weight_bytes": sum(p.numel() * p.element_size() for p in parameters),
         "trainable_elements": sum(p.numel() for p in trainable),
@@ -83,3 +88,27 @@ def model_sizes(config: TrainingConfig) -> ModelSizes:
         first_unit_bytes=first,
         last_bucket_bytes=last_bucket,
     )
+
+
+def zero_states(config: TrainingConfig) -> ZeroModelStates:
+    """DeepSpeed ZeRO's model states per rank of ``config``'s job (see :func:`zero_model_states`):
+    parameters counted as :func:`model_sizes` counts them, the largest layer being the largest
+    module's own parameters (as DeepSpeed's ``estimate_zero3_model_states_mem_needs_all_live``
+    takes it). Those formulas are for full fine-tuning with mixed-precision AdamW; other setups are
+    refused in one line."""
+    if (
+        config.method is not Method.FULL
+        or config.precision not in (Precision.BF16, Precision.FP16)
+        or config.optimizer is not OptimizerName.ADAMW
+    ):
+        raise ConfigError(
+            "strategy",
+            f"{config.parallelism.strategy.value} model states follow DeepSpeed's formulas for full "
+            "fine-tuning with mixed-precision AdamW only",
+            "use --method full --precision bf16 --optimizer adamw, or --strategy fsdp",
+        )
+    depth = num_layers(load_model_config(config.model))
+    single = config.with_changes(parallelism=Parallelism(), micro_batch=1, gradient_accumulation=1)
+    (one, _, _, _), (two, _, _, _) = _counts(single, 1), _counts(single, 2)
+    parameters = one["elements"] + (two["elements"] - one["elements"]) * (depth - 1)
+    return zero_model_states(parameters, one["largest_module_elements"], config.parallelism)

@@ -101,7 +101,6 @@ def test_cli_per_rank_breakdown(tiny_models: dict[str, str]) -> None:
     ("args", "field"),
     [
         (["--gpus", "2", "--offload", "optimizer"], "--strategy"),
-        (["--gpus", "2", "--strategy", "zero3"], "strategy"),
         (["--gpus", "2", "--strategy", "fsdp", "--method", "qlora"], "method"),
     ],
 )
@@ -112,3 +111,21 @@ def test_cli_refuses_in_one_line(
     assert result.exit_code == 2, result.output
     assert field in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_zero_answers_model_states(tiny_models: dict[str, str]) -> None:
+    args = ("--seq-len", "32", "--card", "rtx-4090", "--gpus", "4", "--strategy", "zero3", "--json")
+    result = run("fit", tiny_models["llama"], *args)
+    assert result.exit_code == 0, result.output
+    states = json.loads(result.output)["model_states"]
+    parameters = sum(
+        n
+        for n in (
+            2 * 512 * 64,  # embedding and untied head
+            64,  # final norm
+            2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 160 + 2 * 64),  # two layers
+        )
+    )
+    assert states["replicated_bytes"] == 0
+    assert states["gathered_bytes"] == 4 * 512 * 64
+    assert states["partitioned_bytes"] == 18 * parameters // 4
