@@ -33,6 +33,7 @@ CASES = [
     ("gpt2", "lora", "fp32", "ddp", 2, 1),
     ("llama", "lora", "fp32", "fsdp", 2, 1),
     ("gpt2", "full", "fp32", "fsdp", 2, 1),
+    ("gpt2", "full", "fp32", "fsdp", 3, 1),
     ("llama", "full", "fp32", "fsdp", 4, 1),
     ("llama", "full", "bf16", "fsdp", 2, 1),
     ("llama", "lora", "bf16", "ddp", 4, 1),

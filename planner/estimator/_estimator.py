@@ -26,6 +26,11 @@ REPLAYED_ERROR = (
     "rules (not yet validated on a GPU); device adds the CUDA context ({context})"
 )
 """Full-depth traces the confirmation of a predicted max may take."""
+PER_RANK_INCLUDES = (
+    "per rank of the job, traced on rank 0 of a fake process group: the rank's shard of weights, "
+    "gradients and optimizer state (FSDP), its all-gathered layers with the next one prefetched, "
+    "DDP's gradient buckets; not the collectives' own buffers (NCCL's), nor the process group"
+)
 
 INCLUDES = [
     "weights (with 4-bit quant state), gradients, optimizer state",
@@ -149,7 +154,7 @@ class Estimator:
             peak_bytes=device,
             available_bytes=self.card.available_bytes,
             breakdown=breakdown,
-            includes=INCLUDES,
+            includes=INCLUDES if self.config.parallelism.single_gpu else [*INCLUDES, PER_RANK_INCLUDES],
             expected_error=expected_error,
             traced=trace,
             segments=replayed.segments if replayed is not None else None,

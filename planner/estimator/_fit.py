@@ -22,7 +22,9 @@ from planner.schema import (
     Fix,
     MemoryEstimate,
     Method,
+    Offload,
     OptimizerName,
+    Parallelism,
     Precision,
     Strategy,
     TrainingConfig,
@@ -107,24 +109,32 @@ SHARDING_GPUS = (2, 4, 8, 16, 32, 64)
 def _sharding_fix(config: TrainingConfig, card: Card, overhead: CudaOverhead | None) -> Fix | None:
     """FSDP (full sharding, accelerate's units) over the fewest cards of this kind that fit, if any.
 
-    Only for a single-GPU config, and not for QLoRA (its 4-bit base is not traced sharded). With
+    For a single-GPU or DDP config, from its own card count up; for an FSDP config, above it. Not
+    for QLoRA, 8-bit optimizers, offload or hybrid sharding (not traced sharded). With
     checkpointing off it is turned on too (the usual FSDP recipe; the change says so). Card counts
     whose share of the bytes resident between steps (all sharded by FSDP) is already over the
     limit are skipped untraced; each other count is answered by the linear fit of its per-rank
     traces.
     """
-    if not config.parallelism.single_gpu or config.method is Method.QLORA:
+    parallelism = config.parallelism
+    if (
+        config.method is Method.QLORA
+        or config.optimizer in BITSANDBYTES_OPTIMIZERS
+        or parallelism.offload is not Offload.NONE
+        or parallelism.strategy not in (Strategy.DDP, Strategy.FSDP)
+    ):
         return None
-    single = Estimator(config, card, overhead)
+    single = Estimator(config.with_changes(parallelism=Parallelism()), card, overhead)
     resident = single.traces.resident_bytes()
     limit = single.allocated_limit - single.overhead.workspace_bytes
     checkpointing = "" if config.gradient_checkpointing else " + gradient checkpointing"
+    fewest = parallelism.world_size + (1 if parallelism.strategy is Strategy.FSDP else 0)
     for gpus in SHARDING_GPUS:
-        if resident / gpus > limit:
+        if gpus < fewest or resident / gpus > limit:
             continue
         per_node = min(gpus, 8)
-        parallelism = {"gpus_per_node": per_node, "nodes": gpus // per_node, "strategy": Strategy.FSDP}
-        candidate = config.with_changes(parallelism=parallelism, gradient_checkpointing=True)
+        sharded = {"gpus_per_node": per_node, "nodes": gpus // per_node, "strategy": Strategy.FSDP}
+        candidate = config.with_changes(parallelism=sharded, gradient_checkpointing=True)
         best = Estimator(candidate, card, overhead).max_micro_batch(confirm=False)
         if best >= 1:
             change = f"FSDP over {gpus} x {card.name}{checkpointing}: max micro-batch {best} per rank"

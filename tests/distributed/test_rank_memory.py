@@ -4,7 +4,8 @@ Each case launches real processes (forked, gloo, 127.0.0.1 on a free port: measu
 wraps the tiny model with torch's ``DistributedDataParallel`` or FSDP2 ``fully_shard`` as
 accelerate does, runs steady-state steps and measures each rank's peak of live tensor bytes with
 ``LiveBytesTracker``. The prediction is the fake-tensor trace of one rank with the sharded shapes
-and the strategy's buffers (planner.distributed.rank_preparer); it must be within 2% of every rank.
+and the strategy's buffers (planner.distributed.rank_preparer); it must be within 2% of every rank
+(rank 0 holds the largest of uneven shards, so it is the one predicted).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ CASES = [
     ("llama", "full", "ddp", 2),
     ("gpt2", "lora", "ddp", 2),
     ("llama", "lora", "fsdp", 2),
-    ("gpt2", "full", "fsdp", 2),
+    ("gpt2", "full", "fsdp", 3),  # 64-wide weights over 3 ranks: uneven, padded shards
     ("llama", "full", "fsdp", 4),
 ]
 
