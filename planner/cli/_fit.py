@@ -206,14 +206,21 @@ def fit_command(
     report = fit_with_profiles(config, target, sizes, profile=profile_path)
     if plot is not None:
         plot_fit(report, plot)
+    per_rank = None if config.parallelism.single_gpu else rank_answers(report, target, interconnect)
     if as_json:
-        emit_json({**report.model_dump(mode="json"), **({"notes": notes} if config_path else {})})
+        emit_json(
+            {
+                **report.model_dump(mode="json"),
+                **({"notes": notes} if config_path else {}),
+                **({"per_rank": per_rank_json(report, *per_rank)} if per_rank else {}),
+            }
+        )
     else:
         for note in notes:
             click.echo(f"note: {note}", err=True)
         print_fit(report)
-        if not config.parallelism.single_gpu:
-            print_rank_split(report, target)
+        if per_rank:
+            print_rank_split(report, *per_rank)
 
 
 # CLI option -> TrainingConfig field ("lora.r": inside ``lora``).
@@ -418,11 +425,33 @@ def print_gpu_counts(rows: list[RankFit], card: str) -> None:
     )
 
 
-def print_rank_split(report: FitReport, card: Card) -> None:
-    """What of the per-rank peak is the rank's share of the model and what every rank holds whole."""
+def rank_answers(report: FitReport, card: Card, interconnect: float | None) -> tuple[Any, Any]:
+    """What a rank keeps between steps, and its step time with communication (None on a card
+    without datasheet throughput)."""
     from planner.estimator import rank_split
+    from planner.timing import rank_step_time, roofline_available
 
     split = rank_split(report.config, card)
+    if not roofline_available(card, report.config):
+        return split, None
+    micro_batch = max(report.max_micro_batch, 1)
+    return split, rank_step_time(report.config, card, micro_batch, interconnect_gbs=interconnect)
+
+
+def per_rank_json(report: FitReport, split: Any, step: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {
+        "resident_bytes": split.resident_bytes,
+        "resident_kind": split.resident_kind,
+        "transient_bytes": report.at_max.peak_allocated_bytes - split.resident_bytes,
+        "step": None if step is None else asdict(step),
+    }
+
+
+def print_rank_split(report: FitReport, split: Any, step: Any) -> None:
+    """What of the per-rank peak is the rank's share of the model and what every rank holds whole,
+    and the step's time with communication."""
     console = Console()
     table = Table("per rank", "GiB", title=f"{report.config.parallelism.describe()}: one rank")
     table.add_row(f"resident between steps ({split.resident_kind})", _gib(split.resident_bytes))
@@ -431,6 +460,17 @@ def print_rank_split(report: FitReport, card: Card) -> None:
         _gib(report.at_max.peak_allocated_bytes - split.resident_bytes),
     )
     console.print(table)
+    if step is None:
+        return
+    communication = step.communication
+    collectives = ", ".join(f"{c.kind} {c.payload_bytes / GIB:.2f} GiB" for c in communication.collectives)
+    console.print(
+        f"Step at micro-batch {max(report.max_micro_batch, 1)} per rank: {step.step_seconds:.3f} s = compute "
+        f"{step.compute_seconds:.3f} s (roofline, uncalibrated) + communication not overlapped "
+        f"{communication.exposed_seconds:.3f} s of {communication.total_seconds:.3f} s ({collectives} at "
+        f"{communication.bandwidth_gbs:g} GB/s, {communication.link}, ring volumes: a lower bound); "
+        f"{step.tokens_per_second_per_gpu:,.0f} tokens/s per GPU."
+    )
 
 
 def print_zero_states(config: TrainingConfig, as_json: bool) -> None:

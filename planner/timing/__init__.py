@@ -7,6 +7,7 @@ from planner.timing._roofline import (
     GEMM_EFFICIENCY,
     OP_DISPATCH_SECONDS,
     RooflineStep,
+    roofline_available,
 )
 from planner.timing._step import ProfileLookup, StepTimeModel, StepTimes
 from planner.timing._trial import TrialWork, count_work, trial_time
@@ -25,5 +26,6 @@ __all__ = [
     "count_work",
     "how_many_cards",
     "rank_step_time",
+    "roofline_available",
     "trial_time",
 ]

@@ -79,8 +79,8 @@ def test_cli_gpu_counts_table(tiny_models: dict[str, str]) -> None:
     assert all(row["tokens_per_second_per_gpu"] > 0 for row in rows)
 
 
-def test_cli_per_rank_breakdown(tiny_models: dict[str, str]) -> None:
-    result = run(
+def result_args(tiny_models: dict[str, str]) -> list[str]:
+    return [
         "fit",
         tiny_models["gpt2"],
         "--seq-len",
@@ -91,10 +91,21 @@ def test_cli_per_rank_breakdown(tiny_models: dict[str, str]) -> None:
         "2",
         "--strategy",
         "fsdp",
-    )
+    ]
+
+
+def test_cli_per_rank_breakdown(tiny_models: dict[str, str]) -> None:
+    result = run(*result_args(tiny_models))
     assert result.exit_code == 0, result.output
     assert "FSDP over 2 GPUs: one rank" in result.output
     assert "sharded 1/2" in result.output
+    assert "tokens/s per GPU" in result.output
+    as_json = run(*result_args(tiny_models), "--json")
+    assert as_json.exit_code == 0, as_json.output
+    per_rank = json.loads(as_json.output)["per_rank"]
+    assert per_rank["resident_bytes"] > 0 and per_rank["transient_bytes"] > 0
+    kinds = [c["kind"] for c in per_rank["step"]["communication"]["collectives"]]
+    assert kinds == ["all-gather", "all-gather", "reduce-scatter"]
 
 
 @pytest.mark.parametrize(
