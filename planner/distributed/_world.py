@@ -7,6 +7,13 @@ anyway. So the real engine code (FSDP2's ``fully_shard``, its all-gathers and re
 runs on rank 0 with the shapes and buffers of the real job, and nothing else in the process sees
 a distributed world: the fake group is set up once, large enough for every world asked about,
 and each mesh is a subgroup of it.
+
+The fake world stays up for the process's life (traced FSDP modules keep its groups), so
+``torch.distributed.is_initialized()`` is True afterwards in a process that traced a rank. A
+Trainer run later in the same process is not affected (accelerate decides from the launcher's
+environment; the executor's sweep test passes after a per-rank fit in one process), but a
+process that must start a real group itself has to do it in a fresh process, as the executor's
+workers and the gloo measurement (:mod:`planner.distributed._measure`) do.
 """
 
 from __future__ import annotations
