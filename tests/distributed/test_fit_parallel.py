@@ -140,3 +140,18 @@ def test_cli_zero_answers_model_states(tiny_models: dict[str, str]) -> None:
     assert states["replicated_bytes"] == 0
     assert states["gathered_bytes"] == 4 * 512 * 64
     assert states["partitioned_bytes"] == 18 * parameters // 4
+
+
+def test_a_sweep_trial_cannot_span_gpus_yet() -> None:
+    from pydantic import ValidationError
+
+    from planner.schema import SweepSpec
+
+    with pytest.raises(ValidationError, match="parallelism: a trial runs on one GPU"):
+        SweepSpec.model_validate(
+            {
+                "base": {"model": "gpt2", "parallelism": {"gpus_per_node": 2}},
+                "data": {"counts": {"train_examples": 200, "mean_tokens": 100, "eval_examples": 20}},
+                "budget": "1h",
+            }
+        )
