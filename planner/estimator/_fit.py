@@ -81,13 +81,19 @@ def _suggest_fixes(
     config: TrainingConfig, card: Card, overhead: CudaOverhead | None, helper: Helper | None
 ) -> list[Fix]:
     candidates = [(change, config.with_changes(**changed)) for change, changed in _fix_candidates(config)]
-    answers = share(helper, [(_fix_answer, (candidate, card, overhead)) for _, candidate in candidates])
+    # The sharding fix (several shallow per-rank builds) goes first, to the helper when there is one.
+    sharded, *answers = share(
+        helper,
+        [
+            (_sharding_fix, (config, card, overhead)),
+            *[(_fix_answer, (candidate, card, overhead)) for _, candidate in candidates],
+        ],
+    )
     fixes = []
     for (change, candidate), (best, traces) in zip(candidates, answers, strict=True):
         Estimator(candidate, card, overhead).traces.absorb(traces)
         if best >= 1:
             fixes.append(Fix(change=change, config=candidate, max_micro_batch=best))
-    sharded = _sharding_fix(config, card, overhead)
     if sharded is not None:
         fixes.append(sharded)
     seq_len = config.seq_len // 2
