@@ -19,11 +19,15 @@ from planner.formatting import format_duration
 from planner.schema import (
     GIB,
     Attention,
+    Card,
     CardComparison,
     FitReport,
     Method,
+    Offload,
     OptimizerName,
     Precision,
+    RankFit,
+    Strategy,
     TrainingConfig,
 )
 
@@ -79,6 +83,32 @@ def training_options(command: Any) -> Any:
             default="all-linear",
             show_default=True,
             help="Comma-separated module names, or all-linear.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def parallel_options(command: Any) -> Any:
+    """``--gpus``, ``--nodes``, ``--strategy``, ``--offload``: one rank of a data-parallel job."""
+    options = [
+        click.option(
+            "--gpus", help="GPUs per node (default 1); a list (1,2,4,8) answers per count in one table."
+        ),
+        click.option("--nodes", type=int, default=1, show_default=True, help="Nodes of --gpus GPUs each."),
+        click.option(
+            "--strategy",
+            type=click.Choice([s.value for s in Strategy]),
+            help="Data-parallel engine (default with several GPUs: ddp).",
+        ),
+        click.option(
+            "--offload", type=click.Choice([o.value for o in Offload]), default="none", show_default=True
+        ),
+        click.option(
+            "--interconnect",
+            type=click.FloatRange(min=0, min_open=True),
+            help="GB/s per direction between the GPUs (default: the card's link, see `planner cards`).",
         ),
     ]
     for option in reversed(options):
@@ -145,6 +175,7 @@ def training_config(model: str, options: dict[str, Any]) -> TrainingConfig:
 @click.option("--require-fit", is_flag=True, help="Exit 1 when nothing fits (for scripts).")
 @click.option("--micro-batch", "micro_batches", help="Micro-batch sizes to report, e.g. 1,2,4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@parallel_options
 @click.option(
     "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of memory vs micro-batch."
 )
@@ -166,6 +197,11 @@ def fit_command(
     as_json: bool,
     plot: Path | None,
     profile_path: Path | None,
+    gpus: str | None,
+    nodes: int,
+    strategy: str | None,
+    offload: str,
+    interconnect: float | None,
     **options: Any,
 ) -> None:
     """Does MODEL (or the setup in --config FILE) fit on --card, and what is the largest
@@ -217,25 +253,56 @@ def fit_command(
         config = training_config(model, options)
     if config.torch_compile and not any(note.startswith("torch_compile") for note in notes):
         notes.append("torch_compile: memory is estimated as eager's (what inductor saves is not traced)")
+    gpu_counts = parse_sizes(gpus, "gpus") or [1]
     if len(targets) > 1:
+        if gpus is not None or strategy is not None:
+            option = "--gpus" if gpus is not None else "--strategy"
+            raise ConfigError(
+                option, "applies to one card, not a comparison", f"give one --card with {option}"
+            )
         comparison = compare_cards(config, targets, tokens=count, prices=prices)
+        if as_json:
+            emit_json({**comparison.model_dump(mode="json"), **({"notes": notes} if notes else {})})
+        else:
+            for note in notes:
+                click.echo(f"note: {note}", err=True)
+            print_comparison(comparison)
         fits = comparison.best is not None
-        payload = comparison.model_dump(mode="json")
+    elif len(gpu_counts) > 1:
+        from planner.timing import how_many_cards
+
+        configs = gpu_count_configs(config, gpu_counts, nodes, strategy, offload)
+        rows = how_many_cards(configs, targets[0], interconnect_gbs=interconnect)
+        if as_json:
+            emit_json([row.model_dump(mode="json") for row in rows])
+        else:
+            print_gpu_counts(rows, targets[0].name)
+        fits = any(row.max_micro_batch > 0 for row in rows)
     else:
-        report = fit_with_profiles(config, targets[0], sizes, profile=profile_path)
+        config = with_parallelism(config, gpu_counts[0], nodes, strategy, offload)
+        if config.parallelism.strategy.is_zero:
+            print_zero_states(config, as_json)
+            return
+        target = targets[0]
+        report = fit_with_profiles(config, target, sizes, profile=profile_path)
         if plot is not None:
             plot_fit(report, plot)
-        fits = report.max_micro_batch > 0
-        payload = report.model_dump(mode="json")
-    if as_json:
-        emit_json({**payload, **({"notes": notes} if config_path or notes else {})})
-    else:
-        for note in notes:
-            click.echo(f"note: {note}", err=True)
-        if len(targets) > 1:
-            print_comparison(comparison)
+        per_rank = None if config.parallelism.single_gpu else rank_answers(report, target, interconnect)
+        if as_json:
+            emit_json(
+                {
+                    **report.model_dump(mode="json"),
+                    **({"notes": notes} if config_path or notes else {}),
+                    **({"per_rank": per_rank_json(report, *per_rank)} if per_rank else {}),
+                }
+            )
         else:
+            for note in notes:
+                click.echo(f"note: {note}", err=True)
             print_fit(report)
+            if per_rank:
+                print_rank_split(report, *per_rank)
+        fits = report.max_micro_batch > 0
     if require_fit and not fits:
         sys.exit(1)
 
@@ -515,3 +582,138 @@ def draw_fit(report: FitReport, axes: Any) -> None:
     axes.set_ylabel("GiB")
     axes.set_title(f"{report.config.model} ({report.config.method.value}, seq {report.config.seq_len})")
     axes.legend()
+
+
+# -- several GPUs -------------------------------------------------------------------------------
+def with_parallelism(
+    config: TrainingConfig, gpus: int, nodes: int, strategy: str | None, offload: str
+) -> TrainingConfig:
+    """``config`` as one rank of ``gpus`` x ``nodes`` GPUs under ``strategy`` (validated)."""
+    from pydantic import ValidationError
+
+    fields = {"gpus_per_node": gpus, "nodes": nodes, "strategy": strategy or "ddp", "offload": offload}
+    try:
+        return config.with_changes(parallelism=fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigError(
+            "--strategy", str(error["msg"]).removeprefix("Value error, "), "see `planner fit --help`"
+        ) from None
+
+
+def gpu_count_configs(
+    config: TrainingConfig, gpu_counts: list[int], nodes: int, strategy: str | None, offload: str
+) -> list[TrainingConfig]:
+    """``config`` as a job of each GPU count (FSDP unless ``strategy`` says otherwise); one GPU
+    is the plain single-GPU step."""
+    return [
+        config if gpus * nodes == 1 else with_parallelism(config, gpus, nodes, strategy or "fsdp", offload)
+        for gpus in gpu_counts
+    ]
+
+
+def print_gpu_counts(rows: list[RankFit], card: str) -> None:
+    table = Table(
+        "GPUs",
+        "strategy",
+        "max micro-batch / rank",
+        "peak / rank GiB",
+        "resident / rank GiB",
+        "step s",
+        "comm s (exposed)",
+        "tokens/s / GPU",
+        title=f"How many x {card}",
+    )
+    for row in rows:
+        timed = row.step_seconds is not None
+        table.add_row(
+            str(row.gpus),
+            row.strategy,
+            str(row.max_micro_batch),
+            _gib(row.peak_bytes),
+            _gib(row.resident_bytes),
+            f"{row.step_seconds:.3f}" if timed else "-",
+            f"{row.communication_seconds:.3f} ({row.exposed_communication_seconds:.3f})" if timed else "-",
+            f"{row.tokens_per_second_per_gpu:,.0f}" if timed and row.max_micro_batch else "-",
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        "Per rank, from the linear fit of traces of one rank with the sharded shapes and the strategy's "
+        "buffers; peak is the predicted NVML used at the max micro-batch (at 1 when nothing fits). Step "
+        "time: uncalibrated roofline compute plus the collectives (ring volumes at the link's datasheet "
+        "bandwidth, a lower bound) the strategy does not overlap."
+    )
+
+
+def rank_answers(report: FitReport, card: Card, interconnect: float | None) -> tuple[Any, Any]:
+    """What a rank keeps between steps, and its step time with communication (None on a card
+    without datasheet throughput)."""
+    from planner.estimator import rank_split
+    from planner.timing import rank_step_time, roofline_available
+
+    split = rank_split(report.config, card)
+    if not roofline_available(card, report.config):
+        return split, None
+    micro_batch = max(report.max_micro_batch, 1)
+    return split, rank_step_time(report.config, card, micro_batch, interconnect_gbs=interconnect)
+
+
+def per_rank_json(report: FitReport, split: Any, step: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {
+        "resident_bytes": split.resident_bytes,
+        "resident_kind": split.resident_kind,
+        "transient_bytes": report.at_max.peak_allocated_bytes - split.resident_bytes,
+        "step": None if step is None else asdict(step),
+    }
+
+
+def print_rank_split(report: FitReport, split: Any, step: Any) -> None:
+    """What of the per-rank peak is the rank's share of the model and what every rank holds whole,
+    and the step's time with communication."""
+    console = Console()
+    table = Table("per rank", "GiB", title=f"{report.config.parallelism.describe()}: one rank")
+    table.add_row(f"resident between steps ({split.resident_kind})", _gib(split.resident_bytes))
+    table.add_row(
+        "step transient (gathered layers, gradients in flight, activations, buckets)",
+        _gib(report.at_max.peak_allocated_bytes - split.resident_bytes),
+    )
+    console.print(table)
+    if step is None:
+        return
+    communication = step.communication
+    collectives = ", ".join(f"{c.kind} {c.payload_bytes / GIB:.2f} GiB" for c in communication.collectives)
+    console.print(
+        f"Step at micro-batch {max(report.max_micro_batch, 1)} per rank: {step.step_seconds:.3f} s = compute "
+        f"{step.compute_seconds:.3f} s (roofline, uncalibrated) + communication not overlapped "
+        f"{communication.exposed_seconds:.3f} s of {communication.total_seconds:.3f} s ({collectives} at "
+        f"{communication.bandwidth_gbs:g} GB/s, {communication.link}, ring volumes: a lower bound); "
+        f"{step.tokens_per_second_per_gpu:,.0f} tokens/s per GPU."
+    )
+
+
+def print_zero_states(config: TrainingConfig, as_json: bool) -> None:
+    """ZeRO's model states per rank (DeepSpeed's formulas; ZeRO is not traced per rank)."""
+    from dataclasses import asdict
+
+    from planner.distributed import zero_states
+
+    states = zero_states(config)
+    if as_json:
+        emit_json({"config": config.model_dump(mode="json"), "model_states": asdict(states)})
+        return
+    parallelism = config.parallelism
+    table = Table("per rank", "GiB", title=f"{parallelism.describe()}: model states of one rank")
+    table.add_row("GPU: model states", _gib(states.gpu_bytes))
+    table.add_row("  of which replicated (16-bit weights / gradients)", _gib(states.replicated_bytes))
+    table.add_row(f"  of which partitioned 1/{parallelism.world_size}", _gib(states.partitioned_bytes))
+    table.add_row("  of which the gathered largest layer (stage 3)", _gib(states.gathered_bytes))
+    table.add_row("host RAM: offloaded partitions", _gib(states.host_bytes))
+    console = Console()
+    console.print(table)
+    console.print(
+        "Model states only (mixed-precision AdamW, DeepSpeed's per-stage accounting): no activations, "
+        "communication buckets or allocator overhead; ZeRO is not traced per rank."
+    )

@@ -13,6 +13,7 @@ from planner.estimator._cuda import (
 from planner.estimator._estimator import INCLUDES, Estimator
 from planner.estimator._fit import estimate_memory, fit, micro_batches_around, suggest_fixes
 from planner.estimator._linear import MAX_MICRO_BATCH, LinearPeak, probe_depths
+from planner.estimator._rank import RankSplit, rank_fit, rank_split
 from planner.estimator._traces import TraceCache, shared_cache
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "CudaOverhead",
     "Estimator",
     "LinearPeak",
+    "RankSplit",
     "TraceCache",
     "cuda_context",
     "default_overhead",
@@ -33,6 +35,8 @@ __all__ = [
     "overhead_for",
     "overhead_from_profiles",
     "probe_depths",
+    "rank_fit",
+    "rank_split",
     "shared_cache",
     "suggest_fixes",
 ]

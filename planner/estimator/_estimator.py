@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from planner.allocator import AllocatorConfig
+from planner.distributed import check_traceable
 from planner.estimator._cuda import CudaOverhead, default_overhead
 from planner.estimator._helper import Helper
 from planner.estimator._linear import MAX_MICRO_BATCH, TRACE_KEYS, LinearPeak
@@ -25,6 +26,11 @@ REPLAYED_ERROR = (
     "rules (not yet validated on a GPU); device adds the CUDA context ({context})"
 )
 """Full-depth traces the confirmation of a predicted max may take."""
+PER_RANK_INCLUDES = (
+    "per rank of the job, traced on rank 0 of a fake process group: the rank's shard of weights, "
+    "gradients and optimizer state (FSDP), its all-gathered layers with the next one prefetched, "
+    "DDP's gradient buckets; not the collectives' own buffers (NCCL's), nor the process group"
+)
 
 INCLUDES = [
     "weights (with 4-bit quant state), gradients, optimizer state",
@@ -53,6 +59,7 @@ class Estimator:
         alloc_conf: AllocatorConfig | None = None,
     ) -> None:
         check_card_supports(config, card)
+        check_traceable(config)
         self.config = config
         self.card = card
         self.hf_config = load_model_config(config.model)
@@ -173,7 +180,7 @@ class Estimator:
             peak_bytes=device,
             available_bytes=self.card.available_bytes,
             breakdown=breakdown,
-            includes=INCLUDES,
+            includes=INCLUDES if self.config.parallelism.single_gpu else [*INCLUDES, PER_RANK_INCLUDES],
             expected_error=expected_error,
             traced=trace,
             segments=replayed.segments if replayed is not None else None,

@@ -22,8 +22,11 @@ from planner.schema import (
     Fix,
     MemoryEstimate,
     Method,
+    Offload,
     OptimizerName,
+    Parallelism,
     Precision,
+    Strategy,
     TrainingConfig,
 )
 from planner.step import (
@@ -44,13 +47,15 @@ def _fix_candidates(config: TrainingConfig) -> list[tuple[str, dict[str, Any]]]:
         changes.append(
             ("gradient checkpointing (~30% slower steps, same results)", {"gradient_checkpointing": True})
         )
+    sharded = config.parallelism.strategy.is_fsdp and not config.parallelism.single_gpu
     if config.optimizer is OptimizerName.ADAMW_TORCH:
         changes.append(("fused AdamW (adamw_torch_fused, same results)", {"optimizer": OptimizerName.ADAMW}))
-    if config.optimizer in (OptimizerName.ADAMW, OptimizerName.ADAMW_TORCH):
+    # bitsandbytes' 8-bit optimizers and QLoRA are not traced under FSDP (check_traceable).
+    if config.optimizer in (OptimizerName.ADAMW, OptimizerName.ADAMW_TORCH) and not sharded:
         changes.append(("8-bit AdamW (bitsandbytes)", {"optimizer": OptimizerName.ADAMW_8BIT}))
     if config.method is Method.FULL:
         changes.append(("LoRA instead of full fine-tuning", {"method": Method.LORA}))
-    if config.method is not Method.QLORA:
+    if config.method is not Method.QLORA and not sharded:
         precision = Precision.BF16 if config.precision is Precision.PURE_BF16 else config.precision
         changes.append(("QLoRA (4-bit NF4 base + LoRA)", {"method": Method.QLORA, "precision": precision}))
     if not config.gradient_checkpointing:
@@ -84,12 +89,21 @@ def _suggest_fixes(
     config: TrainingConfig, card: Card, overhead: CudaOverhead | None, helper: Helper | None
 ) -> list[Fix]:
     candidates = [(change, config.with_changes(**changed)) for change, changed in _fix_candidates(config)]
-    answers = share(helper, [(_fix_answer, (candidate, card, overhead)) for _, candidate in candidates])
+    # The sharding fix (several shallow per-rank builds) goes first, to the helper when there is one.
+    sharded, *answers = share(
+        helper,
+        [
+            (_sharding_fix, (config, card, overhead)),
+            *[(_fix_answer, (candidate, card, overhead)) for _, candidate in candidates],
+        ],
+    )
     fixes = []
     for (change, candidate), (best, traces) in zip(candidates, answers, strict=True):
         Estimator(candidate, card, overhead).traces.absorb(traces)
         if best >= 1:
             fixes.append(Fix(change=change, config=candidate, max_micro_batch=best))
+    if sharded is not None:
+        fixes.append(sharded)
     seq_len = config.seq_len // 2
     while seq_len >= 128 and not fixes:
         candidate = config.with_changes(seq_len=seq_len)
@@ -100,6 +114,47 @@ def _suggest_fixes(
             )
         seq_len //= 2
     return fixes
+
+
+SHARDING_GPUS = (2, 4, 8, 16, 32, 64)
+"""Card counts the sharding fix tries, fewest first; past 8 as nodes of 8 (GPUs per server)."""
+
+
+def _sharding_fix(config: TrainingConfig, card: Card, overhead: CudaOverhead | None) -> Fix | None:
+    """FSDP (full sharding, accelerate's units) over the fewest cards of this kind that fit, if any.
+
+    For a single-GPU or DDP config, from its own card count up; for an FSDP config, above it. Not
+    for QLoRA, optimizers other than fused AdamW and SGD, offload or hybrid sharding (not traced
+    sharded: ``planner.distributed.check_traceable``). With
+    checkpointing off it is turned on too (the usual FSDP recipe; the change says so). Card counts
+    whose share of the bytes resident between steps (all sharded by FSDP) is already over the
+    limit are skipped untraced; each other count is answered by the linear fit of its per-rank
+    traces.
+    """
+    parallelism = config.parallelism
+    if (
+        config.method is Method.QLORA
+        or config.optimizer not in (OptimizerName.ADAMW, OptimizerName.SGD)
+        or parallelism.offload is not Offload.NONE
+        or parallelism.strategy not in (Strategy.DDP, Strategy.FSDP)
+    ):
+        return None
+    single = Estimator(config.with_changes(parallelism=Parallelism()), card, overhead)
+    resident = single.traces.resident_bytes()
+    limit = single.allocated_limit - single.overhead.workspace_bytes
+    checkpointing = "" if config.gradient_checkpointing else " + gradient checkpointing"
+    fewest = parallelism.world_size + (1 if parallelism.strategy is Strategy.FSDP else 0)
+    for gpus in SHARDING_GPUS:
+        if gpus < fewest or resident / gpus > limit:
+            continue
+        per_node = min(gpus, 8)
+        sharded = {"gpus_per_node": per_node, "nodes": gpus // per_node, "strategy": Strategy.FSDP}
+        candidate = config.with_changes(parallelism=sharded, gradient_checkpointing=True)
+        best = Estimator(candidate, card, overhead).max_micro_batch(confirm=False)
+        if best >= 1:
+            change = f"FSDP over {gpus} x {card.name}{checkpointing}: max micro-batch {best} per rank"
+            return Fix(change=change, config=candidate, max_micro_batch=best)
+    return None
 
 
 def _fix_answer(config: TrainingConfig, card: Card, overhead: CudaOverhead | None) -> tuple[int, TakenTraces]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from planner.distributed import rank_preparer
 from planner.estimator._linear import LinearPeak, probe_depths
 from planner.models import load_model_config
 from planner.schema import TrainingConfig
@@ -49,7 +50,9 @@ class StepTraces:
         """The built setup at ``depth`` (the full-depth one is kept, shallow ones until fitted)."""
         if depth not in self._tracers:
             hf_config = self.hf_config if depth == self.depth else truncated_config(self.hf_config, depth)
-            self._tracers[depth] = StepTracer(hf_config, self.config, cuda=self.cuda)
+            self._tracers[depth] = StepTracer(
+                hf_config, self.config, cuda=self.cuda, prepare=rank_preparer(self.config)
+            )
             self.resident[depth] = self._tracers[depth].resident_bytes
             self.trainable[depth] = self._tracers[depth].trainable_bytes
             self.paged[depth] = self._tracers[depth].paged_bytes

@@ -3,6 +3,7 @@
 from planner.schema._card import GIB, MIB, Card, Throughput
 from planner.schema._compare import CardComparison, CardOption
 from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstimate, ModelledStack
+from planner.schema._parallel import Offload, Parallelism, RankFit, Strategy
 from planner.schema._plan import DataStats, HalvingRung, Plan, PlannedTrial, TimeEstimate, TimeSource
 from planner.schema._profile import (
     MaxBatchSearch,
@@ -63,15 +64,19 @@ __all__ = [
     "Method",
     "ModelledStack",
     "Objective",
+    "Offload",
     "OptimizerName",
+    "Parallelism",
     "Plan",
     "PlannedTrial",
     "Precision",
     "ProbeResult",
     "ProfileKey",
     "Range",
+    "RankFit",
     "Scheduler",
     "StepMeasurement",
+    "Strategy",
     "SweepSpec",
     "Throughput",
     "TimeEstimate",

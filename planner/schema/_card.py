@@ -46,6 +46,11 @@ class Card(BaseModel):
     """Streaming multiprocessors: how many GEMM tiles run at once (wave quantisation); None if unknown."""
     source: str
     free_bytes: int | None = None
+    interconnect: str | None = None
+    """How the card talks to its peers in one server (e.g. "PCIe 4.0 x16", "NVLink 4 (NVSwitch)")."""
+    interconnect_gbs: PositiveFloat | None = None
+    """Per-direction bandwidth of that link (GB/s), what a ring collective runs at."""
+    interconnect_source: str | None = None
 
     @property
     def memory_total_bytes(self) -> int:

@@ -273,6 +273,17 @@ class SweepSpec(BaseModel):
             spec._checkpointing_explicit = base.get("gradient_checkpointing") is not None
         return spec
 
+    @field_validator("base")
+    @classmethod
+    def _one_gpu_per_trial(cls, base: TrainingConfig) -> TrainingConfig:
+        if not base.parallelism.single_gpu:
+            # planner run gives each trial one GPU; a plan per rank would not be what runs.
+            raise ValueError(
+                "parallelism: a trial runs on one GPU (trials spanning GPUs are not supported yet); "
+                "remove it, and ask `planner fit --gpus N --strategy S` about several GPUs"
+            )
+        return base
+
     @field_validator("budget_seconds", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:

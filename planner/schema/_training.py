@@ -10,10 +10,15 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
+
+from planner.schema._parallel import Parallelism
 
 
 class Method(str, Enum):
@@ -124,6 +129,16 @@ class TrainingConfig(BaseModel):
     seq_len: PositiveInt = 512
     micro_batch: PositiveInt = 1
     gradient_accumulation: PositiveInt = 1
+    parallelism: Parallelism = Parallelism()
+    """GPUs and data-parallel strategy; ``micro_batch`` is then per rank. Left out of dumps and
+    keys when it is the single-GPU default, so single-GPU configs read and key as before."""
+
+    @model_serializer(mode="wrap")
+    def _single_gpu_unsaid(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> object:
+        data = handler(self)
+        if isinstance(data, dict) and self.parallelism.single_gpu:
+            data.pop("parallelism", None)
+        return data
 
     @model_validator(mode="before")
     @classmethod

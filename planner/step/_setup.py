@@ -9,6 +9,8 @@ quantization, and the optimizer classes Trainer picks for each ``optim`` name.
 from __future__ import annotations
 
 import contextlib
+import gc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,7 @@ from torch import nn
 
 from planner.errors import ConfigError
 from planner.schema import Attention, Method, Precision, TrainingConfig
-from planner.step._imports import import_bitsandbytes, import_peft
+from planner.step._imports import entered, import_bitsandbytes, import_peft
 from planner.step._lora import add_lora
 from planner.step._optimizers import make_optimizer
 
@@ -202,16 +204,28 @@ def _pretrained_arguments(
 
 
 def build_training_setup(
-    hf_config: Any, config: TrainingConfig, *, fake_mode: Any | None, cuda_optimizer_layout: bool
+    hf_config: Any,
+    config: TrainingConfig,
+    *,
+    fake_mode: Any | None,
+    cuda_optimizer_layout: bool,
+    prepare: Callable[[nn.Module], nn.Module] | None = None,
 ) -> TrainingSetup:
     """Build model, adapters and optimizer for ``config``; with ``fake_mode`` nothing is allocated.
 
     ``cuda_optimizer_layout``: the (CPU) parameters stand for CUDA ones, so the optimizer is built
-    as on CUDA (see :func:`~planner.step._optimizers.make_optimizer`'s ``as_on_cuda``).
+    as on CUDA (see :func:`~planner.step._optimizers.make_optimizer`'s ``as_on_cuda``). ``prepare``
+    turns the built model into one rank of a data-parallel job (``planner.distributed.rank_preparer``)
+    before the optimizer is built over its (then sharded) parameters.
     """
     model = build_model(hf_config, config, fake_mode=fake_mode)
     task = task_of(model_class(hf_config).__name__)
     loss_head = model.get_output_embeddings() if task != "sequence-classification" else None  # type: ignore[operator]
+    if prepare is not None:
+        with entered(fake_mode):
+            model = prepare(model)
+        # Parameters replaced by shards die in reference cycles; collect them now, not mid-trace.
+        gc.collect()
     params = [p for p in model.parameters() if p.requires_grad]
     # Optimizers are built outside fake mode: bitsandbytes computes its quantization maps with
     # data-dependent Python at construction. The maps are tiny real tensors; the state is fake.

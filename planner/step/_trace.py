@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-from collections.abc import Collection
+import itertools
+import sys
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -54,6 +56,9 @@ class PeakSplit:
     activations: int
     temporaries: int
 
+
+_GRADIENT_BUCKETS = "gradient_buckets"
+"""The attribute a prepared model keeps DDP's gradient buckets in (``planner.distributed``)."""
 
 WINDOWS = (
     "forward",
@@ -103,10 +108,13 @@ class AllocationStream:
     ) -> AllocationStream:
         numbers: dict[int, int] = {}
         numbered: list[list[tuple[int, int]]] = [[], []]
+        allocations = itertools.count()
         for part, events in enumerate((setup, step)):
             for block, delta in events:
                 if delta > 0:
-                    numbers[block] = len(numbers)
+                    # A new number per allocation: a storage resized in place (freed, then
+                    # allocated again) is a new block each time it grows.
+                    numbers[block] = next(allocations)
                 elif block not in numbers:
                     continue
                 numbered[part].append((numbers[block], delta))
@@ -152,12 +160,24 @@ class StepTracer:
     ``cuda`` None: plain CPU semantics, which is what a real CPU run measures.
     """
 
-    def __init__(self, hf_config: Any, config: TrainingConfig, *, cuda: CudaTarget | None, fake: bool = True):
+    def __init__(
+        self,
+        hf_config: Any,
+        config: TrainingConfig,
+        *,
+        cuda: CudaTarget | None,
+        fake: bool = True,
+        prepare: Callable[[nn.Module], nn.Module] | None = None,
+    ):
         self.config = config
         self.cuda = cuda
         self._fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
         self.setup = build_training_setup(
-            hf_config, config, fake_mode=self._fake_mode, cuda_optimizer_layout=cuda is not None
+            hf_config,
+            config,
+            fake_mode=self._fake_mode,
+            cuda_optimizer_layout=cuda is not None,
+            prepare=prepare,
         )
         self.tracker = LiveBytesTracker(
             round_to=CUDA_BLOCK_BYTES if cuda is not None else 1, record_stream=cuda is not None
@@ -165,7 +185,10 @@ class StepTracer:
         self.tracker.track(_weight_tensors(self.setup.model))
         if self.setup.loss_head is not None:
             self.setup.loss_head.register_forward_pre_hook(lambda *_: setattr(self.tracker, "phase", "loss"))
+        self._buckets = list(getattr(self.setup.model, _GRADIENT_BUCKETS, ()))
+        self.tracker.track(self._buckets)
         with self._tracing():
+            _gather_fsdp_units_once(self.setup.model)
             _create_optimizer_state(self.setup)
         self._setup_stream = list(self.tracker.stream or [])
         paged = paged_state_tensors(config.optimizer, self.setup.optimizer) if cuda is not None else []
@@ -231,9 +254,10 @@ class StepTracer:
                 (loss / self.config.gradient_accumulation).backward()
                 marks.reached("backward_done")
                 del loss, batch
+            # DDP's gradient buckets (see planner.distributed) hold a copy of the gradients.
             gradients = {
                 tracker.storage_id(p.grad) for p in setup.trainable_parameters() if p.grad is not None
-            }
+            } | {tracker.storage_id(bucket) for bucket in self._buckets}
             optimizer_start = tracker.mark()
             tracker.phase = "optimizer"
             setup.optimizer.step()
@@ -367,6 +391,24 @@ def _weight_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
             tensors += [t for t in (state.absmax, state.code, state.offset) if isinstance(t, torch.Tensor)]
             state = state.state2
     return tensors
+
+
+def _gather_fsdp_units_once(model: nn.Module) -> None:
+    """All-gather and reshard every FSDP2 unit once, as the first step's forward would.
+
+    FSDP2 allocates a unit's all-gather buffers at its first all-gather and from then on frees and
+    regrows their storage in place; gathering once in the setup makes them exist (at size 0) from
+    then on, so each traced step sees them regrow, counted as weights.
+    """
+    if "torch.distributed.fsdp" not in sys.modules:
+        return  # nothing imported FSDP, so no module is sharded by it
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    for unit in units:
+        unit.reshard()
 
 
 def _create_optimizer_state(setup: TrainingSetup) -> None:

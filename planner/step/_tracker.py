@@ -4,6 +4,12 @@ Every op's outputs are registered by *storage* (views share one), with a finaliz
 bytes off when the storage dies. That is what a caching allocator would have handed out at each
 moment, so the running peak is the step's peak of live tensor bytes. A log of (storage, +/-bytes)
 events lets the caller replay the live set at the peak afterwards and say who held the bytes.
+
+Two things an allocator sees that the dispatcher alone would hide are followed too: tensor
+subclasses that wrap others (a ``DTensor`` parameter of FSDP2 holds its shard in an inner tensor)
+count by their inner tensors, and a storage resized in place (FSDP2 frees and regrows the storage
+of each all-gathered parameter with ``UntypedStorage.resize_``, which no op reports) counts at its
+new size from the moment of the resize.
 """
 
 from __future__ import annotations
@@ -16,10 +22,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
 _DEVICE_QUERY = torch.ops.prim.device.default
+_ACTIVE: list[LiveBytesTracker] = []
+"""Trackers entered now, innermost last: the ones a storage resize is reported to."""
+_STORAGE_RESIZE = torch.UntypedStorage.resize_
+
+
+def _resize_seen(storage: torch.UntypedStorage, nbytes: int) -> Any:
+    """``UntypedStorage.resize_``, reported to the trackers entered now."""
+    out = _STORAGE_RESIZE(storage, nbytes)
+    for tracker in _ACTIVE:
+        tracker.resized(storage)
+    return out
+
+
+def _inner_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors that hold a tensor's data: itself, or a wrapper subclass's inner tensors."""
+    if not is_traceable_wrapper_subclass(tensor):
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    inners = [getattr(tensor, name) for name in names]
+    return [leaf for inner in inners if isinstance(inner, torch.Tensor) for leaf in _inner_tensors(inner)]
 
 
 @dataclass
@@ -68,8 +94,9 @@ class LiveBytesTracker(TorchDispatchMode):
         return -(-nbytes // self.round_to) * self.round_to
 
     def storage_id(self, tensor: torch.Tensor) -> int | None:
-        """Our id of the storage behind ``tensor``, or None if it was never registered."""
-        return self._ids.get(id(tensor.untyped_storage()))
+        """Our id of the storage behind ``tensor`` (of its first inner tensor for a wrapper
+        subclass), or None if it was never registered."""
+        return self._ids.get(id(_inner_tensors(tensor)[0].untyped_storage()))
 
     def track(self, tensors: Iterable[Any]) -> None:
         """Register tensors that exist already (weights, optimizer state) as live."""
@@ -78,6 +105,10 @@ class LiveBytesTracker(TorchDispatchMode):
                 self._register(leaf)
 
     def _register(self, tensor: torch.Tensor) -> None:
+        if is_traceable_wrapper_subclass(tensor):
+            for inner in _inner_tensors(tensor):
+                self._register(inner)
+            return
         storage = tensor.untyped_storage()
         key = id(storage)
         if key in self._ids or tensor.device.type == "meta":
@@ -90,6 +121,23 @@ class LiveBytesTracker(TorchDispatchMode):
         self._sizes[sid] = nbytes
         self._phases[sid] = self.phase
         self._record(sid, nbytes)
+
+    def resized(self, storage: torch.UntypedStorage) -> None:
+        """Count ``storage`` at its size now (it was resized in place); one never registered (made
+        outside the tracker) stays unseen."""
+        sid = self._ids.get(id(storage))
+        if sid is None:
+            return
+        nbytes, old = self._rounded(storage.nbytes()), self._sizes[sid]
+        if nbytes == old:
+            return
+        # An allocator serves a resize with a new block (the old one freed once copied): an
+        # allocation of the new size after the old size's free, as far as the event log goes.
+        self._sizes[sid] = nbytes
+        if old:
+            self._record(sid, -old)
+        if nbytes:
+            self._record(sid, nbytes)
 
     def _release(self, key: int, sid: int, _: weakref.ref[Any]) -> None:
         del self._ids[key], self._refs[sid]
@@ -108,7 +156,8 @@ class LiveBytesTracker(TorchDispatchMode):
     def reset_peak(self) -> None:
         """Start a new peak window at the current live bytes (like ``reset_peak_memory_stats``)."""
         self._window_live = self._replay(len(self._events))
-        self._phases = {sid: self._phases[sid] for sid in self._window_live}
+        # Storages not live now may still regrow (resized in place from 0): keep every registered one's.
+        self._phases = {sid: phase for sid, phase in self._phases.items() if sid in self._sizes}
         self._events = []
         self._window_bytes = self._peak_bytes = self.live_bytes
         self._peak_event = 0
@@ -116,10 +165,7 @@ class LiveBytesTracker(TorchDispatchMode):
     def _replay(self, events: int) -> dict[int, int]:
         live = dict(self._window_live)
         for sid, delta in self._events[:events]:
-            if delta > 0:
-                live[sid] = delta
-            else:
-                live.pop(sid, None)
+            _apply(live, sid, delta)
         return live
 
     def peak(self) -> LivePeak:
@@ -142,15 +188,24 @@ class LiveBytesTracker(TorchDispatchMode):
         live, done, lives = dict(self._window_live), 0, {}
         for event in sorted(set(at)):
             for sid, delta in self._events[done:event]:
-                if delta > 0:
-                    live[sid] = delta
-                else:
-                    live.pop(sid, None)
+                _apply(live, sid, delta)
             done, lives[event] = event, dict(live)
         return [self._live_peak(totals[event], lives[event]) for event in at]
 
     def _live_peak(self, nbytes: int, live: dict[int, int]) -> LivePeak:
         return LivePeak(bytes=nbytes, live=live, phases={sid: self._phases[sid] for sid in live})
+
+    def __enter__(self) -> LiveBytesTracker:
+        if not _ACTIVE:
+            torch.UntypedStorage.resize_ = _resize_seen  # type: ignore[method-assign,assignment]
+        _ACTIVE.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        _ACTIVE.remove(self)
+        if not _ACTIVE:
+            torch.UntypedStorage.resize_ = _STORAGE_RESIZE  # type: ignore[method-assign]
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if func is _DEVICE_QUERY:
@@ -166,3 +221,12 @@ class LiveBytesTracker(TorchDispatchMode):
                 if isinstance(leaf, torch.Tensor):
                     self._register(leaf)
         return out
+
+
+def _apply(live: dict[int, int], sid: int, delta: int) -> None:
+    """One logged event on a live set (storage id -> bytes): an allocation, a free, a resize."""
+    nbytes = live.get(sid, 0) + delta
+    if nbytes > 0:
+        live[sid] = nbytes
+    else:
+        live.pop(sid, None)

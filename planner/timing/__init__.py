@@ -6,7 +6,8 @@ from planner.timing._kernels import (
     attention_efficiency,
     gemm_efficiency,
 )
-from planner.timing._roofline import RooflineStep
+from planner.timing._parallel import RankStepTime, how_many_cards, rank_step_time
+from planner.timing._roofline import RooflineStep, roofline_available
 from planner.timing._step import ProfileLookup, StepTimeModel, StepTimes, StepTraces
 from planner.timing._trial import TrialWork, count_work, trial_time
 
@@ -14,6 +15,7 @@ __all__ = [
     "BANDWIDTH_EFFICIENCY",
     "OP_DISPATCH_SECONDS",
     "ProfileLookup",
+    "RankStepTime",
     "RooflineStep",
     "StepTimeModel",
     "StepTimes",
@@ -22,5 +24,8 @@ __all__ = [
     "attention_efficiency",
     "count_work",
     "gemm_efficiency",
+    "how_many_cards",
+    "rank_step_time",
+    "roofline_available",
     "trial_time",
 ]

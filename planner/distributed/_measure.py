@@ -1,0 +1,83 @@
+"""Real ranks on this machine's CPU: each rank's peak of live tensor bytes in a gloo job.
+
+What the per-rank trace is checked against: ``world`` processes (forked from this one), a gloo
+process group on 127.0.0.1 at a free port, torch's ``DistributedDataParallel`` or FSDP2 sharded as
+accelerate does (:func:`~planner.distributed.rank_preparer` with ``real=True``), and the same
+step the estimator traces, run for real; the second step is the steady one measured (the first
+rebuilds DDP's buckets). Peaks are ``LiveBytesTracker``'s: live tensor bytes at the dispatcher.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from planner.distributed._prepare import rank_preparer
+from planner.models import load_model_config
+from planner.schema import Strategy, TrainingConfig
+from planner.step import StepTracer
+
+TIMEOUT_SECONDS = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rank(rank: int, world: int, port: int, config_json: str, micro_batch: int, results: Any) -> None:
+    torch.set_num_threads(1)
+    if dist.is_initialized():  # the fake world of per-rank traces, inherited through fork
+        dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        config = TrainingConfig.model_validate_json(config_json)
+        parallelism = config.parallelism
+        mesh = None
+        if parallelism.strategy is Strategy.FSDP_HYBRID:
+            shape = (parallelism.nodes, parallelism.gpus_per_node)
+            mesh = init_device_mesh("cpu", shape, mesh_dim_names=("replicate", "shard"))
+        elif parallelism.strategy.is_fsdp:
+            mesh = init_device_mesh("cpu", (world,))
+        torch.manual_seed(rank)
+        prepare = rank_preparer(config, mesh=mesh, real=True)
+        tracer = StepTracer(load_model_config(config.model), config, cuda=None, fake=False, prepare=prepare)
+        tracer.trace(micro_batch)
+        results.put((rank, tracer.trace(micro_batch).peak))
+    finally:
+        dist.destroy_process_group()
+
+
+def measured_rank_peaks(config: TrainingConfig, micro_batch: int) -> dict[int, int]:
+    """Rank -> peak live tensor bytes of a steady-state step of ``config``'s job, run for real on
+    the CPU with gloo (one forked process per rank)."""
+    world = config.parallelism.world_size
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    port = _free_port()
+    processes = [
+        context.Process(
+            target=_rank, args=(rank, world, port, config.model_dump_json(), micro_batch, results)
+        )
+        for rank in range(world)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        peaks = dict(results.get(timeout=TIMEOUT_SECONDS) for _ in processes)
+    finally:
+        for process in processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+    failed = [process.exitcode for process in processes if process.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"a gloo rank exited with {failed[0]}")
+    return peaks
