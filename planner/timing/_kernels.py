@@ -133,7 +133,8 @@ def gemm_issued_flops(card: Card, shape: GemmShape) -> float:
 def gemm_efficiency(card: Card, shape: GemmShape) -> float:
     """Fraction of the dense peak a matmul of ``shape`` reaches on ``card`` (never above MAMF < 1)."""
     useful = 2 * shape.batch * shape.m * shape.n * shape.k
-    return _mamf_fraction(card) * useful / gemm_issued_flops(card, shape)
+    # useful <= issued exactly; the float product can round a whole-tile shape a hair above 1.
+    return _mamf_fraction(card) * min(1.0, useful / gemm_issued_flops(card, shape))
 
 
 def attention_efficiency(card: Card, shape: AttentionShape, half: bool) -> float:
