@@ -4,6 +4,8 @@ from planner.schema._card import GIB, MIB, Card, Throughput
 from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstimate
 from planner.schema._plan import DataStats, HalvingRung, Plan, PlannedTrial, TimeEstimate, TimeSource
 from planner.schema._profile import (
+    HostProfile,
+    MachineLoad,
     MaxBatchSearch,
     MeasuredProfile,
     MeasuredRow,
@@ -45,8 +47,10 @@ __all__ = [
     "FitReport",
     "Fix",
     "HalvingRung",
+    "HostProfile",
     "Hyperparameters",
     "LoraSettings",
+    "MachineLoad",
     "MaxBatchSearch",
     "MeasuredProfile",
     "MeasuredRow",

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt
 
+from planner.schema._profile import MachineLoad
 from planner.schema._sweep import Hyperparameters
 from planner.schema._training import TrainingConfig
 
@@ -111,6 +112,10 @@ class Plan(BaseModel):
     successive_halving: list[HalvingRung] | None = None
     """When over budget: a halving schedule that fits instead (None when it all fits)."""
     includes: list[str]
+    machine_load: MachineLoad | None = None
+    """This machine's load while planning (what host measurements are compared with)."""
+    measuring_seconds: NonNegativeFloat | None = None
+    """What measuring this host took before answering (profiles and host speeds; 0 when reused)."""
 
     def trial(self, number: int) -> PlannedTrial:
         return next(t for t in self.trials if t.number == number)
