@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,6 +58,22 @@ def machine_load() -> MachineLoad:
     except OSError:
         load = 0.0
     return MachineLoad(cpu_count=cpus, load_average=round(load, 2))
+
+
+def process_started() -> float | None:
+    """When this process started, as a ``time.time()``; None where Linux's ``/proc`` cannot tell.
+
+    A budget is the wall time the user measures: the interpreter's start, imports and planning
+    count as much as the trials do.
+    """
+    try:
+        with open("/proc/self/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # starttime: clock ticks after boot (field 22 of proc(5))
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - age
 
 
 def _best(action: Callable[[], object], repeats: int = _REPEATS) -> float:
@@ -164,7 +181,7 @@ class _OneTensorModel(torch.nn.Module):
         return {"loss": (self.weight.sum() + input_ids.float().mean()) ** 2}
 
 
-def _trainer_costs(scratch: Path) -> dict[str, float]:
+def _trainer_costs(scratch: Path) -> dict[str, float | None]:
     """Trainer's set-up, per-step, per-micro-step, per-save and eval costs, from one timed real run.
 
     The run uses the executor's arguments (loss logged every step, no progress printing, one
@@ -175,8 +192,12 @@ def _trainer_costs(scratch: Path) -> dict[str, float]:
     but the last, ``on_step_end`` after the optimizer step, then logging, ``on_evaluate`` after an
     evaluation (``on_prediction_step`` per eval batch) and ``on_save`` after a checkpoint.
     """
+    imported = "transformers.trainer" in sys.modules
+    start = time.perf_counter()
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer_import = None if imported else time.perf_counter() - start
 
     rows = [{"input_ids": [3, 3, 3, 1]}] * 256
     stamps: list[tuple[str, int, float]] = []
@@ -266,6 +287,7 @@ def _trainer_costs(scratch: Path) -> dict[str, float]:
     gaps = [b - a for a, b in itertools.pairwise(predictions) if 0 < b - a < eval_seconds]
     eval_batch = statistics.median(gaps) if gaps else 0.0
     return {
+        "trainer_import_seconds": trainer_import,
         "trainer_setup_seconds": constructor + around,
         "trainer_step_seconds": step,
         "trainer_micro_step_seconds": first_micro,
@@ -281,7 +303,7 @@ def measure_host(directory: Path, *, with_trainer: bool) -> HostProfile:
     load = machine_load()
     memory, init = _memory_and_init_speeds()
     write, read = _disk_speeds(directory)
-    trainer: dict[str, float] = {}
+    trainer: dict[str, float | None] = {}
     if with_trainer:
         names = ("collate_fixed_seconds", "collate_row_seconds", "collate_token_seconds")
         trainer.update(zip(names, _collate_costs(), strict=True))

@@ -114,6 +114,10 @@ class Plan(BaseModel):
     includes: list[str]
     machine_load: MachineLoad | None = None
     """This machine's load while planning (what host measurements are compared with)."""
+    startup_seconds: NonNegativeFloat | None = None
+    """Before the first trial of ``planner run``, not in the totals (they are the trials' sum): the
+    interpreter, imports and planning as this planning process took them (its measuring aside),
+    and importing Trainer as measured on this machine. None when it could not be measured."""
     measuring_seconds: NonNegativeFloat | None = None
     """What measuring this host took before answering (profiles and host speeds; 0 when reused)."""
 

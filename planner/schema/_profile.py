@@ -182,6 +182,8 @@ class HostProfile(BaseModel):
     collate_row_seconds: NonNegativeFloat | None = None
     collate_token_seconds: NonNegativeFloat | None = None
     """``DataCollatorForLanguageModeling`` per micro-batch: fixed + per row + per padded token."""
+    trainer_import_seconds: NonNegativeFloat | None = None
+    """Importing ``transformers.Trainer`` in a fresh process (None: it was imported already)."""
     trainer_setup_seconds: NonNegativeFloat | None = None
     """``Trainer(...)`` plus ``train()``'s set-up before its first step and teardown after its last."""
     trainer_step_seconds: NonNegativeFloat | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -119,6 +120,7 @@ def plan_for_card(
         calibrated_overhead,
         host_profile,
         machine_load,
+        process_started,
         profile_config,
     )
 
@@ -172,7 +174,13 @@ def plan_for_card(
         now=machine_load(),
         data=data,
     )
-    return plan.model_copy(update={"measuring_seconds": round(budget.spent, 2)})
+    started_at = process_started()
+    startup = None
+    if started_at is not None:
+        # `planner run` does what this process did (interpreter, imports, counting, planning),
+        # less the measuring that is now cached, then imports Trainer for its first trial.
+        startup = max(0.0, time.time() - started_at - budget.spent) + (host.trainer_import_seconds or 0.0)
+    return plan.model_copy(update={"measuring_seconds": round(budget.spent, 2), "startup_seconds": startup})
 
 
 def plan_sampled(spec: SweepSpec, card: Card, params: dict[str, Any]) -> PlannedTrial:
