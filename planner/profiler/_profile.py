@@ -66,7 +66,8 @@ def profile_config(
     the max-micro-batch finder first (on the CPU within half the available memory) and profiles
     around its answer. ``budget`` holds the profile to a time allowance it computes from the first
     timed step (sizes largest first; each size then stops at its share of the allowance, after at
-    least ``MIN_BUDGETED_STEPS`` steps). Nothing is saved here.
+    least ``MIN_BUDGETED_STEPS`` steps, and sizes left when it is spent are not measured). Nothing
+    is saved here.
     """
     if steps < 1 or warmup < 0:
         raise ConfigError(
@@ -116,6 +117,11 @@ def profile_config(
 
         sizes = sorted(sizes, reverse=budget is not None)
         for done, size in enumerate(sizes):
+            if measured and allowed and time.perf_counter() - start >= allowed[0]:
+                # Over budget already: the sizes measured stand for the rest (a single size
+                # scales proportionally, see MeasuredProfile).
+                say(f"time budget spent: micro-batch {', '.join(map(str, sizes[done:]))} not measured")
+                break
             say(f"micro-batch {size} ({done + 1}/{len(sizes)}): {warmup} warm-up + {steps} timed steps")
             stop: Callable[[list[float]], bool] = functools.partial(enough, done, size)
 

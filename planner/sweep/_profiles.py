@@ -44,7 +44,7 @@ AUTO_PROFILE_SHARE = 0.05
 AUTO_PROFILE_MAX_SECONDS = 20.0
 # Most timed steps per size (when the budget allows them) and untimed ones before.
 AUTO_PROFILE_STEPS = 20
-AUTO_PROFILE_WARMUP = 2
+AUTO_PROFILE_WARMUP = 1
 
 
 class MeasuringProfiles:
