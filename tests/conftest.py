@@ -149,9 +149,9 @@ def make_host_profile(load: float = 0.5, cpus: int = 2, **speeds: float) -> Host
 
 def place_host_profile(directory: Path, profile: HostProfile | None = None) -> HostProfile:
     """Put a host profile where the planner looks for this machine's, so it is not measured."""
-    from planner.profiler import host_profile_path
+    from planner.profiler import host_profile_path, machine_load
 
-    profile = profile or make_host_profile(cpus=len(__import__("os").sched_getaffinity(0)))
+    profile = profile or make_host_profile(cpus=machine_load().cpu_count)
     path = host_profile_path(directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(profile.model_dump_json())
