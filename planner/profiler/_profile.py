@@ -126,7 +126,11 @@ def profile_config(
             stop: Callable[[list[float]], bool] = functools.partial(enough, done, size)
 
             def run(m: int, stop: Callable[[list[float]], bool] = stop) -> StepMeasurement:
-                return runner.measure(m, steps=steps, warmup=warmup, card=card, enough=stop)
+                # Under a budget one eval forward: its time is a small share of a trial's.
+                repeats = 1 if budget is not None else None
+                return runner.measure(
+                    m, steps=steps, warmup=warmup, card=card, enough=stop, eval_repeats=repeats
+                )
 
             result = runner.attempt(run, size)
             if result is None:
