@@ -8,9 +8,17 @@ exact config when one exists.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 
 from planner.schema._training import LoraSettings, Method, OptimizerName, Precision, TrainingConfig
 
@@ -148,11 +156,16 @@ class MachineLoad(BaseModel):
     """CPUs this process may run on (its affinity mask)."""
     load_average: NonNegativeFloat
     """The 1-minute load average (runnable processes, ours included)."""
+    free_cores: NonNegativeFloat = 0.0
+    """CPUs not taken by the runnable processes the load average counts (derived, kept for readers)."""
 
-    @property
-    def free_cores(self) -> float:
-        """CPUs not taken by the runnable processes the load average counts."""
-        return max(0.0, self.cpu_count - self.load_average)
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_free_cores(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "free_cores" not in data:
+            free = max(0.0, float(data.get("cpu_count", 0)) - float(data.get("load_average", 0)))
+            data = {**data, "free_cores": round(free, 2)}
+        return data
 
 
 class HostProfile(BaseModel):
