@@ -9,6 +9,7 @@ from planner.profiler._calibration import calibrated_overhead, fit_with_profiles
 from planner.profiler._device import device_card, local_device, profile_card_name, resolve_device
 from planner.profiler._finder import Prediction, find_max_micro_batch, runner_probe, search_max_micro_batch
 from planner.profiler._host import (
+    cached_host_profile,
     host_profile,
     host_profile_path,
     machine_load,
@@ -29,6 +30,7 @@ __all__ = [
     "ProbeMemory",
     "ProfileStore",
     "StepRunner",
+    "cached_host_profile",
     "calibrated_overhead",
     "device_card",
     "find_max_micro_batch",

@@ -108,7 +108,6 @@ def _memory_and_init_speeds() -> tuple[float, float]:
 
 def _disk_speeds(directory: Path) -> tuple[float, float]:
     """(write + fsync bytes per second, read bytes per second after dropping the page cache)."""
-    directory.mkdir(parents=True, exist_ok=True)
     block = bytes(range(256)) * (_FILE_BYTES // 256)
     with tempfile.NamedTemporaryFile(dir=directory, prefix=".speed-", delete=False) as handle:
         path = Path(handle.name)
@@ -297,9 +296,19 @@ def _trainer_costs(scratch: Path) -> dict[str, float | None]:
     }
 
 
+def _existing(directory: Path) -> Path:
+    """``directory`` or its nearest existing ancestor: measuring creates no directory of its own."""
+    directory = directory.absolute()
+    while not directory.is_dir() and directory != directory.parent:
+        directory = directory.parent
+    return directory
+
+
 def measure_host(directory: Path, *, with_trainer: bool) -> HostProfile:
-    """Measure this machine's host-side speeds (see :class:`HostProfile`); writes only scratch files."""
+    """Measure this machine's host-side speeds (see :class:`HostProfile`); writes only scratch files,
+    in ``directory`` (or its nearest existing ancestor: the same disk, most likely), removed after."""
     start = time.perf_counter()
+    directory = _existing(directory)
     load = machine_load()
     memory, init = _memory_and_init_speeds()
     write, read = _disk_speeds(directory)
@@ -330,26 +339,36 @@ def host_profile_path(directory: Path | None = None) -> Path:
     return (directory if directory is not None else measured_dir()) / "host" / f"{machine}.json"
 
 
-def host_profile(directory: Path | None = None, *, with_trainer: bool = True) -> HostProfile:
-    """This machine's :class:`HostProfile`: the cached one when it holds (same library versions
-    and CPU count, Trainer part present if asked), else measured now and cached."""
+def cached_host_profile(directory: Path | None = None, *, with_trainer: bool = True) -> HostProfile | None:
+    """The cached :class:`HostProfile` of this machine when it holds (same library versions and CPU
+    count, Trainer part present if asked), else None; reads only."""
     from planner._files import read_model
 
     path = host_profile_path(directory)
-    if path.is_file():
-        try:
-            cached = read_model(
-                path, HostProfile, field="host profile", expect="a host profile", error=ProfileError
-            )
-        except ProfileError:
-            cached = None  # half-written or from another version: measure again
-        if (
-            cached is not None
-            and cached.versions == library_versions()
-            and cached.machine_load.cpu_count == machine_load().cpu_count
-            and (cached.has_trainer or not with_trainer)
-        ):
-            return cached
+    if not path.is_file():
+        return None
+    try:
+        cached = read_model(
+            path, HostProfile, field="host profile", expect="a host profile", error=ProfileError
+        )
+    except ProfileError:
+        return None  # half-written or from another version: measure again
+    if (
+        cached.versions == library_versions()
+        and cached.machine_load.cpu_count == machine_load().cpu_count
+        and (cached.has_trainer or not with_trainer)
+    ):
+        return cached
+    return None
+
+
+def host_profile(directory: Path | None = None, *, with_trainer: bool = True) -> HostProfile:
+    """This machine's :class:`HostProfile`: the cached one when it holds, else measured now and cached."""
+    cached = cached_host_profile(directory, with_trainer=with_trainer)
+    if cached is not None:
+        return cached
+    path = host_profile_path(directory)
     profile = measure_host(path.parent, with_trainer=with_trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(profile.model_dump_json(indent=2))
     return profile

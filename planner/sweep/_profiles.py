@@ -117,6 +117,7 @@ def plan_for_card(
     from planner.profiler import (
         OomLog,
         ProfileStore,
+        cached_host_profile,
         calibrated_overhead,
         host_profile,
         machine_load,
@@ -129,11 +130,17 @@ def plan_for_card(
     stats, lengths = data
     on_host = card.kind == "cpu"
     budget = ProfileBudget(_rows_by_key(spec, card, lengths, stats.eval_examples) if on_host else {})
-    # The host's speeds (cached per machine; the Trainer part only where it weighs: on the host
-    # card). Measuring them counts against the budget; reading the cache costs nothing.
+    # The host's speeds, cached per machine. On the host card they are measured when missing (and
+    # count against the budget). A GPU card's host is not this machine, in general: its plan uses
+    # this machine's figures only when they were measured already, else the documented storage
+    # speeds, and measures nothing (a plan for a GPU stays quick and writes nothing).
     started = datetime.now(timezone.utc).replace(microsecond=0)
-    host = host_profile(store.directory, with_trainer=on_host)
-    if datetime.fromisoformat(host.created) >= started:
+    host = (
+        host_profile(store.directory, with_trainer=True)
+        if on_host
+        else cached_host_profile(store.directory, with_trainer=False)
+    )
+    if host is not None and datetime.fromisoformat(host.created) >= started:
         budget.spent += host.seconds
 
     def measure(config: TrainingConfig) -> MeasuredProfile:
@@ -179,7 +186,8 @@ def plan_for_card(
     if started_at is not None:
         # `planner run` does what this process did (interpreter, imports, counting, planning),
         # less the measuring that is now cached, then imports Trainer for its first trial.
-        startup = max(0.0, time.time() - started_at - budget.spent) + (host.trainer_import_seconds or 0.0)
+        trainer_import = host.trainer_import_seconds if host is not None else None
+        startup = max(0.0, time.time() - started_at - budget.spent) + (trainer_import or 0.0)
     return plan.model_copy(update={"measuring_seconds": round(budget.spent, 2), "startup_seconds": startup})
 
 

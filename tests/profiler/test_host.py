@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from planner.profiler import host_profile, host_profile_path, machine_load, measure_host
+from planner.profiler import cached_host_profile, host_profile, host_profile_path, machine_load, measure_host
 
 
 def test_cheap_host_measurement_records_speeds_and_load(tmp_path: Path) -> None:
@@ -17,7 +17,10 @@ def test_cheap_host_measurement_records_speeds_and_load(tmp_path: Path) -> None:
 
 
 def test_host_profile_measures_trainer_once_and_reuses_it(tmp_path: Path) -> None:
+    assert cached_host_profile(tmp_path, with_trainer=False) is None  # reading measures nothing
     cheap = host_profile(tmp_path, with_trainer=False)
+    assert cached_host_profile(tmp_path, with_trainer=False) == cheap
+    assert cached_host_profile(tmp_path, with_trainer=True) is None
     assert host_profile_path(tmp_path).is_file()
     assert host_profile(tmp_path, with_trainer=False) == cheap  # reused
     full = host_profile(tmp_path, with_trainer=True)  # the cached one lacks the Trainer part
