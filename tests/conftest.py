@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from planner.schema import Card
+from planner.schema import Card, HostProfile, MachineLoad
 
 # Architectures that cover what the estimator must get right: grouped-query attention (Llama),
 # learned positions + dropout + LayerNorm (GPT-2), an encoder classifier (BERT), mixture of experts
@@ -146,3 +146,44 @@ def _own_datasets_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         if "datasets" in sys.modules:
             patch.setattr(sys.modules["datasets"].config, "HF_DATASETS_CACHE", cache)
         yield
+
+
+def make_host_profile(load: float = 0.5, cpus: int = 2, **speeds: float) -> HostProfile:
+    """A host profile with round made-up speeds (tests of behaviour, not of this machine)."""
+    from planner.profiler import library_versions
+
+    figures: dict[str, Any] = {
+        "dispatch_seconds": 1e-5,
+        "memory_bytes_per_second": 1e10,
+        "init_bytes_per_second": 1e9,
+        "disk_write_bytes_per_second": 1e9,
+        "storage_read_bytes_per_second": 2e9,
+        "collate_fixed_seconds": 1e-4,
+        "collate_row_seconds": 1e-5,
+        "collate_token_seconds": 1e-7,
+        "trainer_setup_seconds": 0.5,
+        "trainer_step_seconds": 0.003,
+        "trainer_micro_step_seconds": 0.001,
+        "eval_fixed_seconds": 0.01,
+        "eval_batch_seconds": 0.001,
+        "save_fixed_seconds": 0.05,
+        **speeds,
+    }
+    return HostProfile(
+        created="2026-01-01T00:00:00+00:00",
+        versions=library_versions(),
+        machine_load=MachineLoad(cpu_count=cpus, load_average=load),
+        seconds=1.0,
+        **figures,
+    )
+
+
+def place_host_profile(directory: Path, profile: HostProfile | None = None) -> HostProfile:
+    """Put a host profile where the planner looks for this machine's, so it is not measured."""
+    from planner.profiler import host_profile_path, machine_load
+
+    profile = profile or make_host_profile(cpus=machine_load().cpu_count)
+    path = host_profile_path(directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(profile.model_dump_json())
+    return profile

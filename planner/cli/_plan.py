@@ -114,6 +114,17 @@ def print_plan(plan: Plan) -> None:
             f"({format_duration(plan.total_low_seconds)}-{format_duration(plan.total_high_seconds)}); "
             f"with {plan.workers} worker(s): {format_duration(plan.makespan_seconds)}."
         )
+    if plan.startup_seconds is not None:
+        console.print(
+            f"Before the first trial (start-up, imports, planning): ~{format_duration(plan.startup_seconds)}."
+        )
+    if plan.measuring_seconds:
+        load = plan.machine_load
+        at = f" at load {load.load_average:.1f} on {load.cpu_count} CPU(s)" if load is not None else ""
+        console.print(
+            f"Measured this machine first: {format_duration(plan.measuring_seconds)}{at} "
+            "(saved, reused next time)."
+        )
     if plan.budget_seconds is not None and any(trial.feasible for trial in plan.trials):
         verdict = "[green]fits[/]" if plan.fits_budget else "[red]does not fit[/]"
         planned = sum(t.status == "planned" for t in plan.trials)

@@ -5,7 +5,7 @@
 """
 
 from planner.executor._display import LiveObserver, PlainObserver, SweepObserver
-from planner.executor._monitor import Deadline, Reporter, TrialLog, TrialStopped, process_started
+from planner.executor._monitor import Deadline, Reporter, TrialLog, TrialStopped
 from planner.executor._report import write_report
 from planner.executor._results import (
     SweepResults,
@@ -27,6 +27,7 @@ from planner.executor._sweep import (
     run_sweep,
 )
 from planner.executor._workers import WorkerOrder, run_workers, worker_main
+from planner.profiler import process_started
 
 __all__ = [
     "DIVERGENCE_FACTOR",

@@ -56,22 +56,6 @@ class Deadline:
         return math.inf if self.at is None else self.at - time.monotonic()
 
 
-def process_started() -> float | None:
-    """When this process started, as a ``time.time()``; None where Linux's ``/proc`` cannot tell.
-
-    A budget is the wall time the user measures: the interpreter's start, imports and planning
-    count as much as the trials do.
-    """
-    try:
-        with open("/proc/self/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])  # starttime: clock ticks after boot (field 22 of proc(5))
-        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-    return time.time() - age
-
-
 class Heartbeat:
     """Refreshes a running trial's ``heartbeat`` user attr every ``HEARTBEAT_SECONDS`` from a thread.
 

@@ -8,6 +8,14 @@ Profiles are stored as JSON under ``profiles/measured/`` of the working director
 from planner.profiler._calibration import calibrated_overhead, fit_with_profiles, measured_rows
 from planner.profiler._device import device_card, local_device, profile_card_name, resolve_device
 from planner.profiler._finder import Prediction, find_max_micro_batch, runner_probe, search_max_micro_batch
+from planner.profiler._host import (
+    cached_host_profile,
+    host_profile,
+    host_profile_path,
+    machine_load,
+    measure_host,
+    process_started,
+)
 from planner.profiler._oom_log import OomLog
 from planner.profiler._profile import profile_config, profiled_micro_batches
 from planner.profiler._runner import ProbeMemory, StepRunner, training_flops_per_token
@@ -22,15 +30,21 @@ __all__ = [
     "ProbeMemory",
     "ProfileStore",
     "StepRunner",
+    "cached_host_profile",
     "calibrated_overhead",
     "device_card",
     "find_max_micro_batch",
     "fit_with_profiles",
+    "host_profile",
+    "host_profile_path",
     "library_versions",
     "load_profile",
     "local_device",
+    "machine_load",
+    "measure_host",
     "measured_dir",
     "measured_rows",
+    "process_started",
     "profile_card_name",
     "profile_config",
     "profiled_micro_batches",

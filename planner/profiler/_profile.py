@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from planner.estimator import Estimator
 from planner.profiler._calibration import calibrated_overhead
 from planner.profiler._device import device_name, profile_card_name, resolve_device
 from planner.profiler._finder import Prediction, runner_probe, search_max_micro_batch
+from planner.profiler._host import machine_load
 from planner.profiler._runner import StepRunner
 from planner.profiler._store import library_versions
 from planner.schema import Card, MeasuredProfile, ProfileKey, StepMeasurement, TrainingConfig
@@ -25,6 +27,11 @@ CPU_MAX_MICRO_BATCH = 8
 CPU_MAX_TOKENS = 4096
 DEFAULT_STEPS = 5
 DEFAULT_WARMUP = 2
+# A budgeted profile still times this many steps per size: fewer give no spread (p10-p90).
+MIN_BUDGETED_STEPS = 3
+
+Budget = Callable[[float], float]
+"""Given the measured seconds per row of a step, the seconds a profile may take in all."""
 
 
 def profiled_micro_batches(max_micro_batch: int, device: torch.device, seq_len: int) -> list[int]:
@@ -48,6 +55,7 @@ def profile_config(
     steps: int = DEFAULT_STEPS,
     warmup: int = DEFAULT_WARMUP,
     find_max: bool = False,
+    budget: Budget | None = None,
 ) -> MeasuredProfile:
     """Run real training steps of ``config`` on ``card``'s device and return what they measured.
 
@@ -56,7 +64,10 @@ def profile_config(
     tokens/s, achieved TFLOP/s and MFU, and peak memory (CUDA: allocated, reserved, NVML; CPU: live
     tensor bytes). A size that runs out of memory is listed in ``out_of_memory``. ``find_max`` runs
     the max-micro-batch finder first (on the CPU within half the available memory) and profiles
-    around its answer. Nothing is saved here.
+    around its answer. ``budget`` holds the profile to a time allowance it computes from the first
+    timed step (sizes largest first; each size then stops at its share of the allowance, after at
+    least ``MIN_BUDGETED_STEPS`` steps, and sizes left when it is spent are not measured). Nothing
+    is saved here.
     """
     if steps < 1 or warmup < 0:
         raise ConfigError(
@@ -94,9 +105,34 @@ def profile_config(
             sizes = profiled_micro_batches(top, target, config.seq_len)
         measured: list[StepMeasurement] = []
         out_of_memory = []
+        allowed: list[float] = []  # the budget's answer, once a step has been timed
+
+        def enough(index: int, size: int, times: list[float]) -> bool:
+            if budget is None or len(times) < MIN_BUDGETED_STEPS:
+                return False
+            if not allowed:
+                allowed.append(budget(statistics.median(times) / size))
+            share_end = start + allowed[0] * (index + 1) / len(sizes)
+            return time.perf_counter() >= share_end
+
+        sizes = sorted(sizes, reverse=budget is not None)
         for done, size in enumerate(sizes):
+            if measured and allowed and time.perf_counter() - start >= allowed[0]:
+                # Over budget already: the sizes measured stand for the rest (a single size
+                # scales proportionally, see MeasuredProfile).
+                say(f"time budget spent: micro-batch {', '.join(map(str, sizes[done:]))} not measured")
+                break
             say(f"micro-batch {size} ({done + 1}/{len(sizes)}): {warmup} warm-up + {steps} timed steps")
-            result = runner.attempt(lambda m: runner.measure(m, steps=steps, warmup=warmup, card=card), size)
+            stop: Callable[[list[float]], bool] = functools.partial(enough, done, size)
+
+            def run(m: int, stop: Callable[[list[float]], bool] = stop) -> StepMeasurement:
+                # Under a budget one eval forward: its time is a small share of a trial's.
+                repeats = 1 if budget is not None else None
+                return runner.measure(
+                    m, steps=steps, warmup=warmup, card=card, enough=stop, eval_repeats=repeats
+                )
+
+            result = runner.attempt(run, size)
             if result is None:
                 out_of_memory.append(size)
             else:
@@ -110,6 +146,7 @@ def profile_config(
             "ask for smaller sizes, or turn on gradient checkpointing",
         )
     contexts = [m.context_bytes for m in measured if m.context_bytes is not None]
+    measured.sort(key=lambda m: m.micro_batch)
     return MeasuredProfile(
         key=ProfileKey.of(config, profile_card_name(card)),
         device="cuda" if target.type == "cuda" else "cpu",
@@ -123,4 +160,6 @@ def profile_config(
         out_of_memory=out_of_memory,
         search=search,
         seconds=time.perf_counter() - start,
+        # The 1-minute load average at the end covers the timed steps just run.
+        machine_load=machine_load() if target.type == "cpu" else None,
     )

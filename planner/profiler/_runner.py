@@ -171,8 +171,21 @@ class StepRunner:
         )
 
     # -- a measurement ----------------------------------------------------------------------------
-    def measure(self, micro_batch: int, *, steps: int, warmup: int, card: Card) -> StepMeasurement:
-        """Memory, then ``warmup`` untimed and ``steps`` timed steps and a few eval forwards."""
+    def measure(
+        self,
+        micro_batch: int,
+        *,
+        steps: int,
+        warmup: int,
+        card: Card,
+        enough: Callable[[list[float]], bool] | None = None,
+        eval_repeats: int | None = None,
+    ) -> StepMeasurement:
+        """Memory, then ``warmup`` untimed and up to ``steps`` timed steps and a few eval forwards.
+
+        ``enough``, given the forward+backward seconds timed so far, may end the timing early (a
+        profile held to a time budget, which also times fewer eval forwards).
+        """
         memory = self.probe(micro_batch)
         for _ in range(warmup):
             self.train_step(micro_batch)
@@ -182,7 +195,10 @@ class StepRunner:
             times, step = self.train_step(micro_batch)
             forward_backward += times
             optimizer.append(step)
-        evals = [self.eval_forward(micro_batch) for _ in range(_EVAL_REPEATS)]
+            if enough is not None and enough(forward_backward):
+                break
+        repeats = _EVAL_REPEATS if eval_repeats is None else max(1, eval_repeats)
+        evals = [self.eval_forward(micro_batch) for _ in range(repeats)]
         fb = statistics.median(forward_backward)
         opt = statistics.median(optimizer)
         accumulation = self.config.gradient_accumulation

@@ -6,6 +6,8 @@ from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstima
 from planner.schema._parallel import Offload, Parallelism, RankFit, Strategy
 from planner.schema._plan import DataStats, HalvingRung, Plan, PlannedTrial, TimeEstimate, TimeSource
 from planner.schema._profile import (
+    HostProfile,
+    MachineLoad,
     MaxBatchSearch,
     MeasuredProfile,
     MeasuredRow,
@@ -54,8 +56,10 @@ __all__ = [
     "FitReport",
     "Fix",
     "HalvingRung",
+    "HostProfile",
     "Hyperparameters",
     "LoraSettings",
+    "MachineLoad",
     "MaxBatchSearch",
     "MeasuredProfile",
     "MeasuredRow",

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt
 
+from planner.schema._profile import MachineLoad
 from planner.schema._sweep import Hyperparameters
 from planner.schema._training import TrainingConfig
 
@@ -117,6 +118,14 @@ class Plan(BaseModel):
     successive_halving: list[HalvingRung] | None = None
     """When over budget: a halving schedule that fits instead (None when it all fits)."""
     includes: list[str]
+    machine_load: MachineLoad | None = None
+    """This machine's load while planning (what host measurements are compared with)."""
+    startup_seconds: NonNegativeFloat | None = None
+    """Before the first trial of ``planner run``, not in the totals (they are the trials' sum): the
+    interpreter, imports and planning as this planning process took them (its measuring aside),
+    and importing Trainer as measured on this machine. None when it could not be measured."""
+    measuring_seconds: NonNegativeFloat | None = None
+    """What measuring this host took before answering (profiles and host speeds; 0 when reused)."""
 
     def trial(self, number: int) -> PlannedTrial:
         return next(t for t in self.trials if t.number == number)

@@ -8,9 +8,17 @@ exact config when one exists.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 
 from planner.schema._training import LoraSettings, Method, OptimizerName, Precision, TrainingConfig
 
@@ -139,6 +147,76 @@ class MaxBatchSearch(BaseModel):
         return len(self.probes)
 
 
+class MachineLoad(BaseModel):
+    """How busy the host was: a step measured on a shared machine holds only under the same load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_count: PositiveInt
+    """CPUs this process may run on (its affinity mask)."""
+    load_average: NonNegativeFloat
+    """The 1-minute load average (runnable processes, ours included)."""
+    free_cores: NonNegativeFloat = 0.0
+    """CPUs not taken by the runnable processes the load average counts (derived, kept for readers)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_free_cores(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "free_cores" not in data:
+            free = max(0.0, float(data.get("cpu_count", 0)) - float(data.get("load_average", 0)))
+            data = {**data, "free_cores": round(free, 2)}
+        return data
+
+
+class HostProfile(BaseModel):
+    """This machine's speeds for the host-side work of a trial, measured once and cached.
+
+    Each figure is measured with the code a trial runs (``transformers.Trainer``, its collator,
+    ``torch`` itself) on a stand-in small enough that its own compute is negligible; the Trainer
+    and collator figures are None when only the cheap parts were measured (plans for a GPU card).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    created: str
+    versions: dict[str, str]
+    machine_load: MachineLoad
+    dispatch_seconds: PositiveFloat
+    """One small eager torch op, dispatch to return."""
+    memory_bytes_per_second: PositiveFloat
+    """Host memory copy throughput (a large tensor's ``copy_``)."""
+    init_bytes_per_second: PositiveFloat
+    """Random weight initialisation (``normal_`` on fp32), what building a model from its config costs."""
+    disk_write_bytes_per_second: PositiveFloat
+    """Writing a file and ``fsync``-ing it in the profile directory (checkpoints go to local disk)."""
+    storage_read_bytes_per_second: PositiveFloat
+    """Reading a file back after asking the kernel to drop it from the page cache."""
+    collate_fixed_seconds: NonNegativeFloat | None = None
+    collate_row_seconds: NonNegativeFloat | None = None
+    collate_token_seconds: NonNegativeFloat | None = None
+    """``DataCollatorForLanguageModeling`` per micro-batch: fixed + per row + per padded token."""
+    trainer_import_seconds: NonNegativeFloat | None = None
+    """Importing ``transformers.Trainer`` in a fresh process (None: it was imported already)."""
+    trainer_setup_seconds: NonNegativeFloat | None = None
+    """``Trainer(...)`` plus ``train()``'s set-up before its first step and teardown after its last."""
+    trainer_step_seconds: NonNegativeFloat | None = None
+    """Per optimizer step: logging (every step, as the executor sets it), callbacks, scheduler,
+    gradient clipping and the optimizer call of a one-tensor model."""
+    trainer_micro_step_seconds: NonNegativeFloat | None = None
+    """Per further micro-batch under accumulation: the dataloader, loss accumulation."""
+    eval_fixed_seconds: NonNegativeFloat | None = None
+    eval_batch_seconds: NonNegativeFloat | None = None
+    """``Trainer.evaluate``: per pass (loader, metrics, callbacks) and per batch (loop, gathering)."""
+    save_fixed_seconds: NonNegativeFloat | None = None
+    """A checkpoint of a one-tensor model: the files Trainer writes whatever the model's size."""
+    seconds: NonNegativeFloat
+    """What measuring all this cost."""
+
+    @property
+    def has_trainer(self) -> bool:
+        return self.trainer_step_seconds is not None
+
+
 class MeasuredProfile(BaseModel):
     """One config measured on one device: a measurement per micro-batch, plus what was found."""
 
@@ -164,6 +242,8 @@ class MeasuredProfile(BaseModel):
     """The finder's probes when it ran; ``max_micro_batch`` is its answer."""
     seconds: NonNegativeFloat | None = None
     """Wall-clock of the whole profile (model build, estimator, steps, probes): its cost."""
+    machine_load: MachineLoad | None = None
+    """The host's load while measuring (None in profiles written before it was recorded)."""
 
     def measurement(self, micro_batch: int) -> StepMeasurement | None:
         return next((m for m in self.measurements if m.micro_batch == micro_batch), None)

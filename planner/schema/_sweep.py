@@ -143,9 +143,42 @@ class DataCounts(BaseModel):
 
     # Bounded far above any dataset: a bigger number is a typo, and overflows the planner's arithmetic.
     train_examples: int = Field(ge=1, le=MAX_EXAMPLES)
-    mean_tokens: float = Field(gt=0, le=MAX_TOKENS)
+    mean_tokens: float | None = Field(None, gt=0, le=MAX_TOKENS)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     eval_examples: int = Field(0, ge=0, le=MAX_EXAMPLES)
+    length_percentiles: dict[float, int] | None = None
+    """Token length at given percentiles, e.g. ``{50: 180, 90: 700, 99: 2100}``: dynamic padding
+    pads each micro-batch to its longest row, so the tail matters, not only the mean."""
+    length_histogram: list[tuple[int, int]] | None = None
+    """``[upper bound in tokens, examples]`` per bin, ascending, e.g. ``[[128, 5000], [512, 800]]``."""
+
+    @model_validator(mode="after")
+    def _lengths(self) -> DataCounts:
+        given = [self.mean_tokens, self.length_percentiles, self.length_histogram]
+        if sum(value is not None for value in given) == 0:
+            raise ValueError("give mean_tokens, length_percentiles or length_histogram")
+        if self.length_percentiles is not None:
+            points = sorted(self.length_percentiles.items())
+            if not points or any(not 0 <= p <= 100 for p, _ in points):
+                raise ValueError("length_percentiles: keys are percentiles between 0 and 100")
+            if any(v < 1 or v > MAX_TOKENS for _, v in points) or [v for _, v in points] != sorted(
+                v for _, v in points
+            ):
+                raise ValueError("length_percentiles: lengths must be positive and grow with the percentile")
+        if self.length_histogram is not None:
+            bounds = [bound for bound, _ in self.length_histogram]
+            if (
+                not bounds
+                or bounds != sorted(set(bounds))
+                or bounds[0] < 1
+                or bounds[-1] > MAX_TOKENS
+                or any(count < 0 for _, count in self.length_histogram)
+                or sum(count for _, count in self.length_histogram) == 0
+            ):
+                raise ValueError(
+                    "length_histogram: [upper bound, count] bins with ascending bounds and some examples"
+                )
+        return self
 
 
 class DataColumns(BaseModel):

@@ -11,7 +11,18 @@ from planner.data import LengthProfile, count_data
 from planner.errors import ConfigError, UnknownModelError
 from planner.estimator import CudaOverhead, Estimator, suggest_fixes
 from planner.models import load_model_config
-from planner.schema import GIB, Card, Hyperparameters, Plan, PlannedTrial, SweepSpec, TrainingConfig
+from planner.schema import (
+    GIB,
+    Card,
+    DataStats,
+    HostProfile,
+    Hyperparameters,
+    MachineLoad,
+    Plan,
+    PlannedTrial,
+    SweepSpec,
+    TrainingConfig,
+)
 from planner.sweep._budget import ORDER_RULE, halving_schedule, schedule
 from planner.sweep._space import expand_trials
 from planner.timing import ProfileLookup, StepTimeModel, count_work, trial_time
@@ -21,6 +32,10 @@ logger = logging.getLogger(__name__)
 INCLUDES = [
     "memory: the estimator's linear fit of shallow fake-tensor traces at each trial's micro-batch",
     "time: start-up, forward+backward per micro-batch, optimizer steps, eval passes, checkpoint saves",
+    "host time (with a host profile): Trainer set-up and bookkeeping, collation, tokenising, model "
+    "build or load, gradient clipping, eval loop, checkpoint files, at this machine's measured speeds",
+    "lengths: each micro-batch padded to its expected longest row (dynamic padding), truncated at "
+    "seq_len, or packed",
     "interval: from the step-time source (measured p10-p90, calibrated spread, or the default "
     "model's 80% interval from its terms' spreads)",
 ]
@@ -142,12 +157,26 @@ def _shape_trial(
     return config.with_changes(micro_batch=micro, gradient_accumulation=effective // micro), hyper
 
 
+class _HostSide:
+    """What the host contributes to every trial's time: its measured speeds and its load now."""
+
+    def __init__(self, card: Card, host: HostProfile | None, now: MachineLoad | None) -> None:
+        self.host = host
+        self.now = now
+        # Gradient clipping runs where the gradients are: the card's bandwidth, or the host's.
+        if card.kind == "cpu":
+            self.bandwidth = host.memory_bytes_per_second if host is not None else None
+        else:
+            self.bandwidth = card.bandwidth_gbs * 1e9 if card.bandwidth_gbs else None
+
+
 def _time_trial(
     spec: SweepSpec,
     shapes: _Shapes,
     steps: StepTimeModel,
     lengths: LengthProfile,
     eval_examples: int,
+    hosting: _HostSide,
     number: int,
     params: dict[str, Any],
     config: TrainingConfig,
@@ -169,6 +198,12 @@ def _time_trial(
         checkpoint_every_steps=spec.checkpoint_every_steps,
         checkpoint_bytes=saved,
         load_bytes=parts.weights if spec.init == "pretrained" else 0,
+        padded_length=lengths.padded_length(micro),
+        eval_padded_length=lengths.eval_padded_length(micro),
+        build_bytes=parts.weights if spec.init == "random" else 0,
+        trainable_bytes=shapes.estimator(config).trainable_bytes(),
+        tokenize_seconds=lengths.tokenize_seconds,
+        device_bytes_per_second=hosting.bandwidth,
     )
     step = steps.times(config, micro, lengths.padded_length(micro))
     return PlannedTrial(
@@ -182,7 +217,7 @@ def _time_trial(
         optimizer_steps=work.optimizer_steps,
         eval_passes=work.eval_passes,
         checkpoint_saves=work.checkpoint_saves,
-        time=trial_time(work, step),
+        time=trial_time(work, step, hosting.host, hosting.now),
     )
 
 
@@ -195,13 +230,18 @@ def plan_sweep(
     profiles: ProfileLookup | None = None,
     overhead: CudaOverhead | None = None,
     oom_limit: Callable[[TrainingConfig], int | None] | None = None,
+    host: HostProfile | None = None,
+    now: MachineLoad | None = None,
+    data: tuple[DataStats, LengthProfile] | None = None,
 ) -> Plan:
     """Plan ``spec`` on ``card``: shapes, feasibility, predicted times, and what fits the budget.
 
     ``workers`` and ``budget_seconds`` override the spec's. ``profiles`` supplies measured step
     times (default: none, so times come from the roofline); ``overhead`` the card's calibrated CUDA
     overheads for the memory answers (default: the estimator's documented defaults);
-    ``oom_limit`` the largest micro-batch a config may use by the OOMs recorded in real runs.
+    ``oom_limit`` the largest micro-batch a config may use by the OOMs recorded in real runs;
+    ``host`` this machine's measured host-side speeds (default: host costs not counted) and ``now``
+    its load while planning; ``data`` the counted data when the caller has counted it already.
     """
     try:
         load_model_config(spec.base.model)
@@ -209,9 +249,10 @@ def plan_sweep(
         raise UnknownModelError("base.model", exc.problem, exc.fix) from None
     workers = workers or spec.workers
     budget = budget_seconds if budget_seconds is not None else spec.budget_seconds
-    stats, lengths = count_data(spec)
+    stats, lengths = data if data is not None else count_data(spec)
     shapes = _Shapes(card, overhead, oom_limit)
-    steps = StepTimeModel(card, profiles)
+    steps = StepTimeModel(card, profiles, now=now)
+    hosting = _HostSide(card, host, now)
     trials: list[PlannedTrial] = []
     for number, params in enumerate(expand_trials(spec)):
         shaped = _shape_trial(spec, shapes, number, params)
@@ -220,7 +261,9 @@ def plan_sweep(
         else:
             config, hyper = shaped
             trials.append(
-                _time_trial(spec, shapes, steps, lengths, stats.eval_examples, number, params, config, hyper)
+                _time_trial(
+                    spec, shapes, steps, lengths, stats.eval_examples, hosting, number, params, config, hyper
+                )
             )
 
     timed = sorted(
@@ -268,4 +311,5 @@ def plan_sweep(
         order_rule=ORDER_RULE,
         successive_halving=halving,
         includes=INCLUDES,
+        machine_load=now,
     )

@@ -1,16 +1,36 @@
-"""Measured step times for planning: the profile store, measuring what is missing on this machine."""
+"""Measured step times for planning: the profile store, measuring what is missing on this machine.
+
+On the host card the planner measures what it lacks before answering, held to a budget: at most
+``AUTO_PROFILE_SHARE`` of the sweep it predicts or ``AUTO_PROFILE_MAX_SECONDS``, whichever is
+smaller, for the host's speeds and every missing step profile together. What it measures is saved
+and reused by the next plan. Both record the machine's load; a plan under another load says so.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
+import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
+from planner.data import LengthProfile, count_data
 from planner.errors import ProfileError
 from planner.estimator import Estimator
-from planner.schema import GIB, Card, MeasuredProfile, Plan, PlannedTrial, SweepSpec, TrainingConfig
+from planner.schema import (
+    GIB,
+    Card,
+    MeasuredProfile,
+    Plan,
+    PlannedTrial,
+    ProfileKey,
+    SweepSpec,
+    TrainingConfig,
+)
 from planner.sweep._plan import plan_sweep
+from planner.sweep._space import expand_trials
 from planner.timing import ProfileLookup
 
 logger = logging.getLogger(__name__)
@@ -18,6 +38,13 @@ logger = logging.getLogger(__name__)
 # The planner measures a missing host profile itself only for models this small (the tiny
 # examples take a few seconds); anything bigger is the user's call.
 AUTO_PROFILE_MAX_BYTES = GIB
+# The measuring before a plan may cost this share of the sweep it plans, and never more than
+# this many seconds: a plan should be cheap next to what it plans.
+AUTO_PROFILE_SHARE = 0.05
+AUTO_PROFILE_MAX_SECONDS = 20.0
+# Most timed steps per size (when the budget allows them) and untimed ones before.
+AUTO_PROFILE_STEPS = 20
+AUTO_PROFILE_WARMUP = 1
 
 
 class MeasuringProfiles:
@@ -44,14 +71,77 @@ class MeasuringProfiles:
         return self.store.for_card(card)
 
 
+class ProfileBudget:
+    """Seconds the measuring before one plan may still take, shared by what it measures.
+
+    The sweep's predicted length is known only once a step has been timed: a profile asks with its
+    measured seconds per row, and gets 5% of (that x the rows its config trains on in the sweep),
+    at most what is left of the 20 s.
+    """
+
+    def __init__(self, rows_by_key: dict[ProfileKey, float]) -> None:
+        self.rows_by_key = rows_by_key
+        self.spent = 0.0
+
+    def allowance(self, key: ProfileKey, seconds_per_row: float) -> float:
+        predicted = seconds_per_row * self.rows_by_key.get(key, 0.0)
+        return max(0.0, min(AUTO_PROFILE_MAX_SECONDS - self.spent, AUTO_PROFILE_SHARE * predicted))
+
+
+def _rows_by_key(
+    spec: SweepSpec, card: Card, lengths: LengthProfile, eval_examples: int
+) -> dict[ProfileKey, float]:
+    """Rows each profiled config shape runs in the whole sweep (training epochs plus eval passes)."""
+    rows: dict[ProfileKey, float] = {}
+    for params in expand_trials(spec):
+        config, hyper = spec.trial(params)
+        key = ProfileKey.of(config, card.name)
+        trained: float
+        if hyper.max_steps is not None:
+            trained = hyper.max_steps * hyper.effective_batch
+            passes = 1
+        else:
+            trained = hyper.epochs * lengths.sequences
+            passes = math.ceil(hyper.epochs)
+        # An eval row is a forward only: about a third of a training row's work.
+        rows[key] = rows.get(key, 0.0) + trained + passes * eval_examples / 3
+    return rows
+
+
 def plan_for_card(
     spec: SweepSpec, card: Card, *, workers: int | None = None, budget_seconds: float | None = None
 ) -> Plan:
     """:func:`plan_sweep` with the measured profiles on disk: step times, and CUDA overheads calibrated
-    from the card's profiles; on the host, missing profiles are measured."""
-    from planner.profiler import OomLog, ProfileStore, calibrated_overhead, profile_config
+    from the card's profiles; on the host, this machine's host-side speeds, and missing profiles are
+    measured within the budget (see the module's docstring)."""
+    from planner.profiler import (
+        OomLog,
+        ProfileStore,
+        cached_host_profile,
+        calibrated_overhead,
+        host_profile,
+        machine_load,
+        process_started,
+        profile_config,
+    )
 
     store = ProfileStore()
+    data = count_data(spec)
+    stats, lengths = data
+    on_host = card.kind == "cpu"
+    budget = ProfileBudget(_rows_by_key(spec, card, lengths, stats.eval_examples) if on_host else {})
+    # The host's speeds, cached per machine. On the host card they are measured when missing (and
+    # count against the budget). A GPU card's host is not this machine, in general: its plan uses
+    # this machine's figures only when they were measured already, else the documented storage
+    # speeds, and measures nothing (a plan for a GPU stays quick and writes nothing).
+    started = datetime.now(timezone.utc).replace(microsecond=0)
+    host = (
+        host_profile(store.directory, with_trainer=True)
+        if on_host
+        else cached_host_profile(store.directory, with_trainer=False)
+    )
+    if host is not None and datetime.fromisoformat(host.created) >= started:
+        budget.spent += host.seconds
 
     def measure(config: TrainingConfig) -> MeasuredProfile:
         peak = Estimator(config, card).estimate(config.micro_batch, trace=False).peak_bytes
@@ -64,15 +154,22 @@ def plan_for_card(
             )
         # Two sizes give the fixed per-step cost and the per-row slope, so rows shorter than
         # seq_len (dynamic padding) interpolate instead of scaling proportionally.
-        # More steps than `planner profile`'s default: host steps of a tiny model are ~10 ms and
-        # jitter by tens of percent on a shared machine, and 20 of them still cost under a second.
         logger.info("no host profile of %s at seq %d: measuring one", config.model, config.seq_len)
-        profile = profile_config(config, card, sorted({1, config.micro_batch}), steps=20, warmup=5)
+        key = ProfileKey.of(config, card.name)
+        profile = profile_config(
+            config,
+            card,
+            sorted({1, config.micro_batch}),
+            steps=AUTO_PROFILE_STEPS,
+            warmup=AUTO_PROFILE_WARMUP,
+            budget=functools.partial(budget.allowance, key),
+        )
+        budget.spent += profile.seconds or 0.0
         store.save(profile)
         return profile
 
-    profiles = MeasuringProfiles(store, card, measure if card.kind == "cpu" else None)
-    return plan_sweep(
+    profiles = MeasuringProfiles(store, card, measure if on_host else None)
+    plan = plan_sweep(
         spec,
         card,
         workers=workers,
@@ -80,7 +177,18 @@ def plan_for_card(
         profiles=profiles,
         overhead=calibrated_overhead(card, store),
         oom_limit=functools.partial(OomLog(store.directory).limit, card=card.name),
+        host=host,
+        now=machine_load(),
+        data=data,
     )
+    started_at = process_started()
+    startup = None
+    if started_at is not None:
+        # `planner run` does what this process did (interpreter, imports, counting, planning),
+        # less the measuring that is now cached, then imports Trainer for its first trial.
+        trainer_import = host.trainer_import_seconds if host is not None else None
+        startup = max(0.0, time.time() - started_at - budget.spent) + (trainer_import or 0.0)
+    return plan.model_copy(update={"measuring_seconds": round(budget.spent, 2), "startup_seconds": startup})
 
 
 def plan_sampled(spec: SweepSpec, card: Card, params: dict[str, Any]) -> PlannedTrial:

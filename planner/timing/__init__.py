@@ -6,10 +6,11 @@ from planner.timing._kernels import (
     attention_efficiency,
     gemm_efficiency,
 )
+from planner.timing._load import load_interval, load_note, load_ratio
 from planner.timing._parallel import RankStepTime, how_many_cards, rank_step_time
 from planner.timing._roofline import RooflineStep, roofline_available
 from planner.timing._step import ProfileLookup, StepTimeModel, StepTimes, StepTraces
-from planner.timing._trial import TrialWork, count_work, trial_time
+from planner.timing._trial import TrialWork, count_work, host_parts, trial_time
 
 __all__ = [
     "BANDWIDTH_EFFICIENCY",
@@ -24,7 +25,11 @@ __all__ = [
     "attention_efficiency",
     "count_work",
     "gemm_efficiency",
+    "host_parts",
     "how_many_cards",
+    "load_interval",
+    "load_note",
+    "load_ratio",
     "rank_step_time",
     "roofline_available",
     "trial_time",

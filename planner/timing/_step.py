@@ -14,10 +14,11 @@ from typing import Any, Protocol
 from planner.errors import ProfileError
 from planner.estimator import probe_depths
 from planner.models import load_model_config
-from planner.schema import Card, MeasuredProfile, TimeSource, TrainingConfig
+from planner.schema import Card, MachineLoad, MeasuredProfile, TimeSource, TrainingConfig
 from planner.step import cuda_target, num_layers, truncated_config
 from planner.timing._counter import CostedTracer, PhaseCosts
 from planner.timing._kernels import BANDWIDTH_EFFICIENCY, OP_DISPATCH_SECONDS
+from planner.timing._load import load_interval, load_note
 from planner.timing._roofline import RooflineStep, roofline_available, roofline_step
 
 # A measured step time still misses what varies between runs of a whole trial (data order,
@@ -74,10 +75,17 @@ class StepTimeModel:
     (in ``traces``: give several cards' models one to trace each shape once)."""
 
     def __init__(
-        self, card: Card, profiles: ProfileLookup | None = None, traces: StepTraces | None = None
+        self,
+        card: Card,
+        profiles: ProfileLookup | None = None,
+        traces: StepTraces | None = None,
+        now: MachineLoad | None = None,
     ) -> None:
+        """``now``: this machine's load while planning; a host profile measured under another load
+        gets a wider interval (see :mod:`planner.timing._load`)."""
         self.card = card
         self.profiles = profiles
+        self.now = now
         self.traces = traces if traces is not None else StepTraces()
         self._steps: dict[tuple[str, bool, int], RooflineStep] = {}
         self._scale: tuple[float, tuple[float, float] | None, str] | None = None
@@ -150,13 +158,20 @@ class StepTimeModel:
             nearest = min(profile.measurements, key=lambda m: abs(m.micro_batch - rows))
             low = nearest.forward_backward_p10_seconds / nearest.forward_backward_seconds - MEASURED_MARGIN
             high = nearest.forward_backward_p90_seconds / nearest.forward_backward_seconds + MEASURED_MARGIN
+            note = f"measured on {profile.device_name} ({profile.created[:10]})"
+            if profile.device == "cpu" and profile.machine_load is not None and self.now is not None:
+                # A host step shares the CPUs with whatever else runs: another load, another speed.
+                load_low, load_high = load_interval(profile.machine_load, self.now)
+                low, high = low * load_low, high * load_high
+                if said := load_note(profile.machine_load, self.now):
+                    note = f"{note}, {said}"
             return StepTimes(
                 micro_step=profile.forward_backward_seconds(rows),
                 optimizer=profile.optimizer_seconds,
                 eval_forward=profile.eval_forward_seconds(rows),
                 source="measured",
                 relative_interval=(low, high),
-                note=f"measured on {profile.device_name} ({profile.created[:10]})",
+                note=note,
             )
         if not roofline_available(self.card, config):
             device = "cpu" if self.card.kind == "cpu" else "cuda"

@@ -2,6 +2,28 @@
 
 Counts follow ``transformers.Trainer``'s own arithmetic (``set_initial_training_values``): an epoch
 is ceil(rows / micro-batch) micro-batches, and ceil(that / accumulation) optimizer steps.
+
+Around the device's forward, backward and optimizer step (:class:`StepTimes`) a trial spends host
+time; each piece is this machine's measured speed (:class:`planner.schema.HostProfile`) times the
+trial's own count, no constant taken from an example:
+
+- start-up: Trainer's construction and ``train()`` set-up (measured), re-tokenising the data
+  (measured with the real tokenizer while counting it), building the model (random init: its
+  weight bytes at the measured init throughput, twice: torch's default init in each module's
+  constructor, then the model's ``_init_weights`` in ``post_init``) or loading it (its bytes at the
+  storage's measured read speed);
+- per micro-batch: the collator on the expected padded shape (measured fixed + per row + per
+  token) and Trainer's per-micro-batch loop (measured);
+- per optimizer step: Trainer's bookkeeping (logging every step, callbacks, scheduler; measured)
+  and clipping the gradients to ``max_grad_norm`` (Trainer's default 1.0): a norm over every
+  trainable gradient, then scaling each, ~3 passes over their bytes at the device's bandwidth;
+- per eval pass: Trainer's fixed cost (measured) and per batch its loop (measured), the collator
+  and the device's forward;
+- per checkpoint: Trainer's fixed files (measured on a one-tensor model) and the weights and
+  optimizer state at the disk's measured write speed.
+
+Without a host profile only the device's parts and the I/O at the storage figures below count,
+and the estimate says so.
 """
 
 from __future__ import annotations
@@ -9,24 +31,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from planner.schema import EvalSpec, Hyperparameters, TimeEstimate
+from planner.schema import EvalSpec, HostProfile, Hyperparameters, MachineLoad, TimeEstimate
+from planner.timing._load import load_interval, load_note
 from planner.timing._step import StepTimes
 
-# Per trial, before its first step: building the model (or loading it: see below), the Trainer
-# and the tokenised dataset. ~0.1 s for the tiny CPU example: the sweep's clock minus its trials'
-# training windows (benchmarks/sweep_e2e.py, quiet 2-core VM).
-TRIAL_FIXED_SECONDS = 0.1
-# Per micro-batch, on the host, beyond the profiled forward/backward: collating and padding the
-# batch, Trainer's loss and logging bookkeeping, callbacks. ~2 ms: the tiny CPU example's
-# train_runtime minus its profiled steps, eval and saves, over its 192 micro-batches (same
-# benchmark). Invisible next to GPU steps of a model worth sweeping; it dominates tiny ones.
-HOST_SECONDS_PER_MICRO_STEP = 0.002
-# safetensors from a warm page cache or NVMe into GPU memory: ~2 GB/s end to end.
+# Without a measured host: safetensors from a warm page cache or NVMe, ~2 GB/s end to end, and
+# checkpoints to local disk at ~1 GB/s (NVMe sequential write, before the page cache absorbs it).
 LOAD_BYTES_PER_SECOND = 2e9
-# Checkpoints (weights or adapters, optimizer state, scheduler, RNG) to local disk: ~1 GB/s,
-# plus a fixed cost for the small files and fsync.
 SAVE_BYTES_PER_SECOND = 1e9
-SAVE_FIXED_SECONDS = 0.2
+# Passes over the trainable gradients' bytes to clip them: torch.nn.utils.clip_grad_norm_ reads
+# each for its norm, then multiplies each in place by the clip coefficient (read + write).
+CLIP_PASSES = 3
+# Host figures are medians of timed runs on this machine: their own spread run to run.
+HOST_MARGIN = 0.10
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,18 @@ class TrialWork:
     checkpoint_saves: int
     checkpoint_bytes: int
     load_bytes: int
+    """Weights read from storage (``init: pretrained``), else 0."""
+    micro_batch: int = 1
+    padded_length: float = 0.0
+    """Expected tokens per row of a training micro-batch after dynamic padding."""
+    eval_padded_length: float = 0.0
+    build_bytes: int = 0
+    """Weights initialised from the config (``init: random``), else 0."""
+    trainable_bytes: int = 0
+    tokenize_seconds: float = 0.0
+    """Tokenising the training and eval data once, as each trial does."""
+    device_bytes_per_second: float | None = None
+    """Memory bandwidth the gradient clipping runs at (the card's, or the host's on the CPU)."""
 
 
 def count_work(
@@ -54,6 +83,12 @@ def count_work(
     checkpoint_every_steps: int | None,
     checkpoint_bytes: int,
     load_bytes: int,
+    padded_length: float = 0.0,
+    eval_padded_length: float = 0.0,
+    build_bytes: int = 0,
+    trainable_bytes: int = 0,
+    tokenize_seconds: float = 0.0,
+    device_bytes_per_second: float | None = None,
 ) -> TrialWork:
     """Optimizer steps, micro-steps, eval passes and saves of one trial, as Trainer counts them."""
     batches_per_epoch = math.ceil(rows / micro_batch)
@@ -84,31 +119,94 @@ def count_work(
         checkpoint_saves=saves,
         checkpoint_bytes=checkpoint_bytes,
         load_bytes=load_bytes,
+        micro_batch=micro_batch,
+        padded_length=padded_length,
+        eval_padded_length=eval_padded_length or padded_length,
+        build_bytes=build_bytes,
+        trainable_bytes=trainable_bytes,
+        tokenize_seconds=tokenize_seconds,
+        device_bytes_per_second=device_bytes_per_second,
     )
 
 
-def trial_time(work: TrialWork, step: StepTimes) -> TimeEstimate:
-    """Predicted seconds of a trial, by phase, with the interval its step-time source allows."""
-    parts = {
-        "startup": TRIAL_FIXED_SECONDS + work.load_bytes / LOAD_BYTES_PER_SECOND,
-        "train": work.micro_steps * (step.micro_step + HOST_SECONDS_PER_MICRO_STEP)
-        + work.optimizer_steps * step.optimizer,
-        "eval": work.eval_passes * work.eval_batches * step.eval_forward,
+def _collate(host: HostProfile, rows: int, padded_length: float) -> float:
+    """Seconds of the collator on ``rows`` rows padded to ``padded_length`` (0 if not measured)."""
+    if host.collate_fixed_seconds is None:
+        return 0.0
+    return (
+        host.collate_fixed_seconds
+        + rows * (host.collate_row_seconds or 0.0)
+        + rows * padded_length * (host.collate_token_seconds or 0.0)
+    )
+
+
+def host_parts(work: TrialWork, host: HostProfile) -> dict[str, float]:
+    """Host seconds of a trial by phase (see the module's docstring); Trainer parts 0 if unmeasured."""
+    build = (
+        2 * work.build_bytes / host.init_bytes_per_second
+        + work.load_bytes / host.storage_read_bytes_per_second
+    )
+    clip = (
+        CLIP_PASSES * work.trainable_bytes / work.device_bytes_per_second
+        if work.device_bytes_per_second
+        else 0.0
+    )
+    micro = _collate(host, work.micro_batch, work.padded_length) + (host.trainer_micro_step_seconds or 0.0)
+    eval_batch = _collate(host, work.micro_batch, work.eval_padded_length) + (host.eval_batch_seconds or 0.0)
+    return {
+        "startup": (host.trainer_setup_seconds or 0.0) + work.tokenize_seconds + build,
+        "train": work.micro_steps * micro
+        + work.optimizer_steps * ((host.trainer_step_seconds or 0.0) + clip),
+        "eval": work.eval_passes * ((host.eval_fixed_seconds or 0.0) + work.eval_batches * eval_batch),
         "checkpoints": work.checkpoint_saves
-        * (SAVE_FIXED_SECONDS + work.checkpoint_bytes / SAVE_BYTES_PER_SECOND),
+        * ((host.save_fixed_seconds or 0.0) + work.checkpoint_bytes / host.disk_write_bytes_per_second),
     }
-    total = sum(parts.values())
-    # The interval applies to the step-driven parts; start-up and saves are I/O figures we keep.
-    stepped = parts["train"] + parts["eval"]
-    fixed = total - stepped
+
+
+def _without_host(work: TrialWork) -> dict[str, float]:
+    """Start-up and saves at the documented storage figures when this machine was not measured."""
+    return {
+        "startup": work.load_bytes / LOAD_BYTES_PER_SECOND,
+        "train": 0.0,
+        "eval": 0.0,
+        "checkpoints": work.checkpoint_saves * work.checkpoint_bytes / SAVE_BYTES_PER_SECOND,
+    }
+
+
+def trial_time(
+    work: TrialWork, step: StepTimes, host: HostProfile | None = None, now: MachineLoad | None = None
+) -> TimeEstimate:
+    """Predicted seconds of a trial, by phase, with the interval its sources allow.
+
+    The device's parts take the step source's interval; the host's parts their measurement margin,
+    both widened when ``now``'s load differs from the host profile's (see :mod:`._load`).
+    """
+    device = {
+        "startup": 0.0,
+        "train": work.micro_steps * step.micro_step + work.optimizer_steps * step.optimizer,
+        "eval": work.eval_passes * work.eval_batches * step.eval_forward,
+        "checkpoints": 0.0,
+    }
+    host_side = host_parts(work, host) if host is not None else _without_host(work)
+    parts = {name: device[name] + host_side[name] for name in device}
+    stepped = sum(device.values())
+    hosted = sum(host_side.values())
     low, high = step.relative_interval
+    notes = [step.note]
+    load_low, load_high = (1.0, 1.0)
+    if host is not None:
+        load_low, load_high = load_interval(host.machine_load, now)
+        if now is not None and (said := load_note(host.machine_load, now)):
+            notes.append(f"host speeds {said}")
+    else:
+        notes.append("host-side costs (Trainer bookkeeping, collation, set-up) not measured on this machine")
     return TimeEstimate(
-        seconds=total,
-        low_seconds=fixed + stepped * low,
-        high_seconds=fixed + stepped * high,
+        seconds=stepped + hosted,
+        low_seconds=stepped * low + hosted * (1 - HOST_MARGIN) * load_low,
+        high_seconds=stepped * high + hosted * (1 + HOST_MARGIN) * load_high,
         source=step.source,
         micro_step_seconds=step.micro_step,
         optimizer_step_seconds=step.optimizer,
         parts=parts,
-        note=step.note,
+        note="; ".join(notes),
     )

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from planner.data import LengthProfile, count_data, read_examples
+from planner.data import LengthProfile, count_data, given_lengths, read_examples
 from planner.errors import ConfigError
-from planner.schema import SweepSpec
+from planner.schema import DataCounts, SweepSpec
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -64,3 +64,34 @@ def test_without_a_tokenizer_a_byte_proxy_is_used_and_said(tmp_path: Path) -> No
     )
     stats, _ = count_data(spec)
     assert stats.mean_tokens == 100 and "byte proxy" in stats.counted_with
+
+
+def test_given_percentiles_give_dynamic_padding_and_truncation() -> None:
+    percentiles = {50: 100, 90: 400, 99: 2000}
+    counts = DataCounts(train_examples=10_000, length_percentiles=percentiles, max_tokens=4000)
+    profile = LengthProfile(given_lengths(counts), seq_len=512, packing=False, examples=10_000)
+    assert profile.sequences == 10_000
+    one, eight = profile.padded_length(1), profile.padded_length(8)
+    # The longest of 8 rows is far above the median; a row never pads beyond seq_len.
+    assert 100 < one < eight <= 512
+    assert profile.padded_length(64) == pytest.approx(512, rel=0.02)
+    packed = LengthProfile(given_lengths(counts), seq_len=512, packing=True, examples=10_000)
+    # Packing keeps the tokens truncation would cut: more rows than examples x mean truncated length.
+    assert packed.sequences > 10_000 * one / 512
+
+
+def test_a_given_histogram_is_a_length_distribution() -> None:
+    counts = DataCounts(train_examples=100, length_histogram=[(64, 90), (1024, 10)])
+    lengths = given_lengths(counts)
+    assert min(lengths) >= 1 and max(lengths) <= 1024
+    assert sum(n <= 64 for n in lengths) == pytest.approx(0.9 * len(lengths), abs=2)
+    with pytest.raises(ValueError, match="length_histogram"):
+        DataCounts(train_examples=100, length_histogram=[(64, 0), (32, 1)])
+    with pytest.raises(ValueError, match="mean_tokens"):
+        DataCounts(train_examples=100)
+
+
+def test_eval_batches_pad_in_file_order() -> None:
+    profile = LengthProfile((4, 4), seq_len=64, packing=False, eval_lengths=(10, 2, 30, 30, 100))
+    # Batches of 2 in order: [10, 2] -> 10, [30, 30] -> 30, [100] -> 64 (truncated).
+    assert profile.eval_padded_length(2) == pytest.approx((10 * 2 + 30 * 2 + 64) / 5)

@@ -15,14 +15,15 @@ import yaml
 
 from planner.executor import SweepObserver
 from planner.schema import Hyperparameters, Plan, PlannedTrial, SweepSpec, TimeEstimate, TrainingConfig
-from tests.conftest import TINY_CONFIGS, write_model
+from tests.conftest import TINY_CONFIGS, place_host_profile, write_model
 
 WORDS = ["alpha", "beta", "gamma", "delta", "red", "blue", "green", "one", "two", "three", "is", "the", "and"]
 
 
 @contextlib.contextmanager
 def one_thread_and_own_measurements(measured: Path) -> Iterator[None]:
-    """One intra-op thread, and measurements (OOM records, profiles) written under ``measured``.
+    """One intra-op thread, and measurements (OOM records, profiles) written under ``measured``,
+    with made-up host speeds there (measuring the host is tested in tests/profiler/test_host.py).
 
     On a shared 2-core machine a second thread waits for a busy core at every parallel region:
     the tiny models' steps then take ~10x longer, and vary with the neighbours' load.
@@ -32,6 +33,7 @@ def one_thread_and_own_measurements(measured: Path) -> Iterator[None]:
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("VRAM_PLANNER_MEASURED", str(measured))
+            place_host_profile(measured)
             patch.setenv("OMP_NUM_THREADS", "1")  # for worker processes started from the tests
             yield
     finally:

@@ -12,7 +12,6 @@ from planner.models import load_model_config
 from planner.schema import SweepSpec, TrainingConfig
 from planner.step import build_model
 from planner.sweep import plan_sweep
-from planner.timing._trial import SAVE_FIXED_SECONDS
 from tests.conftest import make_card
 
 
@@ -39,5 +38,6 @@ def test_a_lora_trial_without_optimizer_state_still_saves_its_adapters(tiny_mode
     )
     (trial,) = plan_sweep(spec, make_card(4096, compute_capability="9.0"), workers=1).trials
     assert trial.time is not None and trial.checkpoint_saves >= 1
-    # Plain SGD keeps no state: what the saves write is the adapters.
-    assert trial.time.parts["checkpoints"] > trial.checkpoint_saves * SAVE_FIXED_SECONDS
+    # Plain SGD keeps no state: what the saves write is the adapters (without a host profile the
+    # planner counts only the bytes written, so any time here is theirs).
+    assert trial.time.parts["checkpoints"] > 0

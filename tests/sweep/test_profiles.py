@@ -8,9 +8,12 @@ import pytest
 
 from planner.cards import host_card
 from planner.errors import ProfileError
-from planner.profiler import MEASURED_ENV, ProfileStore
-from planner.schema import GIB, SweepSpec
+from planner.profiler import MEASURED_ENV, ProfileStore, StepRunner, profile_config
+from planner.profiler._profile import MIN_BUDGETED_STEPS
+from planner.schema import GIB, ProfileKey, SweepSpec, TrainingConfig
 from planner.sweep import plan_for_card
+from planner.sweep._profiles import ProfileBudget
+from tests.conftest import place_host_profile
 
 
 def spec_for(model: str, **base: object) -> SweepSpec:
@@ -28,20 +31,56 @@ def test_host_plan_measures_a_missing_profile_once(
     tiny_models: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(MEASURED_ENV, str(tmp_path))
+    place_host_profile(tmp_path)
     spec = spec_for(tiny_models["llama"])
     plan = plan_for_card(spec, host_card())
     assert {t.time.source for t in plan.trials if t.time} == {"measured"}
     saved = ProfileStore(tmp_path).for_card("cpu")
-    assert len(saved) == 1 and {m.micro_batch for m in saved[0].measurements} == {1, 2}
+    # The trial's micro-batch first; micro-batch 1 too when the budget (5% of this tiny sweep) allows.
+    assert len(saved) == 1 and 2 in {m.micro_batch for m in saved[0].measurements} <= {1, 2}
     again = plan_for_card(spec, host_card())
     assert [t.time.seconds for t in again.trials if t.time] == [t.time.seconds for t in plan.trials if t.time]
+    # The profile records the load it was taken under; reused, it costs nothing.
+    assert saved[0].machine_load is not None and again.measuring_seconds == 0.0
+    assert plan.machine_load is not None
+
+
+def test_the_profile_budget_is_five_percent_of_the_sweep_and_at_most_twenty_seconds() -> None:
+    key = ProfileKey.of(TrainingConfig(model="m", seq_len=32), "cpu")
+    budget = ProfileBudget({key: 1000.0})
+    assert budget.allowance(key, 0.01) == pytest.approx(0.05 * 0.01 * 1000)
+    assert budget.allowance(key, 10.0) == 20.0
+    budget.spent = 15.0
+    assert budget.allowance(key, 10.0) == 5.0
+
+
+def test_a_budgeted_profile_stops_at_the_minimum_steps(
+    tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainingConfig(model=tiny_models["gpt2"], precision="fp32", seq_len=16)
+    steps: list[int] = []
+    real = StepRunner.train_step
+    monkeypatch.setattr(StepRunner, "train_step", lambda self, m: steps.append(m) or real(self, m))
+    asked: list[float] = []
+    profile = profile_config(
+        config, host_card(), [1, 2], steps=50, warmup=0, budget=lambda per_row: asked.append(per_row) or 0.0
+    )
+    assert len(asked) == 1 and asked[0] > 0
+    # Largest size first, where the seconds per row are measured, at the minimum steps; the
+    # budget is then spent, and the smaller size is left to scale from it.
+    assert steps == [2] * MIN_BUDGETED_STEPS
+    assert [m.micro_batch for m in profile.measurements] == [2]
+    steps.clear()
+    roomy = profile_config(config, host_card(), [1, 2], steps=4, warmup=0, budget=lambda _: 1e9)
+    assert steps == [2] * 4 + [1] * 4 and [m.micro_batch for m in roomy.measurements] == [1, 2]
 
 
 def test_host_plan_refuses_to_measure_a_big_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(MEASURED_ENV, str(tmp_path))
+    place_host_profile(tmp_path)
     # A host with room for the trial (free RAM varies from run to run: on a machine with less, the
     # trial would be infeasible and never reach the measuring step this test is about).
     roomy = host_card().model_copy(update={"free_bytes": 256 * GIB})
     with pytest.raises(ProfileError, match="planner profile"):
         plan_for_card(spec_for("meta-llama/Llama-3.2-1B", seq_len=512), roomy)
-    assert not list(tmp_path.rglob("*.json"))
+    assert not ProfileStore(tmp_path).for_card("cpu")

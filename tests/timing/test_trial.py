@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from planner.schema import EvalSpec, Hyperparameters
-from planner.timing import StepTimes, count_work, trial_time
+from planner.schema import EvalSpec, Hyperparameters, MachineLoad
+from planner.timing import StepTimes, count_work, load_ratio, trial_time
+from tests.conftest import make_host_profile
 
 
 def work(**changes: object) -> object:
@@ -53,3 +54,72 @@ def test_trial_time_grows_with_the_work_it_counts() -> None:
     assert slower.parts["train"] > two.parts["train"] and slower.parts["eval"] == two.parts["eval"]
     assert two.low_seconds == pytest.approx(0.9 * two.seconds, rel=0.1)
     assert two.high_seconds == pytest.approx(1.2 * two.seconds, rel=0.1)
+
+
+def _step() -> StepTimes:
+    return StepTimes(0.01, 0.002, 0.004, "measured", (0.9, 1.2), "test")
+
+
+def _host_work(**changes: object) -> object:
+    fields: dict[str, object] = {
+        "checkpoint_bytes": 10**8,
+        "build_bytes": 10**7,
+        "trainable_bytes": 10**7,
+        "padded_length": 64.0,
+        "tokenize_seconds": 0.2,
+        "device_bytes_per_second": 1e10,
+    }
+    fields.update(changes)
+    return work(**fields)
+
+
+def test_host_costs_use_this_machines_measured_speeds() -> None:
+    fast = trial_time(_host_work(), _step(), make_host_profile())  # type: ignore[arg-type]
+    slow_disk = trial_time(_host_work(), _step(), make_host_profile(disk_write_bytes_per_second=1e8))  # type: ignore[arg-type]
+    assert slow_disk.parts["checkpoints"] > fast.parts["checkpoints"]
+    assert slow_disk.parts["train"] == fast.parts["train"]
+    slow_init = trial_time(_host_work(), _step(), make_host_profile(init_bytes_per_second=1e7))  # type: ignore[arg-type]
+    assert slow_init.parts["startup"] > fast.parts["startup"]
+    busy_trainer = trial_time(_host_work(), _step(), make_host_profile(trainer_step_seconds=0.05))  # type: ignore[arg-type]
+    assert busy_trainer.parts["train"] > fast.parts["train"]
+    # Loading pretrained weights goes at the storage's read speed.
+    loading = _host_work(load_bytes=10**9, build_bytes=0)
+    assert (
+        trial_time(loading, _step(), make_host_profile(storage_read_bytes_per_second=1e8)).parts[  # type: ignore[arg-type]
+            "startup"
+        ]
+        > trial_time(loading, _step(), make_host_profile()).parts["startup"]
+    )  # type: ignore[arg-type]
+
+
+def test_host_costs_grow_with_padded_length_and_micro_steps() -> None:
+    host = make_host_profile()
+    short = trial_time(_host_work(padded_length=16.0), _step(), host)  # type: ignore[arg-type]
+    long = trial_time(_host_work(padded_length=512.0), _step(), host)  # type: ignore[arg-type]
+    assert long.parts["train"] > short.parts["train"]
+    one = trial_time(_host_work(hyper=Hyperparameters(epochs=1)), _step(), host)  # type: ignore[arg-type]
+    two = trial_time(_host_work(hyper=Hyperparameters(epochs=2)), _step(), host)  # type: ignore[arg-type]
+    assert two.parts["train"] > one.parts["train"] and two.seconds > one.seconds
+
+
+def test_a_plan_under_another_load_says_so_and_widens_its_interval() -> None:
+    measured_quiet = make_host_profile(load=0.2, cpus=2)
+    same = trial_time(_host_work(), _step(), measured_quiet, MachineLoad(cpu_count=2, load_average=0.3))  # type: ignore[arg-type]
+    busy = trial_time(_host_work(), _step(), measured_quiet, MachineLoad(cpu_count=2, load_average=7.0))  # type: ignore[arg-type]
+    assert busy.seconds == same.seconds  # the estimate stays: the run's load is unknown
+    assert busy.high_seconds > same.high_seconds and busy.low_seconds == same.low_seconds
+    assert "load" in busy.note and "load" not in same.note
+    quieter = trial_time(
+        _host_work(),  # type: ignore[arg-type]
+        _step(),
+        make_host_profile(load=7.0, cpus=2),
+        MachineLoad(cpu_count=2, load_average=0.3),
+    )
+    assert quieter.low_seconds < same.low_seconds
+
+
+def test_without_a_host_profile_the_estimate_says_what_it_leaves_out() -> None:
+    estimate = trial_time(_host_work(), _step())  # type: ignore[arg-type]
+    assert "not measured" in estimate.note
+    quiet, busy = MachineLoad(cpu_count=2, load_average=1.0), MachineLoad(cpu_count=2, load_average=5.0)
+    assert load_ratio(quiet, busy) > 1 > load_ratio(busy, quiet)
