@@ -11,7 +11,7 @@ from planner.estimator._cuda import (
     overhead_from_profiles,
 )
 from planner.estimator._estimator import INCLUDES, Estimator
-from planner.estimator._fit import estimate_memory, fit, micro_batches_around, suggest_fixes
+from planner.estimator._fit import cheapest_fix, estimate_memory, fit, micro_batches_around, suggest_fixes
 from planner.estimator._linear import MAX_MICRO_BATCH, LinearPeak, probe_depths
 from planner.estimator._rank import RankSplit, rank_fit, rank_split
 from planner.estimator._traces import TraceCache, shared_cache
@@ -27,6 +27,7 @@ __all__ = [
     "LinearPeak",
     "RankSplit",
     "TraceCache",
+    "cheapest_fix",
     "cuda_context",
     "default_overhead",
     "estimate_memory",

@@ -104,16 +104,36 @@ def _suggest_fixes(
             fixes.append(Fix(change=change, config=candidate, max_micro_batch=best))
     if sharded is not None:
         fixes.append(sharded)
+    if not fixes:
+        shorter = _shorter_sequences(config, card, overhead)
+        fixes += [shorter] if shorter is not None else []
+    return fixes
+
+
+def cheapest_fix(config: TrainingConfig, card: Card, overhead: CudaOverhead | None = None) -> Fix | None:
+    """The first of :func:`suggest_fixes`' answers, found by trying the candidates cheapest first
+    and stopping at the first that fits: what a plan shows for a trial it prunes, at a fraction of
+    the traces (sharding and shorter sequences are tried only when no single-card change fits)."""
+    for change, changed in _fix_candidates(config):
+        candidate = config.with_changes(**changed)
+        best = Estimator(candidate, card, overhead).max_micro_batch(confirm=False)
+        if best >= 1:
+            return Fix(change=change, config=candidate, max_micro_batch=best)
+    return _sharding_fix(config, card, overhead) or _shorter_sequences(config, card, overhead)
+
+
+def _shorter_sequences(config: TrainingConfig, card: Card, overhead: CudaOverhead | None) -> Fix | None:
+    """The longest sequence, halving down to 128 tokens, at which ``config`` fits."""
     seq_len = config.seq_len // 2
-    while seq_len >= 128 and not fixes:
+    while seq_len >= 128:
         candidate = config.with_changes(seq_len=seq_len)
         best = Estimator(candidate, card, overhead).max_micro_batch(confirm=False)
         if best >= 1:
-            fixes.append(
-                Fix(change=f"shorter sequences: --seq-len {seq_len}", config=candidate, max_micro_batch=best)
+            return Fix(
+                change=f"shorter sequences: --seq-len {seq_len}", config=candidate, max_micro_batch=best
             )
         seq_len //= 2
-    return fixes
+    return None
 
 
 SHARDING_GPUS = (2, 4, 8, 16, 32, 64)

@@ -9,7 +9,7 @@ from typing import Any
 
 from planner.data import LengthProfile, count_data
 from planner.errors import ConfigError, UnknownModelError
-from planner.estimator import CudaOverhead, Estimator, suggest_fixes
+from planner.estimator import CudaOverhead, Estimator, cheapest_fix
 from planner.models import load_model_config
 from planner.schema import (
     GIB,
@@ -84,10 +84,10 @@ class _Shapes:
         shape = config.step_shape()
         key = shape.key
         if key not in self._fix:
-            fixes = suggest_fixes(shape, self.card, self.overhead)
+            cheapest = cheapest_fix(shape, self.card, self.overhead)
             self._fix[key] = (
-                f"{fixes[0].change} (max micro-batch {fixes[0].max_micro_batch})"
-                if fixes
+                f"{cheapest.change} (max micro-batch {cheapest.max_micro_batch})"
+                if cheapest is not None
                 else "a larger card"
             )
         return self._fix[key]

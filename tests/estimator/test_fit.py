@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from planner.errors import ConfigError
-from planner.estimator import Estimator, LinearPeak, TraceCache, fit
+from planner.estimator import Estimator, LinearPeak, TraceCache, cheapest_fix, fit
 from planner.schema import MIB, TrainingConfig
 from planner.step import WINDOWS, PeakSplit, StepTrace
 from tests.conftest import TINY_CONFIGS, make_card, write_model
@@ -140,6 +140,8 @@ def test_nothing_fits_lists_fixes_that_fit(deep_llama: str):
         estimator = Estimator(fix.config, card)
         limit = estimator.allocated_limit - estimator.overhead.workspace_bytes
         assert estimator.full_trace(fix.max_micro_batch).peak <= limit
+    # A plan shows only the cheapest fix, found without trying the others: the same one.
+    assert cheapest_fix(config, card) == report.fixes[0]
 
 
 def test_fixes_offer_lora_and_qlora_for_a_full_fine_tune(deep_llama: str):
