@@ -179,9 +179,9 @@ def study_lock(study: optuna.Study, storage_url: str) -> Iterator[None]:
 
     SQLite: the database file's lock file (as claims). PostgreSQL: an advisory lock keyed by the
     study's id, on the storage's own engine. MySQL: its named lock, ``GET_LOCK`` (MySQL manual,
-    "Locking Functions": held by the session, released when it ends; no MySQL server here tests
-    it). Another database's recovery is not serialised: two workers starting at the same moment
-    could both continue a trial.
+    "Locking Functions": held by the session, released when it ends; tested on MariaDB). Another
+    database's recovery is not serialised: two workers starting at the same moment could both
+    continue a trial.
     """
     storage = study._storage
     rdb = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache

@@ -61,7 +61,8 @@ def test_four_workers_starting_together_on_an_empty_database_all_open_it(
         open_study(spec, plan, url, "race")
 
     with contextlib.ExitStack() as stack:
-        url = spec.storage_url if backend == "sqlite" else stack.enter_context(empty_postgres_database())
+        databases = {"postgresql": empty_postgres_database, "mysql": empty_mysql_database}
+        url = spec.storage_url if backend == "sqlite" else stack.enter_context(databases[backend]())
         gc.collect()  # no connection of this process is shared with the children
         workers = [FORK.Process(target=worker, args=(url,), daemon=True) for _ in range(4)]
         for process in workers:
@@ -134,7 +135,25 @@ def test_an_interrupted_trial_without_a_checkpoint_is_said_to_run_again_from_ste
     assert continued.continues == 0 and continued.resumed_from_step == 0 and continued.status == "complete"
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@contextlib.contextmanager
+def empty_mysql_database() -> Iterator[str]:
+    """A new, empty MySQL (this machine's MariaDB, root without a password) database of its own."""
+    import pymysql
+
+    name = f"planner_{uuid.uuid4().hex[:12]}"
+    admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", autocommit=True)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name}")
+        yield f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+    finally:
+        gc.collect()
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mysql"])
 def test_the_storage_holds_exactly_the_users_study_with_each_trials_state_and_reason(
     tmp_path: Path, tiny_model_dir: Path, backend: str
 ) -> None:
