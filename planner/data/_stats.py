@@ -10,10 +10,14 @@ import bisect
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from planner.data._read import Split, load_tokenizer, read_sequences, read_texts
 from planner.data._shapes import TokenRow, fit_to_length
 from planner.schema import DataCounts, DataStats, SweepSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # English text through a modern BPE tokenizer: ~4 bytes per token (OpenAI's and Llama's tokenizers
 # both land between 3.5 and 4.5 on web text). Used only when no tokenizer is on this machine.
@@ -79,21 +83,16 @@ class LengthProfile:
         return sum(max(batch) * len(batch) for batch in batches) / len(rows)
 
 
-def _lengths(spec: SweepSpec, split: Split) -> tuple[list[int], list[TokenRow] | None, str]:
-    """Each example's tokens (untruncated, in file order) of ``split``, its tokenized rows when a
-    tokenizer is here, and how it was counted. Rows come from the executor's own path
+def _lengths(
+    spec: SweepSpec, tokenizer: PreTrainedTokenizerBase | None, split: Split
+) -> tuple[list[int], list[TokenRow] | None]:
+    """Each example's tokens (untruncated, in file order) of ``split``, and its tokenized rows when
+    there is a tokenizer (else a byte proxy). Rows come from the executor's own path
     (:func:`read_sequences`)."""
-    tokenizer = load_tokenizer(spec)
     if tokenizer is None:
-        texts = read_texts(spec, split)
-        return (
-            [max(1, round(len(t.encode()) / BYTES_PER_TOKEN)) for t in texts],
-            None,
-            (f"byte proxy (~{BYTES_PER_TOKEN:g} bytes/token; no tokenizer on this machine)"),
-        )
-    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        return [max(1, round(len(t.encode()) / BYTES_PER_TOKEN)) for t in read_texts(spec, split)], None
     sequences = read_sequences(spec, tokenizer, split)
-    return [len(s.input_ids) for s in sequences], sequences, f"tokenizer {name}"
+    return [len(s.input_ids) for s in sequences], sequences
 
 
 def _interpolate(points: list[tuple[float, float]], u: float) -> float:
@@ -165,9 +164,14 @@ def count_data(spec: SweepSpec) -> tuple[DataStats, LengthProfile]:
     assert data.train is not None  # the spec validator guarantees train or counts
     # Timed as a trial does it: loading the tokenizer, then tokenising both sets.
     start = time.perf_counter()
-    train_lengths, sequences, counted_with = _lengths(spec, "train")
-    eval_lengths = _lengths(spec, "eval")[0] if data.eval else []
+    tokenizer = load_tokenizer(spec)
+    train_lengths, sequences = _lengths(spec, tokenizer, "train")
+    eval_lengths = _lengths(spec, tokenizer, "eval")[0] if data.eval else []
     tokenize_seconds = time.perf_counter() - start
+    if tokenizer is None:
+        counted_with = f"byte proxy (~{BYTES_PER_TOKEN:g} bytes/token; no tokenizer on this machine)"
+    else:
+        counted_with = f"tokenizer {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}"
     rows = fit_to_length(sequences, seq_len, data.packing) if sequences is not None else None
     stats = DataStats(
         train_examples=len(train_lengths),

@@ -185,9 +185,11 @@ def _time_trial(
     micro = config.micro_batch
     estimate = shapes.estimator(config).estimate(micro, trace=False)
     parts = estimate.breakdown
+    trainable = shapes.estimator(config).trainable_bytes()
+    padded = lengths.padded_length(micro)
     # A checkpoint holds what trains (all weights for full fine-tuning, else the adapters: peft's
     # save_pretrained writes only those) and the optimizer state.
-    saved = shapes.estimator(config).trainable_bytes() + parts.optimizer_state
+    saved = trainable + parts.optimizer_state
     work = count_work(
         hyper,
         micro_batch=micro,
@@ -198,14 +200,14 @@ def _time_trial(
         checkpoint_every_steps=spec.checkpoint_every_steps,
         checkpoint_bytes=saved,
         load_bytes=parts.weights if spec.init == "pretrained" else 0,
-        padded_length=lengths.padded_length(micro),
+        padded_length=padded,
         eval_padded_length=lengths.eval_padded_length(micro),
         build_bytes=parts.weights if spec.init == "random" else 0,
-        trainable_bytes=shapes.estimator(config).trainable_bytes(),
+        trainable_bytes=trainable,
         tokenize_seconds=lengths.tokenize_seconds,
         device_bytes_per_second=hosting.bandwidth,
     )
-    step = steps.times(config, micro, lengths.padded_length(micro))
+    step = steps.times(config, micro, padded)
     return PlannedTrial(
         number=number,
         params=params,
