@@ -30,15 +30,12 @@ import math
 import os
 import platform
 import random
-import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from sweep_e2e import planner  # the same `planner ... --json` runner
 
 ROOT = Path(__file__).parents[1]
 TOKENIZER = ROOT / "examples" / "tiny-llama"
@@ -206,15 +203,6 @@ def build(sweep: dict[str, Any], root: Path, seed: int) -> Path:
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def planner(*args: str, env: dict[str, str], cwd: Path) -> tuple[dict[str, Any], float]:
-    command = shutil.which("planner") or str(Path(sys.executable).parent / "planner")
-    start = time.perf_counter()
-    done = subprocess.run([command, *args, "--json"], capture_output=True, text=True, env=env, cwd=cwd)
-    if done.returncode:
-        raise SystemExit(f"planner {' '.join(args)} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout), time.perf_counter() - start
 
 
 def load() -> float:
