@@ -148,3 +148,13 @@ def test_the_default_interval_is_an_80_percent_range_around_the_estimate(
     assert step.source == "default"
     assert 0.3 < low < 1.0 < high < 3.0
     assert "80% interval" in step.note
+
+
+def test_fp16_steps_unscale_their_gradients(
+    models: dict[str, StepTimeModel], tiny_models: dict[str, str]
+) -> None:
+    # Same fp32 adapters and optimizer; fp16 adds GradScaler's unscale pass over the gradients.
+    for method in ("lora", "full"):
+        bf16 = models["a100-80gb"].times(config(tiny_models["llama"], method=method, precision="bf16"), 2, 32)
+        fp16 = models["a100-80gb"].times(config(tiny_models["llama"], method=method, precision="fp16"), 2, 32)
+        assert fp16.optimizer > bf16.optimizer
