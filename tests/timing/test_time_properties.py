@@ -158,3 +158,19 @@ def test_fp16_steps_unscale_their_gradients(
         bf16 = models["a100-80gb"].times(config(tiny_models["llama"], method=method, precision="bf16"), 2, 32)
         fp16 = models["a100-80gb"].times(config(tiny_models["llama"], method=method, precision="fp16"), 2, 32)
         assert fp16.optimizer > bf16.optimizer
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_accumulating_micro_steps_add_their_gradients(
+    models: dict[str, StepTimeModel], tiny_models: dict[str, str], method: str
+) -> None:
+    # Micro-steps after an accumulation's first add into the gradients: more of them, more time.
+    steps = [
+        models["a100-80gb"].times(
+            config(tiny_models["llama"], method=method, gradient_accumulation=ga), 2, 32
+        )
+        for ga in (1, 2, 4)
+    ]
+    optimizer = [step.optimizer for step in steps]
+    assert optimizer == sorted(optimizer) and optimizer[0] < optimizer[-1]
+    assert all(step.micro_step == steps[0].micro_step for step in steps)
