@@ -14,12 +14,12 @@ from typing import Any, Protocol
 from planner.errors import ProfileError
 from planner.estimator import probe_depths
 from planner.models import load_model_config
-from planner.schema import Card, MachineLoad, MeasuredProfile, TimeSource, TrainingConfig
+from planner.schema import Card, MachineLoad, MeasuredProfile, Precision, TimeSource, TrainingConfig
 from planner.step import cuda_target, num_layers, truncated_config
-from planner.timing._counter import CostedTracer, PhaseCosts
+from planner.timing._counter import CostedTracer, OpCost, PhaseCosts
 from planner.timing._kernels import BANDWIDTH_EFFICIENCY, OP_DISPATCH_SECONDS
 from planner.timing._load import load_interval, load_note
-from planner.timing._roofline import RooflineStep, roofline_available, roofline_step
+from planner.timing._roofline import ACCUMULATE_PHASE, RooflineStep, roofline_available, roofline_step
 
 # A measured step time still misses what varies between runs of a whole trial (data order,
 # thermal state, other processes): widen its own p10-p90 spread by this much on each side.
@@ -51,6 +51,40 @@ class StepTimes:
     relative_interval: tuple[float, float]
     """Multipliers giving the low and high end of what a real step may take."""
     note: str
+
+
+def _with_accumulation(phases: dict[str, PhaseCosts], tracer: CostedTracer) -> dict[str, PhaseCosts]:
+    """The phases plus what each accumulating micro-step adds: one in-place add per trainable tensor.
+
+    Trainer zeroes the gradients with ``set_to_none=True`` (torch >= 2.0's default), so the first
+    micro-step's backward hands each parameter its gradient without a copy; every later one of an
+    accumulation finds a gradient there and adds the new one in place (torch/csrc/autograd/
+    functions/accumulate_grad.h, ``accumulateGrad``: ``variable_grad += new_grad`` when grad mode
+    is off): one kernel per trainable tensor reading both gradients and writing one. The traced
+    step (accumulation 1) has none of these; the ``accumulate`` phase holds them, counted
+    ``gradient_accumulation - 1`` times per optimizer step.
+    """
+    adds = [
+        OpCost(kind="memory", flops=0, bytes=3 * p.numel() * p.element_size())
+        for p in tracer.setup.trainable_parameters()
+    ]
+    return {**phases, ACCUMULATE_PHASE: PhaseCosts(adds)}
+
+
+def _with_grad_scaler(phases: dict[str, PhaseCosts], trainable_bytes: int) -> dict[str, PhaseCosts]:
+    """The phases plus fp16 mixed precision's unscaling pass, which the fake trace does not run.
+
+    Trainer's ``fp16=True`` scales the loss with ``torch.amp.GradScaler``; before the optimizer
+    steps (and before clipping), ``GradScaler.unscale_`` runs
+    ``torch._amp_foreach_non_finite_check_and_unscale_`` over every gradient: each is read, checked
+    for inf/NaN and written back multiplied by 1/scale (torch/amp/grad_scaler.py,
+    ``_unscale_grads_``) -- one memory-bound pass reading and writing the trainable gradients'
+    bytes, in one kernel per device and dtype group. ``GradScaler.update`` works on one-element
+    tensors (negligible).
+    """
+    optimizer = phases.get("optimizer", PhaseCosts())
+    unscale = OpCost(kind="memory", flops=0, bytes=2 * trainable_bytes)
+    return {**phases, "optimizer": PhaseCosts([unscale, *optimizer.ops])}
 
 
 def _config_shape(config: TrainingConfig) -> TrainingConfig:
@@ -103,7 +137,16 @@ class StepTimeModel:
             costs[key] = {d: self._tracer(shape, hf_config, cuda, d).costs(micro_batch) for d in depths}
         step_key = (shape.key, config.torch_compile, micro_batch)
         if step_key not in self._steps:  # a sweep asks for the same step once per trial
-            self._steps[step_key] = roofline_step(costs[key], num_layers(hf_config), self.card, config)
+            shallow = {
+                d: _with_accumulation(phases, self._tracer(shape, hf_config, cuda, d))
+                for d, phases in costs[key].items()
+            }
+            if config.precision is Precision.FP16:
+                shallow = {
+                    d: _with_grad_scaler(phases, self._tracer(shape, hf_config, cuda, d).trainable_bytes)
+                    for d, phases in shallow.items()
+                }
+            self._steps[step_key] = roofline_step(shallow, num_layers(hf_config), self.card, config)
         return self._steps[step_key]
 
     def _tracer(self, shape: TrainingConfig, hf_config: Any, cuda: Any, depth: int) -> CostedTracer:
@@ -185,7 +228,9 @@ class StepTimeModel:
         fraction = rows / micro_batch
         return StepTimes(
             micro_step=step.micro_step * scale * fraction,
-            optimizer=step.optimizer * scale,
+            # Per optimizer step: the update, and the in-place gradient adds of every micro-step
+            # after an accumulation's first.
+            optimizer=(step.optimizer + (config.gradient_accumulation - 1) * step.accumulate) * scale,
             eval_forward=step.forward * scale * fraction,
             source="default" if interval is None else "calibrated",
             relative_interval=step.interval if interval is None else interval,
