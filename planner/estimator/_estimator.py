@@ -63,7 +63,8 @@ class Estimator:
         self.config = config
         self.card = card
         self.hf_config = load_model_config(config.model)
-        self.overhead = overhead or default_overhead(card)
+        loading = config.stack.cuda_module_loading
+        self.overhead = overhead or default_overhead(card, loading.value if loading is not None else None)
         self.cuda = cuda_target(card, config, self.hf_config)
         self.traces = (cache or shared_cache()).get(config, self.cuda)
         self.alloc_conf = alloc_conf if alloc_conf is not None else AllocatorConfig.from_env()
