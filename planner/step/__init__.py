@@ -7,6 +7,7 @@ profiler, trained by the executor. Which device the step stands for (:class:`Cud
 what counts as running out of memory live here too.
 """
 
+from planner.step._autocast import CudaAutocastPolicy
 from planner.step._imports import import_bitsandbytes, import_peft
 from planner.step._lora import add_lora, lora_target_candidates
 from planner.step._loss import loss_in_logits_dtype
@@ -48,6 +49,7 @@ __all__ = [
     "TRAINER_OPTIM_NAMES",
     "WINDOWS",
     "AllocationStream",
+    "CudaAutocastPolicy",
     "CudaTarget",
     "LiveBytesTracker",
     "LivePeak",

@@ -38,6 +38,7 @@ from torch.utils._pytree import tree_leaves
 
 from planner.errors import ConfigError
 from planner.schema import TrainingConfig
+from planner.step._autocast import CudaAutocastPolicy
 from planner.step._imports import entered, patched
 from planner.step._loss import loss_as_stated
 from planner.step._optimizers import paged_state_tensors
@@ -214,6 +215,8 @@ class StepTracer:
         stack.enter_context(_experts_through_their_fallback())
         stack.enter_context(_labels_are_known())
         stack.enter_context(loss_as_stated(self.setup.model, self.setup.task, self.config.stack.loss_upcast))
+        if self.cuda is not None and self.setup.autocast_dtype is not None:
+            stack.enter_context(CudaAutocastPolicy())
         return stack
 
     def trace(self, micro_batch: int) -> StepTrace:
