@@ -36,9 +36,10 @@ node (the NVLS graph's channels, ``min(NCCL_MAX_NVLS_ARITY, GPUs)``).
 
 Not counted: tree connections (NCCL connects at run time only what a collective uses,
 NCCL_RUNTIME_CONNECT=1, and the single-node collectives of DDP, FSDP and ZeRO run on rings, or on
-NVLS where it is set up), the network transport's buffers of a multi-node job, consumer cards whose
-driver disables peer-to-peer (NCCL then stages through host memory), and per-communicator structures
-of a few KiB.
+NVLS where it is set up), the network transport's buffers of a multi-node job, and per-communicator
+structures of a few KiB. Cards whose driver refuses peer-to-peer (the RTX 4090, per NVIDIA/nccl#1127)
+are counted as peer-to-peer ones: NCCL's SHM transport there keeps its buffers in host shared memory
+(``transport/shm.cc``, ``ncclShmOpen``), so their figure here is an overcount of a few tens of MiB.
 """
 
 from __future__ import annotations
