@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from planner.cards import load_card
 from planner.cli import cli
-from planner.estimator import fit, rank_fit
-from planner.schema import TrainingConfig
+from planner.estimator import default_overhead, fit, rank_fit
+from planner.schema import MIB, TrainingConfig
 from tests.conftest import TINY_CONFIGS, make_card, write_model
 
 # A Llama of ~110M parameters: full fp32 AdamW needs ~1.8 GB resident, over a 2 GiB card's room.
@@ -94,16 +95,33 @@ def result_args(tiny_models: dict[str, str]) -> list[str]:
     ]
 
 
-def test_cli_per_rank_breakdown(tiny_models: dict[str, str]) -> None:
+def test_cli_per_rank_breakdown(tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "NCCL_BUFFSIZE",
+        "NCCL_MIN_NCHANNELS",
+        "NCCL_MAX_NCHANNELS",
+        "NCCL_MIN_NRINGS",
+        "NCCL_MAX_NRINGS",
+    ):
+        monkeypatch.delenv(name, raising=False)
     result = run(*result_args(tiny_models))
     assert result.exit_code == 0, result.output
     assert "FSDP over 2 GPUs: one rank" in result.output
+    assert "NCCL buffers" in result.output
     assert "sharded 1/2" in result.output
     assert "tokens/s per GPU" in result.output
     as_json = run(*result_args(tiny_models), "--json")
     assert as_json.exit_code == 0, as_json.output
-    per_rank = json.loads(as_json.output)["per_rank"]
+    answer = json.loads(as_json.output)
+    per_rank = answer["per_rank"]
     assert per_rank["resident_bytes"] > 0 and per_rank["transient_bytes"] > 0
+    # An RTX 4090 pair over PCIe 4.0 x16: 4 ring channels x 12 MiB (tests/distributed/test_nccl.py),
+    # in device-used and the breakdown, not in allocated or reserved.
+    at_max = answer["at_max"]
+    assert per_rank["nccl_bytes"] == at_max["breakdown"]["collective_buffers"] == 4 * 12 * MIB
+    context = default_overhead(load_card("rtx-4090")).context_bytes
+    allocator_device = at_max["peak_reserved_bytes"] + context + at_max["breakdown"]["paged_on_device"]
+    assert at_max["peak_bytes"] == allocator_device + 4 * 12 * MIB
     kinds = [c["kind"] for c in per_rank["step"]["communication"]["collectives"]]
     assert kinds == ["all-gather", "all-gather", "reduce-scatter"]
 
