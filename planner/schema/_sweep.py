@@ -322,6 +322,9 @@ class SweepSpec(BaseModel):
                 "use nodes: 1, and ask `planner fit --nodes N` about several hosts"
             )
         if parallelism.strategy is not Strategy.DDP:
+            # FSDP through Trainer needs accelerate's FSDP plugin, which accelerate sets up on GPUs
+            # only (accelerate/state.py: a gloo CPU group stays MULTI_CPU), so no test here could
+            # run what a plan of it would promise; DeepSpeed is not a dependency.
             raise ValueError(
                 f"parallelism.strategy: planner run runs DDP trials only, not {parallelism.strategy.value} "
                 "(the built-in recipe sets up no FSDP or DeepSpeed plugin); use ddp, and ask "
