@@ -263,6 +263,8 @@ class _Worker:
         output_dir = Path(attrs.get("output_dir", self.spec.output_dir / f"trial-{trial.number:03d}"))
         config = planned.config
         shape = f"{config.micro_batch} x {config.gradient_accumulation}"
+        if config.parallelism.world_size > 1:
+            shape += f" x {config.parallelism.world_size} ranks"
         trial.set_user_attr("status", "running")
         trial.set_user_attr("predicted_seconds", predicted)
         self.observer.trial_started(trial.number, params, shape, predicted * ratio, after)

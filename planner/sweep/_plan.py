@@ -37,7 +37,8 @@ INCLUDES = [
     "host time (with a host profile): Trainer set-up and bookkeeping, collation, tokenising, model "
     "build or load, gradient clipping, eval loop, checkpoint files, at this machine's measured speeds",
     "ranks (a trial across GPUs): one rank's memory (its traced DDP step) and its share of the "
-    "rows; its optimizer step waits for the gradient all-reduce DDP does not hide behind backward",
+    "rows; its optimizer step waits for the gradient all-reduce DDP does not hide behind backward; "
+    "its rank processes import Trainer at start-up (measured)",
     "lengths: each micro-batch padded to its expected longest row (dynamic padding), truncated at "
     "seq_len, or packed",
     "interval: from the step-time source (measured p10-p90, calibrated spread, or the default "
@@ -227,6 +228,9 @@ def _time_trial(
         trainable_bytes=trainable,
         tokenize_seconds=lengths.tokenize_seconds,
         device_bytes_per_second=hosting.bandwidth,
+        launch_seconds=hosting.host.trainer_import_seconds or 0.0
+        if ranks > 1 and hosting.host is not None
+        else 0.0,
     )
     if ranks == 1:
         step = steps.times(config, micro, padded)

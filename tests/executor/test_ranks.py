@@ -149,15 +149,27 @@ class OomOnRankOne(TrainerCallback):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (test)")
 
 
-def test_out_of_memory_on_one_rank_halves_the_micro_batch_and_resumes(
+class StopFileAfter(TrainerCallback):
+    """Rank 0 finds the worker's "stop" file (what the worker writes when Optuna's pruner says
+    so) during step ``step`` + 1: every rank must stop at the end of that step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if args.process_index == 0 and state.global_step == self.step:
+            stop = Path(args.output_dir) / GROUP_DIR / "stop.json"
+            stop.write_text(json.dumps({"reason": "the pruner stopped it (test)"}))
+
+
+def test_out_of_memory_on_one_rank_halves_the_micro_batch_and_resumes_then_all_ranks_prune(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     spec = _ddp_spec(
         tmp_path, tiny_model_dir, train=32, search={"learning_rate": [1e-3]}, checkpoint_every_steps=2
     )
-    run = run_sweep(spec, _ranks_plan(spec, micro_batch=2), callbacks=[OomOnRankOne()])
+    run = run_sweep(spec, _ranks_plan(spec, micro_batch=2), callbacks=[OomOnRankOne(), StopFileAfter(5)])
     (trial,) = run.trials
-    assert trial.status == "complete" and trial.steps_done == 8
     assert trial.oom == [
         {
             "micro_batch": 2,
@@ -168,6 +180,12 @@ def test_out_of_memory_on_one_rank_halves_the_micro_batch_and_resumes(
         }
     ]
     assert (trial.micro_batch, trial.gradient_accumulation) == (1, 2)  # same effective batch of 4
+    assert trial.resumed_from_step is None  # a fresh trial; the retry resumed from checkpoint 2
+    # The stop was found during step 6: the vote at its end stopped both ranks there, unsaved.
+    assert trial.state == "PRUNED" and trial.status == "pruned"
+    assert trial.reason == "the pruner stopped it (test)"
+    assert trial.steps_done == 6 and [r["step"] for r in _rank_files(spec, 0)] == [6, 6]
+    assert checkpoint_step(last_checkpoint(spec.output_dir / "trial-000")) == 4
 
 
 def test_recovery_kills_the_ranks_a_dead_worker_left_and_only_those(tmp_path: Path) -> None:
