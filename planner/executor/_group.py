@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 GROUP_DIR = "ranks"
 """The attempt's exchange folder inside the trial's output directory."""
+RANKS_LOG = "ranks.log"
+"""The ranks' output, beside the trial's checkpoints."""
 POLL_SECONDS = 0.2
 """How often the worker reads the ranks' events while they train."""
 TERMINATE_SECONDS = 30.0
@@ -232,7 +234,11 @@ def group_attempt(run: TrialRun, outcome: TrialOutcome, resume: bool, *, diverge
         str(order_path),
     ]
     logger.info("trial %s: launching %d ranks", run.run_name, ranks)
-    launcher = subprocess.Popen(command)
+    # The ranks' own output (library warnings, tracebacks) goes to the trial's log, not into the
+    # sweep's display; every attempt appends to it.
+    log_path = run.output_dir / RANKS_LOG
+    with log_path.open("ab") as output:
+        launcher = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     write_whole(
         folder / "launcher.json",
         {"pid": launcher.pid, "started": process_start(launcher.pid), "host": os.uname().nodename},
@@ -269,7 +275,7 @@ def group_attempt(run: TrialRun, outcome: TrialOutcome, resume: bool, *, diverge
     result = _read(folder / "result.json")
     if launcher.returncode != 0 or result is None:
         said = failed[0]["error"] if failed else f"torch.distributed.run exited with {launcher.returncode}"
-        raise RuntimeError(f"the trial's ranks failed: {said}")
+        raise RuntimeError(f"the trial's ranks failed: {said} (their output: {log_path})")
     outcome.metrics = {k: float(v) for k, v in result["metrics"].items()}
     outcome.training_arguments = result["training_arguments"]
     log = reporter.log

@@ -186,6 +186,7 @@ def test_out_of_memory_on_one_rank_halves_the_micro_batch_and_resumes_then_all_r
     assert trial.reason == "the pruner stopped it (test)"
     assert trial.steps_done == 6 and [r["step"] for r in _rank_files(spec, 0)] == [6, 6]
     assert checkpoint_step(last_checkpoint(spec.output_dir / "trial-000")) == 4
+    assert "rank 1 failed" in (spec.output_dir / "trial-000" / "ranks.log").read_text()  # not the display
 
 
 def test_recovery_kills_the_ranks_a_dead_worker_left_and_only_those(tmp_path: Path) -> None:
