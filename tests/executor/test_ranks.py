@@ -70,11 +70,16 @@ def _rank_files(spec: SweepSpec, number: int) -> list[dict[str, Any]]:
 
 
 def _gone(pid: int, started: str | None) -> bool:
-    return process_start(pid) != started
+    """Not running: exited, or dead and waiting to be reaped by whoever adopted it (a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return process_start(pid) != started or state in ("Z", "X")
 
 
 def test_kill_9_of_the_worker_mid_trial_then_a_rerun_resumes_the_ddp_trial(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # 32 rows, 2 per rank and micro-batch, effective batch 4: 8 optimizer steps, a checkpoint every 2.
     spec = _ddp_spec(
@@ -89,13 +94,19 @@ def test_kill_9_of_the_worker_mid_trial_then_a_rerun_resumes_the_ddp_trial(
         time.sleep(0.05)
     ranks = [json.loads(p.read_text()) for p in sorted((trial_dir / GROUP_DIR).glob("pid-*.json"))]
     assert len({r["pid"] for r in ranks}) == RANKS  # two processes train the trial
+    # Frozen first, the ranks cannot see their worker die (they would stop at their next step):
+    # they stand for ranks stuck in a long eval, which only the rerun's recovery can stop.
+    for rank in ranks:
+        os.kill(rank["pid"], signal.SIGSTOP)
     assert worker.pid is not None
     os.kill(worker.pid, signal.SIGKILL)
     worker.join()
     assert load_results(spec.storage_url, spec.name).trials[0].status == "running"
 
-    rerun = run_sweep(spec, plan)  # recovery: the worker is dead; what is left of its group is killed
+    with caplog.at_level("WARNING", logger="planner.executor._group"):
+        rerun = run_sweep(spec, plan)  # recovery: the worker is dead; what is left of its group is killed
     assert all(_gone(r["pid"], r["started"]) for r in ranks)
+    assert "killed 3 process(es) left by a dead worker's trial" in caplog.text  # torchrun and 2 ranks
     (continuation,) = rerun.trials
     assert continuation.continues == 0 and continuation.status == "complete"
     assert (continuation.resumed_from_step or 0) >= 2  # from its checkpoint, not from step 0
