@@ -97,7 +97,7 @@ MAX_TOKENS = 10**9
 MAX_TRIALS = 10_000
 """Most trials a sweep may plan: each is estimated and timed, and more would take the planner hours."""
 MAX_WORKERS = 1024
-"""Most workers a plan schedules onto (one per GPU): beyond it a number is a typo, not a cluster."""
+"""Most workers a plan schedules onto (one per GPU, or per GPU group): beyond it a typo, not a cluster."""
 
 
 def _check_searched_value(name: str, value: Any) -> None:
