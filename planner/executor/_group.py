@@ -186,14 +186,33 @@ class _Events:
         return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
 
+def group_failure(statuses: list[dict[str, Any]], code: int | None, log_path: Path) -> Exception:
+    """What a failed group raises in the worker, from its ranks' statuses: an out-of-memory error
+    (the worker retries smaller), a ``RuntimeError`` raised from the rank's ``OSError`` when the
+    machine failed it (the worker's fault check sees a full or read-only disk as in one process),
+    or a ``RuntimeError`` naming the first error and the ranks' log."""
+    import torch
+
+    failed = [s for s in statuses if s.get("error")]
+    for status in failed:
+        if status.get("oom"):
+            return torch.OutOfMemoryError(f"rank {status['rank']}: {status['error']}")
+    said = failed[0]["error"] if failed else f"torch.distributed.run exited with {code}"
+    error = RuntimeError(f"the trial's ranks failed: {said} (their output: {log_path})")
+    for status in failed:
+        if status.get("os_error"):
+            fault = status["os_error"]
+            error.__cause__ = OSError(fault["errno"], fault["strerror"], fault["filename"])
+            break
+    return error
+
+
 def group_attempt(run: TrialRun, outcome: TrialOutcome, resume: bool, *, divergence_factor: float) -> None:
     """One attempt of ``run`` on ``planned.config.parallelism.world_size`` ranks of this host.
 
-    Fills ``outcome`` as :func:`~planner.executor._trial.trainer_attempt` does; raises
-    ``torch.OutOfMemoryError`` when a rank ran out of memory, ``RuntimeError`` when one failed.
+    Fills ``outcome`` as :func:`~planner.executor._trial.trainer_attempt` does; raises what
+    :func:`group_failure` says when the group failed.
     """
-    import torch
-
     config = run.planned.config.with_changes(
         micro_batch=outcome.micro_batch, gradient_accumulation=outcome.gradient_accumulation
     )
@@ -268,14 +287,9 @@ def group_attempt(run: TrialRun, outcome: TrialOutcome, resume: bool, *, diverge
     if statuses:
         outcome.peak_memory_bytes = max(int(s.get("peak_memory_bytes", 0)) for s in statuses)
         outcome.memory_kind = f"{statuses[0].get('memory_kind', '')}, the largest of {ranks} ranks"
-    failed = [s for s in statuses if s.get("error")]
-    if any(s.get("oom") for s in failed):
-        rank = next(s for s in failed if s.get("oom"))
-        raise torch.OutOfMemoryError(f"rank {rank['rank']}: {rank['error']}")
     result = _read(folder / "result.json")
     if launcher.returncode != 0 or result is None:
-        said = failed[0]["error"] if failed else f"torch.distributed.run exited with {launcher.returncode}"
-        raise RuntimeError(f"the trial's ranks failed: {said} (their output: {log_path})")
+        raise group_failure(statuses, launcher.returncode, log_path)
     outcome.metrics = {k: float(v) for k, v in result["metrics"].items()}
     outcome.training_arguments = result["training_arguments"]
     log = reporter.log

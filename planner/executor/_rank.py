@@ -167,6 +167,7 @@ def run_rank(order: RankOrder, rank: int) -> int:
     except Exception as exc:  # written for the worker, which decides (OOM: a smaller micro-batch)
         status["oom"] = is_out_of_memory(exc)
         status["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        status["os_error"] = os_error(exc)
         logger.error("rank %d failed", rank, exc_info=not status["oom"])
         code = 1
     status["step"] = agreement.step
@@ -178,6 +179,20 @@ def run_rank(order: RankOrder, rank: int) -> int:
         write_whole(group_dir / "result.json", _result(outcome, reporter.log))
     write_whole(group_dir / f"rank-{rank}.json", status)
     return code
+
+
+def os_error(error: BaseException) -> dict[str, Any] | None:
+    """The first ``OSError`` in ``error``'s chain, as data for the worker (which tells a failing
+    disk from a trial's own error), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            filename = None if current.filename is None else os.fsdecode(current.filename)
+            return {"errno": current.errno, "strerror": current.strerror, "filename": filename}
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _result(outcome: TrialOutcome, log: TrialLog) -> dict[str, Any]:

@@ -221,3 +221,44 @@ def test_recovery_kills_the_ranks_a_dead_worker_left_and_only_those(tmp_path: Pa
         other.wait()
         orphan.kill()
         orphan.wait()
+
+
+def test_a_failed_groups_error_in_the_worker_is_what_one_process_would_raise(tmp_path: Path) -> None:
+    """Out of memory retries smaller; a rank's full or read-only disk is the machine's fault, as
+    the worker's check tells it in one process (the trial is left to continue); anything else
+    fails the trial with the rank's error and where the ranks' output is."""
+    import errno
+
+    import torch
+
+    from planner.executor._group import group_failure
+    from planner.executor._rank import os_error
+    from planner.executor._trial import infrastructure_fault
+
+    log = tmp_path / "ranks.log"
+    try:
+        try:
+            raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "optimizer.pt"))
+        except OSError as disk:
+            raise RuntimeError("saving the checkpoint failed") from disk
+    except RuntimeError as wrapped:
+        fault = os_error(wrapped)
+    assert fault == {
+        "errno": errno.EROFS,
+        "strerror": "Read-only file system",
+        "filename": str(tmp_path / "optimizer.pt"),
+    }
+    ok = {"rank": 0, "error": None}
+    disk = group_failure([ok, {"rank": 1, "error": "RuntimeError: saving", "os_error": fault}], 1, log)
+    assert infrastructure_fault(disk, [tmp_path]) == (
+        "output_dir",
+        f"Read-only file system: {tmp_path / 'optimizer.pt'}",
+    )
+    oom = group_failure(
+        [ok, {"rank": 1, "error": "OutOfMemoryError: CUDA out of memory", "oom": True}], 1, log
+    )
+    assert isinstance(oom, torch.OutOfMemoryError) and "rank 1" in str(oom)
+    crashed = group_failure([ok, {"rank": 1, "error": "ValueError: bad"}], 1, log)
+    assert str(crashed) == f"the trial's ranks failed: ValueError: bad (their output: {log})"
+    assert infrastructure_fault(crashed, [tmp_path]) is None
+    assert "torch.distributed.run exited with 1" in str(group_failure([], 1, log))
