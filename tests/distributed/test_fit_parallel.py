@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -160,16 +161,23 @@ def test_cli_zero_answers_model_states(tiny_models: dict[str, str]) -> None:
     assert states["partitioned_bytes"] == 18 * parameters // 4
 
 
-def test_a_sweep_trial_cannot_span_gpus_yet() -> None:
+@pytest.mark.parametrize(
+    ("parallelism", "refusal"),
+    [
+        ({"gpus": 2, "strategy": "fsdp"}, "planner run runs DDP trials only, not fsdp"),
+        ({"gpus": 2, "nodes": 2, "strategy": "ddp"}, "a trial's ranks run on one host"),
+    ],
+)
+def test_a_sweep_trial_spans_the_gpus_of_one_host_with_ddp(parallelism: dict[str, Any], refusal: str) -> None:
     from pydantic import ValidationError
 
     from planner.schema import SweepSpec
 
-    with pytest.raises(ValidationError, match="parallelism: a trial runs on one GPU"):
-        SweepSpec.model_validate(
-            {
-                "base": {"model": "gpt2", "parallelism": {"gpus_per_node": 2}},
-                "data": {"counts": {"train_examples": 200, "mean_tokens": 100, "eval_examples": 20}},
-                "budget": "1h",
-            }
-        )
+    raw = {
+        "data": {"counts": {"train_examples": 200, "mean_tokens": 100, "eval_examples": 20}},
+        "budget": "1h",
+    }
+    spec = SweepSpec.model_validate({**raw, "base": {"model": "gpt2", "parallelism": {"gpus": 2}}})
+    assert spec.base.parallelism.world_size == 2 and spec.base.parallelism.strategy.value == "ddp"
+    with pytest.raises(ValidationError, match=refusal):
+        SweepSpec.model_validate({**raw, "base": {"model": "gpt2", "parallelism": parallelism}})
