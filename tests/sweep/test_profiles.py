@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from planner.cards import host_card
 from planner.errors import ProfileError
-from planner.profiler import MEASURED_ENV, ProfileStore, StepRunner, profile_config
+from planner.profiler import MEASURED_ENV, ProfileStore, StepRunner, machine_load, profile_config
 from planner.profiler._profile import MIN_BUDGETED_STEPS
 from planner.schema import GIB, ProfileKey, SweepSpec, TrainingConfig
 from planner.sweep import plan_for_card
-from planner.sweep._profiles import ProfileBudget
-from tests.conftest import place_host_profile
+from planner.sweep._profiles import RUN_IMPORTS, ProfileBudget
+from tests.conftest import make_host_profile, place_host_profile
 
 
 def spec_for(model: str, **base: object) -> SweepSpec:
@@ -43,6 +44,23 @@ def test_host_plan_measures_a_missing_profile_once(
     # The profile records the load it was taken under; reused, it costs nothing.
     assert saved[0].machine_load is not None and again.measuring_seconds == 0.0
     assert plan.machine_load is not None
+
+
+def test_a_host_plan_counts_the_runs_storage_and_its_imports_after_planning(
+    tiny_models: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `planner run` adds before and between its trials: the imports it makes after the same
+    planning (counted in the start-up, timed where the run pays them) and the study's storage."""
+    monkeypatch.setenv(MEASURED_ENV, str(tmp_path))
+    host = make_host_profile(cpus=machine_load().cpu_count, study_open_seconds=0.4, study_trial_seconds=0.05)
+    place_host_profile(tmp_path, host)
+    plan = plan_for_card(spec_for(tiny_models["llama"]), host_card())
+    runnable = sum(trial.feasible for trial in plan.trials)
+    assert runnable == 2 and plan.storage_seconds == pytest.approx(0.4 + 2 * 0.05)
+    assert all(module in sys.modules for module in RUN_IMPORTS)
+    assert plan.startup_seconds is not None and plan.startup_seconds > 0
+    place_host_profile(tmp_path, make_host_profile(cpus=machine_load().cpu_count))
+    assert plan_for_card(spec_for(tiny_models["llama"]), host_card()).storage_seconds is None  # unmeasured
 
 
 def test_the_profile_budget_is_five_percent_of_the_sweep_and_at_most_twenty_seconds() -> None:
