@@ -217,7 +217,8 @@ class HostProfile(BaseModel):
     """The study's commits for one trial (enqueued, claimed, started, reported, recorded), outside
     the trial's own clock."""
     seconds: NonNegativeFloat
-    """What measuring all this cost."""
+    """What measuring all this cost (less importing what a run imports anyway: Trainer, the
+    study's storage)."""
 
     @property
     def has_trainer(self) -> bool:

@@ -9,7 +9,6 @@ and reused by the next plan. Both record the machine's load; a plan under anothe
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import math
 import time
@@ -109,29 +108,6 @@ def _rows_by_key(
     return rows
 
 
-# What `planner run` imports after planning, before its first trial: Trainer (``run_sweep``) and
-# the study's storage (``open_storage``: SQLAlchemy's engine, Optuna's RDB models and alembic).
-RUN_IMPORTS = (
-    "transformers.trainer",
-    "optuna.storages",
-    "alembic.command",
-    "alembic.migration",
-    "alembic.script",
-    "optuna.storages._rdb.models",
-)
-
-
-def _import_what_a_run_adds() -> None:
-    """Import, in this planning process, what a run imports after the same planning.
-
-    Its cost is counted where the run pays it: after counting and planning have imported their
-    share (tokenizers, the model classes, peft), so only the rest counts. Timed in a fresh process
-    instead, ``transformers.trainer`` costs ~1.7 s on a 2-core VM, but ~0.1 s after planning.
-    """
-    for module in RUN_IMPORTS:
-        importlib.import_module(module)
-
-
 def plan_for_card(
     spec: SweepSpec, card: Card, *, workers: int | None = None, budget_seconds: float | None = None
 ) -> Plan:
@@ -144,6 +120,7 @@ def plan_for_card(
         cached_host_profile,
         calibrated_overhead,
         host_profile,
+        import_run_modules,
         machine_load,
         process_started,
         profile_config,
@@ -210,7 +187,7 @@ def plan_for_card(
     if started_at is not None:
         # `planner run` does what this process did (interpreter, imports, counting, planning),
         # less the measuring that is now cached, then imports what its trials need.
-        _import_what_a_run_adds()
+        import_run_modules()
         startup = max(0.0, time.time() - started_at - budget.spent)
     storage = None
     if host is not None and host.study_open_seconds is not None and host.study_trial_seconds is not None:

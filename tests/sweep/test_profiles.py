@@ -9,11 +9,11 @@ import pytest
 
 from planner.cards import host_card
 from planner.errors import ProfileError
-from planner.profiler import MEASURED_ENV, ProfileStore, StepRunner, machine_load, profile_config
+from planner.profiler import MEASURED_ENV, RUN_IMPORTS, ProfileStore, StepRunner, machine_load, profile_config
 from planner.profiler._profile import MIN_BUDGETED_STEPS
 from planner.schema import GIB, ProfileKey, SweepSpec, TrainingConfig
 from planner.sweep import plan_for_card
-from planner.sweep._profiles import RUN_IMPORTS, ProfileBudget
+from planner.sweep._profiles import ProfileBudget
 from tests.conftest import make_host_profile, place_host_profile
 
 
