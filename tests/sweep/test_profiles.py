@@ -63,6 +63,19 @@ def test_a_host_plan_counts_the_runs_storage_and_its_imports_after_planning(
     assert plan_for_card(spec_for(tiny_models["llama"]), host_card()).storage_seconds is None  # unmeasured
 
 
+def test_a_sweep_at_micro_batch_one_profiles_a_second_size_for_short_rows(
+    tiny_models: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One size alone scales a short padded row proportionally (a 20-token row of 32 nearly free);
+    micro-batch 2, measured first, gives the per-step fixed cost its line needs."""
+    monkeypatch.setenv(MEASURED_ENV, str(tmp_path))
+    place_host_profile(tmp_path)
+    spec = spec_for(tiny_models["llama"]).model_copy(update={"micro_batch": 1})
+    plan_for_card(spec, host_card())
+    (saved,) = ProfileStore(tmp_path).for_card("cpu")
+    assert 2 in {m.micro_batch for m in saved.measurements} <= {1, 2}
+
+
 def test_the_profile_budget_is_five_percent_of_the_sweep_and_at_most_twenty_seconds() -> None:
     key = ProfileKey.of(TrainingConfig(model="m", seq_len=32), "cpu")
     budget = ProfileBudget({key: 1000.0})
