@@ -154,14 +154,15 @@ def plan_for_card(
                 f"run `planner profile {config.model} --device cpu` deliberately, or plan for a GPU card",
             )
         # Two sizes give the fixed per-step cost and the per-row slope, so rows shorter than
-        # seq_len (dynamic padding) interpolate instead of scaling proportionally: micro-batch 2
-        # beside 1 when the trials run 1 (one size alone would make a short row nearly free).
+        # seq_len (dynamic padding) interpolate instead of scaling proportionally: the trials'
+        # micro-batch first, then 1, or 2 when the trials run 1 (one size alone would make a
+        # short row nearly free).
         logger.info("no host profile of %s at seq %d: measuring one", config.model, config.seq_len)
         key = ProfileKey.of(config, card.name)
         profile = profile_config(
             config,
             card,
-            sorted({1, max(2, config.micro_batch)}),
+            [config.micro_batch, 1 if config.micro_batch > 1 else 2],
             steps=AUTO_PROFILE_STEPS,
             warmup=AUTO_PROFILE_WARMUP,
             budget=functools.partial(budget.allowance, key),
