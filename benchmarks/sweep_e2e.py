@@ -38,7 +38,13 @@ def planner(*args: str, env: dict[str, str], cwd: Path) -> tuple[dict, float]:
     done = subprocess.run([command, *args, "--json"], capture_output=True, text=True, env=env, cwd=cwd)
     if done.returncode:
         raise SystemExit(f"planner {' '.join(args)} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout), time.perf_counter() - start
+    # The JSON document starts at a line of its own; a library printing on stdout when imported
+    # (DeepSpeed's accelerator detection, when it is installed) comes before it: shown, skipped.
+    lines = done.stdout.splitlines(keepends=True)
+    first = next((i for i, line in enumerate(lines) if line.startswith("{")), 0)
+    for stray in lines[:first]:
+        print(f"planner {args[0]} printed before its JSON: {stray.rstrip()}", file=sys.stderr)
+    return json.loads("".join(lines[first:])), time.perf_counter() - start
 
 
 def window(plan_trial: dict) -> float:

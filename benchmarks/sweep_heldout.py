@@ -235,9 +235,9 @@ def run_sweep(spec: Path, env: dict[str, str]) -> dict[str, Any]:
             }
         )
     # The sweep's clock runs from the `planner run` process's start: the plan's trials plus its
-    # start-up (interpreter, imports, planning, importing Trainer).
+    # start-up (interpreter, imports, planning, importing Trainer) and the study's storage work.
     actual_total = run["elapsed_seconds"]
-    startup = plan.get("startup_seconds") or 0.0
+    startup = (plan.get("startup_seconds") or 0.0) + (plan.get("storage_seconds") or 0.0)
     predicted_total = plan["total_seconds"] + startup
     return {
         "sweep": spec.parent.name,

@@ -121,6 +121,11 @@ def print_plan(plan: Plan) -> None:
         console.print(
             f"Before the first trial (start-up, imports, planning): ~{format_duration(plan.startup_seconds)}."
         )
+    if plan.storage_seconds:
+        console.print(
+            "The study's storage (opening it, each trial's commits): "
+            f"~{format_duration(plan.storage_seconds)}."
+        )
     if plan.measuring_seconds:
         load = plan.machine_load
         at = f" at load {load.load_average:.1f} on {load.cpu_count} CPU(s)" if load is not None else ""

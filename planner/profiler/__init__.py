@@ -9,9 +9,11 @@ from planner.profiler._calibration import calibrated_overhead, fit_with_profiles
 from planner.profiler._device import device_card, local_device, profile_card_name, resolve_device
 from planner.profiler._finder import Prediction, find_max_micro_batch, runner_probe, search_max_micro_batch
 from planner.profiler._host import (
+    RUN_IMPORTS,
     cached_host_profile,
     host_profile,
     host_profile_path,
+    import_run_modules,
     machine_load,
     measure_host,
     process_started,
@@ -24,6 +26,7 @@ from planner.profiler._store import MEASURED_ENV, ProfileStore, library_versions
 
 __all__ = [
     "MEASURED_ENV",
+    "RUN_IMPORTS",
     "OomLog",
     "OutOfMemoryAbove",
     "Prediction",
@@ -37,6 +40,7 @@ __all__ = [
     "fit_with_profiles",
     "host_profile",
     "host_profile_path",
+    "import_run_modules",
     "library_versions",
     "load_profile",
     "local_device",

@@ -13,16 +13,18 @@ i.e. when planning on the host card, where those costs are a large share of a st
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
+import importlib
 import itertools
 import logging
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 
 from planner.errors import ProfileError
+from planner.profiler._runner import percentile
 from planner.profiler._store import library_versions, measured_dir
 from planner.schema import HostProfile, MachineLoad
 
@@ -45,6 +48,33 @@ _REPEATS = 5
 _STEPS = 24
 _EVERY = 6
 _EVAL_BATCHES = 8
+# Trials of the timed Optuna study (its per-trial commits).
+_STUDY_TRIALS = 4
+
+
+# What `planner run` imports after planning, before its first trial: Trainer (``run_sweep``) and
+# the study's storage (``open_storage``: Optuna's RDB models and alembic).
+RUN_IMPORTS = (
+    "transformers.trainer",
+    "optuna.storages",
+    "alembic.command",
+    "alembic.migration",
+    "alembic.script",
+    "optuna.storages._rdb.models",
+)
+
+
+def import_run_modules() -> float:
+    """Import what a run imports after planning (``RUN_IMPORTS``); returns the seconds it took.
+
+    A plan calls it after planning, so its start-up counts these imports where the run pays them:
+    after counting and planning imported their share (tokenizers, the model classes, peft), only
+    the rest (~0.1 s for ``transformers.trainer`` on a 2-core VM, ~1.7 s in a fresh process).
+    """
+    start = time.perf_counter()
+    for module in RUN_IMPORTS:
+        importlib.import_module(module)
+    return time.perf_counter() - start
 
 
 def machine_load() -> MachineLoad:
@@ -180,6 +210,25 @@ class _OneTensorModel(torch.nn.Module):
         return {"loss": (self.weight.sum() + input_ids.float().mean()) ** 2}
 
 
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """The garbage collector as a sweep's trials see it: what exists now frozen, out of its scans.
+
+    ``planner.executor.run_sweep`` freezes the heap (torch's and transformers' modules, about a
+    million objects) before its first trial, so the collections in a trial's path (accelerate's
+    ``free_memory`` at the start of ``train()``, the executor's own after each trial) scan only
+    what the trial made. Unfrozen, each would rescan the whole heap (~0.3-0.8 s on a 2-core VM):
+    a cost no trial pays. A heap frozen already (a plan made inside a running sweep) stays so.
+    """
+    frozen_before = gc.get_freeze_count() > 0
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if not frozen_before:
+            gc.unfreeze()
+
+
 def _trainer_costs(scratch: Path) -> dict[str, float | None]:
     """Trainer's set-up, per-step, per-micro-step, per-save and eval costs, from one timed real run.
 
@@ -191,12 +240,8 @@ def _trainer_costs(scratch: Path) -> dict[str, float | None]:
     but the last, ``on_step_end`` after the optimizer step, then logging, ``on_evaluate`` after an
     evaluation (``on_prediction_step`` per eval batch) and ``on_save`` after a checkpoint.
     """
-    imported = "transformers.trainer" in sys.modules
-    start = time.perf_counter()
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer_import = None if imported else time.perf_counter() - start
 
     rows = [{"input_ids": [3, 3, 3, 1]}] * 256
     stamps: list[tuple[str, int, float]] = []
@@ -247,16 +292,17 @@ def _trainer_costs(scratch: Path) -> dict[str, float | None]:
         last = [t for hook, _, t in stamps if hook == "on_step_end"][-1]
         return built - start, end - built, (first - built) + (end - last)
 
-    run("warm-up", 1)  # first-call costs (lazy imports, accelerate's state) are once per process
-    constructor, _, around = run(
-        "measured",
-        _STEPS,
-        gradient_accumulation_steps=2,
-        eval_strategy="steps",
-        eval_steps=_EVERY,
-        save_strategy="steps",
-        save_steps=_EVERY,
-    )
+    with _frozen_heap():
+        run("warm-up", 1)  # first-call costs (lazy imports, accelerate's state) are once per process
+        constructor, _, around = run(
+            "measured",
+            _STEPS,
+            gradient_accumulation_steps=2,
+            eval_strategy="steps",
+            eval_steps=_EVERY,
+            save_strategy="steps",
+            save_steps=_EVERY,
+        )
 
     def intervals(first: str, second: str, *, skip_special: bool = True) -> list[float]:
         """Seconds from each ``first`` hook to the next ``second`` one at the same step."""
@@ -278,7 +324,8 @@ def _trainer_costs(scratch: Path) -> dict[str, float | None]:
         if step >= 1 and (step + 1) % _EVERY
     ]
     first_micro = statistics.median(intervals("on_step_begin", "on_substep_end"))
-    step = max(0.0, statistics.median(ordinary) - 2 * first_micro)
+    middle = statistics.median(ordinary)
+    step = max(0.0, middle - 2 * first_micro)
     evaluations = [t for h, _, t in stamps if h == "on_evaluate"]
     saves = [t for h, _, t in stamps if h == "on_save"]
     eval_seconds = statistics.median(e - ends[s] for (h, s, e) in stamps if h == "on_evaluate" and s in ends)
@@ -286,14 +333,65 @@ def _trainer_costs(scratch: Path) -> dict[str, float | None]:
     gaps = [b - a for a, b in itertools.pairwise(predictions) if 0 < b - a < eval_seconds]
     eval_batch = statistics.median(gaps) if gaps else 0.0
     return {
-        "trainer_import_seconds": trainer_import,
         "trainer_setup_seconds": constructor + around,
         "trainer_step_seconds": step,
         "trainer_micro_step_seconds": first_micro,
         "save_fixed_seconds": statistics.median(s - e for e, s in zip(evaluations, saves, strict=False)),
         "eval_fixed_seconds": max(0.0, eval_seconds - _EVAL_BATCHES * eval_batch),
         "eval_batch_seconds": eval_batch,
+        # How much the same Trainer step took from one repeat to the next while measured (p10 and
+        # p90 over the median of the ordinary steps): this host's noise on host-side work.
+        "repeat_spread_low": percentile(ordinary, 0.1) / middle,
+        "repeat_spread_high": percentile(ordinary, 0.9) / middle,
     }
+
+
+def _storage_costs(scratch: Path) -> tuple[float, float]:
+    """(opening, per trial) seconds of a sweep's Optuna study in SQLite, as ``planner run`` keeps it.
+
+    Opening: the executor's ``open_storage`` (Optuna's tables created in a new file) and the study
+    created. Per trial, the commits the executor makes (``planner.executor``'s ``open_study``,
+    ``claim`` and its trial loop): enqueued with its planned attrs, claimed (state, worker,
+    heartbeat), started (status, predicted seconds), its objective reported once, then recorded
+    (result, status, reason) and told, each a transaction (on SQLite, a sync to disk) outside the
+    trial's own clock. Medians over ``_STUDY_TRIALS`` trials.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from planner.executor import open_storage
+
+    url = f"sqlite:///{scratch / 'study.db'}"
+    start = time.perf_counter()
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="host-speeds")
+    opening = time.perf_counter() - start
+    # A planned trial's attrs are a few kB of JSON (its config, hyperparameters, time parts).
+    planned = {"planned": {"config": "x" * 2000}, "order": 0, "output_dir": str(scratch)}
+    # Claimed (worker, heartbeat), started (status, predicted seconds); recorded when it ends.
+    started: list[tuple[str, Any]] = [
+        ("worker", {"host": "h"}),
+        ("heartbeat", 0.0),
+        ("status", "running"),
+        ("predicted_seconds", 1.0),
+    ]
+    recorded: list[tuple[str, Any]] = [("result", {"seconds": 1.0}), ("status", "complete"), ("reason", None)]
+    per_trial = []
+    for number in range(_STUDY_TRIALS):
+        start = time.perf_counter()
+        study.enqueue_trial({"learning_rate": 1e-3 * (number + 1)}, user_attrs=planned)
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0]
+        storage.set_trial_state_values(waiting._trial_id, TrialState.RUNNING)
+        trial = optuna.Trial(study, waiting._trial_id)
+        for name, value in started:
+            trial.set_user_attr(name, value)
+        trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True)
+        trial.report(1.0, 1)
+        for name, value in recorded:
+            trial.set_user_attr(name, value)
+        study.tell(trial, 1.0, state=TrialState.COMPLETE)
+        per_trial.append(time.perf_counter() - start)
+    return opening, statistics.median(per_trial)
 
 
 def _existing(directory: Path) -> Path:
@@ -313,11 +411,16 @@ def measure_host(directory: Path, *, with_trainer: bool) -> HostProfile:
     memory, init = _memory_and_init_speeds()
     write, read = _disk_speeds(directory)
     trainer: dict[str, float | None] = {}
+    imports = 0.0
     if with_trainer:
+        # Imports a run makes anyway: not a cost of measuring (the plan's start-up counts them).
+        imports = import_run_modules()
         names = ("collate_fixed_seconds", "collate_row_seconds", "collate_token_seconds")
         trainer.update(zip(names, _collate_costs(), strict=True))
         with tempfile.TemporaryDirectory(dir=directory, prefix=".trainer-") as scratch:
             trainer.update(_trainer_costs(Path(scratch)))
+            opening, per_trial = _storage_costs(Path(scratch))
+            trainer.update(study_open_seconds=opening, study_trial_seconds=per_trial)
     profile = HostProfile(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         versions=library_versions(),
@@ -327,7 +430,7 @@ def measure_host(directory: Path, *, with_trainer: bool) -> HostProfile:
         init_bytes_per_second=init,
         disk_write_bytes_per_second=write,
         storage_read_bytes_per_second=read,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start - imports,
         **trainer,
     )
     logger.info("measured this host's speeds in %.1f s (load %.2f)", profile.seconds, load.load_average)

@@ -65,7 +65,7 @@ def profile_config(
     tensor bytes). A size that runs out of memory is listed in ``out_of_memory``. ``find_max`` runs
     the max-micro-batch finder first (on the CPU within half the available memory) and profiles
     around its answer. ``budget`` holds the profile to a time allowance it computes from the first
-    timed step (sizes largest first; each size then stops at its share of the allowance, after at
+    timed step (sizes in the order given; each size then stops at its share of the allowance, after at
     least ``MIN_BUDGETED_STEPS`` steps, and sizes left when it is spent are not measured). Nothing
     is saved here.
     """
@@ -115,7 +115,9 @@ def profile_config(
             share_end = start + allowed[0] * (index + 1) / len(sizes)
             return time.perf_counter() >= share_end
 
-        sizes = sorted(sizes, reverse=budget is not None)
+        # Under a budget, in the caller's order (most needed first: sizes left when it is spent
+        # are not measured); else smallest first.
+        sizes = list(dict.fromkeys(sizes)) if budget is not None else sorted(sizes)
         for done, size in enumerate(sizes):
             if measured and allowed and time.perf_counter() - start >= allowed[0]:
                 # Over budget already: the sizes measured stand for the rest (a single size

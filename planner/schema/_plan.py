@@ -123,7 +123,12 @@ class Plan(BaseModel):
     startup_seconds: NonNegativeFloat | None = None
     """Before the first trial of ``planner run``, not in the totals (they are the trials' sum): the
     interpreter, imports and planning as this planning process took them (its measuring aside),
-    and importing Trainer as measured on this machine. None when it could not be measured."""
+    and importing what the run adds after planning (Trainer, the study's storage), timed here after
+    the same planning. None when it could not be measured."""
+    storage_seconds: NonNegativeFloat | None = None
+    """The study's storage work outside the trials, not in the totals: opening it before the first
+    trial, and each runnable trial's commits (enqueued, claimed, recorded) around its own clock,
+    at this machine's measured speeds. None when they were not measured."""
     measuring_seconds: NonNegativeFloat | None = None
     """What measuring this host took before answering (profiles and host speeds; 0 when reused)."""
 

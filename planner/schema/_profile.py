@@ -195,8 +195,6 @@ class HostProfile(BaseModel):
     collate_row_seconds: NonNegativeFloat | None = None
     collate_token_seconds: NonNegativeFloat | None = None
     """``DataCollatorForLanguageModeling`` per micro-batch: fixed + per row + per padded token."""
-    trainer_import_seconds: NonNegativeFloat | None = None
-    """Importing ``transformers.Trainer`` in a fresh process (None: it was imported already)."""
     trainer_setup_seconds: NonNegativeFloat | None = None
     """``Trainer(...)`` plus ``train()``'s set-up before its first step and teardown after its last."""
     trainer_step_seconds: NonNegativeFloat | None = None
@@ -209,8 +207,18 @@ class HostProfile(BaseModel):
     """``Trainer.evaluate``: per pass (loader, metrics, callbacks) and per batch (loop, gathering)."""
     save_fixed_seconds: NonNegativeFloat | None = None
     """A checkpoint of a one-tensor model: the files Trainer writes whatever the model's size."""
+    repeat_spread_low: PositiveFloat | None = None
+    repeat_spread_high: PositiveFloat | None = None
+    """p10 and p90 over the median of the timed Trainer steps: how much the same host-side work
+    varied from one repeat to the next while measured (the host parts' 80% interval)."""
+    study_open_seconds: NonNegativeFloat | None = None
+    """Opening a new SQLite study (Optuna's tables created): what ``planner run`` does first."""
+    study_trial_seconds: NonNegativeFloat | None = None
+    """The study's commits for one trial (enqueued, claimed, started, reported, recorded), outside
+    the trial's own clock."""
     seconds: NonNegativeFloat
-    """What measuring all this cost."""
+    """What measuring all this cost (less importing what a run imports anyway: Trainer, the
+    study's storage)."""
 
     @property
     def has_trainer(self) -> bool:

@@ -120,6 +120,7 @@ def plan_for_card(
         cached_host_profile,
         calibrated_overhead,
         host_profile,
+        import_run_modules,
         machine_load,
         process_started,
         profile_config,
@@ -153,13 +154,15 @@ def plan_for_card(
                 f"run `planner profile {config.model} --device cpu` deliberately, or plan for a GPU card",
             )
         # Two sizes give the fixed per-step cost and the per-row slope, so rows shorter than
-        # seq_len (dynamic padding) interpolate instead of scaling proportionally.
+        # seq_len (dynamic padding) interpolate instead of scaling proportionally: the trials'
+        # micro-batch first, then 1, or 2 when the trials run 1 (one size alone would make a
+        # short row nearly free).
         logger.info("no host profile of %s at seq %d: measuring one", config.model, config.seq_len)
         key = ProfileKey.of(config, card.name)
         profile = profile_config(
             config,
             card,
-            sorted({1, config.micro_batch}),
+            [config.micro_batch, 1 if config.micro_batch > 1 else 2],
             steps=AUTO_PROFILE_STEPS,
             warmup=AUTO_PROFILE_WARMUP,
             budget=functools.partial(budget.allowance, key),
@@ -185,10 +188,20 @@ def plan_for_card(
     startup = None
     if started_at is not None:
         # `planner run` does what this process did (interpreter, imports, counting, planning),
-        # less the measuring that is now cached, then imports Trainer for its first trial.
-        trainer_import = host.trainer_import_seconds if host is not None else None
-        startup = max(0.0, time.time() - started_at - budget.spent) + (trainer_import or 0.0)
-    return plan.model_copy(update={"measuring_seconds": round(budget.spent, 2), "startup_seconds": startup})
+        # less the measuring that is now cached, then imports what its trials need.
+        import_run_modules()
+        startup = max(0.0, time.time() - started_at - budget.spent)
+    storage = None
+    if host is not None and host.study_open_seconds is not None and host.study_trial_seconds is not None:
+        runnable = sum(trial.feasible for trial in plan.trials)
+        storage = host.study_open_seconds + runnable * host.study_trial_seconds
+    return plan.model_copy(
+        update={
+            "measuring_seconds": round(budget.spent, 2),
+            "startup_seconds": startup,
+            "storage_seconds": storage,
+        }
+    )
 
 
 def plan_sampled(spec: SweepSpec, card: Card, params: dict[str, Any]) -> PlannedTrial:

@@ -10,10 +10,11 @@ from planner.timing._load import load_interval, load_note, load_ratio
 from planner.timing._parallel import RankStepTime, how_many_cards, rank_step_time, rank_step_times
 from planner.timing._roofline import RooflineStep, roofline_available
 from planner.timing._step import ProfileLookup, StepTimeModel, StepTimes, StepTraces
-from planner.timing._trial import TrialWork, count_work, host_parts, trial_time
+from planner.timing._trial import HOST_MARGIN, TrialWork, count_work, host_parts, host_spread, trial_time
 
 __all__ = [
     "BANDWIDTH_EFFICIENCY",
+    "HOST_MARGIN",
     "OP_DISPATCH_SECONDS",
     "ProfileLookup",
     "RankStepTime",
@@ -26,6 +27,7 @@ __all__ = [
     "count_work",
     "gemm_efficiency",
     "host_parts",
+    "host_spread",
     "how_many_cards",
     "load_interval",
     "load_note",

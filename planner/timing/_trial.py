@@ -43,7 +43,8 @@ SAVE_BYTES_PER_SECOND = 1e9
 # Passes over the trainable gradients' bytes to clip them: torch.nn.utils.clip_grad_norm_ reads
 # each for its norm, then multiplies each in place by the clip coefficient (read + write).
 CLIP_PASSES = 3
-# Host figures are medians of timed runs on this machine: their own spread run to run.
+# Host figures without a measured repeat spread (a profile of the cheap part only, or one cached
+# before the spread was recorded): a stated ±10% each side for their run-to-run spread.
 HOST_MARGIN = 0.10
 
 
@@ -178,13 +179,22 @@ def _without_host(work: TrialWork) -> dict[str, float]:
     }
 
 
+def host_spread(host: HostProfile) -> tuple[float, float]:
+    """Multipliers giving the 80% interval of the host's parts: the repeat spread measured with
+    them (p10 and p90 of the same Trainer step over its median), else ``HOST_MARGIN`` each side."""
+    if host.repeat_spread_low is None or host.repeat_spread_high is None:
+        return 1 - HOST_MARGIN, 1 + HOST_MARGIN
+    return min(1.0, host.repeat_spread_low), max(1.0, host.repeat_spread_high)
+
+
 def trial_time(
     work: TrialWork, step: StepTimes, host: HostProfile | None = None, now: MachineLoad | None = None
 ) -> TimeEstimate:
     """Predicted seconds of a trial, by phase, with the interval its sources allow.
 
-    The device's parts take the step source's interval; the host's parts their measurement margin,
-    both widened when ``now``'s load differs from the host profile's (see :mod:`._load`).
+    The device's parts take the step source's interval; the host's parts the repeat spread measured
+    with them (:func:`host_spread`), both widened when ``now``'s load differs from the host
+    profile's (see :mod:`._load`).
     """
     device = {
         "startup": 0.0,
@@ -199,7 +209,9 @@ def trial_time(
     low, high = step.relative_interval
     notes = [step.note]
     load_low, load_high = (1.0, 1.0)
+    host_low, host_high = 1 - HOST_MARGIN, 1 + HOST_MARGIN
     if host is not None:
+        host_low, host_high = host_spread(host)
         load_low, load_high = load_interval(host.machine_load, now)
         if now is not None and (said := load_note(host.machine_load, now)):
             notes.append(f"host speeds {said}")
@@ -207,8 +219,8 @@ def trial_time(
         notes.append("host-side costs (Trainer bookkeeping, collation, set-up) not measured on this machine")
     return TimeEstimate(
         seconds=stepped + hosted,
-        low_seconds=stepped * low + hosted * (1 - HOST_MARGIN) * load_low,
-        high_seconds=stepped * high + hosted * (1 + HOST_MARGIN) * load_high,
+        low_seconds=stepped * low + hosted * host_low * load_low,
+        high_seconds=stepped * high + hosted * host_high * load_high,
         source=step.source,
         micro_step_seconds=step.micro_step,
         optimizer_step_seconds=step.optimizer,

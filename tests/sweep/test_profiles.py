@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from planner.cards import host_card
 from planner.errors import ProfileError
-from planner.profiler import MEASURED_ENV, ProfileStore, StepRunner, profile_config
+from planner.profiler import MEASURED_ENV, RUN_IMPORTS, ProfileStore, StepRunner, machine_load, profile_config
 from planner.profiler._profile import MIN_BUDGETED_STEPS
 from planner.schema import GIB, ProfileKey, SweepSpec, TrainingConfig
 from planner.sweep import plan_for_card
 from planner.sweep._profiles import ProfileBudget
-from tests.conftest import place_host_profile
+from tests.conftest import make_host_profile, place_host_profile
 
 
 def spec_for(model: str, **base: object) -> SweepSpec:
@@ -45,6 +46,36 @@ def test_host_plan_measures_a_missing_profile_once(
     assert plan.machine_load is not None
 
 
+def test_a_host_plan_counts_the_runs_storage_and_its_imports_after_planning(
+    tiny_models: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `planner run` adds before and between its trials: the imports it makes after the same
+    planning (counted in the start-up, timed where the run pays them) and the study's storage."""
+    monkeypatch.setenv(MEASURED_ENV, str(tmp_path))
+    host = make_host_profile(cpus=machine_load().cpu_count, study_open_seconds=0.4, study_trial_seconds=0.05)
+    place_host_profile(tmp_path, host)
+    plan = plan_for_card(spec_for(tiny_models["llama"]), host_card())
+    runnable = sum(trial.feasible for trial in plan.trials)
+    assert runnable == 2 and plan.storage_seconds == pytest.approx(0.4 + 2 * 0.05)
+    assert all(module in sys.modules for module in RUN_IMPORTS)
+    assert plan.startup_seconds is not None and plan.startup_seconds > 0
+    place_host_profile(tmp_path, make_host_profile(cpus=machine_load().cpu_count))
+    assert plan_for_card(spec_for(tiny_models["llama"]), host_card()).storage_seconds is None  # unmeasured
+
+
+def test_a_sweep_at_micro_batch_one_profiles_a_second_size_for_short_rows(
+    tiny_models: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One size alone scales a short padded row proportionally (a 20-token row of 32 nearly free);
+    micro-batch 2 after the trials' 1, when the budget allows, gives the fixed cost its line needs."""
+    monkeypatch.setenv(MEASURED_ENV, str(tmp_path))
+    place_host_profile(tmp_path)
+    spec = spec_for(tiny_models["llama"]).model_copy(update={"micro_batch": 1})
+    plan_for_card(spec, host_card())
+    (saved,) = ProfileStore(tmp_path).for_card("cpu")
+    assert 1 in {m.micro_batch for m in saved.measurements} <= {1, 2}
+
+
 def test_the_profile_budget_is_five_percent_of_the_sweep_and_at_most_twenty_seconds() -> None:
     key = ProfileKey.of(TrainingConfig(model="m", seq_len=32), "cpu")
     budget = ProfileBudget({key: 1000.0})
@@ -63,15 +94,15 @@ def test_a_budgeted_profile_stops_at_the_minimum_steps(
     monkeypatch.setattr(StepRunner, "train_step", lambda self, m: steps.append(m) or real(self, m))
     asked: list[float] = []
     profile = profile_config(
-        config, host_card(), [1, 2], steps=50, warmup=0, budget=lambda per_row: asked.append(per_row) or 0.0
+        config, host_card(), [2, 1], steps=50, warmup=0, budget=lambda per_row: asked.append(per_row) or 0.0
     )
     assert len(asked) == 1 and asked[0] > 0
-    # Largest size first, where the seconds per row are measured, at the minimum steps; the
-    # budget is then spent, and the smaller size is left to scale from it.
+    # The first size given, where the seconds per row are measured, at the minimum steps; the
+    # budget is then spent, and the other size is left to scale from it.
     assert steps == [2] * MIN_BUDGETED_STEPS
     assert [m.micro_batch for m in profile.measurements] == [2]
     steps.clear()
-    roomy = profile_config(config, host_card(), [1, 2], steps=4, warmup=0, budget=lambda _: 1e9)
+    roomy = profile_config(config, host_card(), [2, 1], steps=4, warmup=0, budget=lambda _: 1e9)
     assert steps == [2] * 4 + [1] * 4 and [m.micro_batch for m in roomy.measurements] == [1, 2]
 
 

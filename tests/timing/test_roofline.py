@@ -60,3 +60,15 @@ def test_lora_targets_given_as_a_list_work(tiny_models: dict[str, str]) -> None:
     )
     step = StepTimeModel(load_card("rtx-4090")).times(config, 2, 32)
     assert step.micro_step > 0
+
+
+def test_the_default_interval_holds_the_models_stated_form_error(lora_8b: TrainingConfig) -> None:
+    """Whatever its terms' spreads, a model that measures nothing is no surer than its stated form
+    error: the 80% interval spans at least exp(-+FORM_HALF_WIDTH), and more with the terms'."""
+    import math
+
+    from planner.timing._roofline import FORM_HALF_WIDTH
+
+    low, high = StepTimeModel(load_card("a100-80gb")).times(lora_8b, 4, 512).relative_interval
+    assert low < math.exp(-FORM_HALF_WIDTH) and high > math.exp(FORM_HALF_WIDTH)
+    assert 0.18 < FORM_HALF_WIDTH < 0.2  # 1.2816 x 0.118 x sqrt(pi / 2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from planner.schema import EvalSpec, Hyperparameters, MachineLoad
-from planner.timing import StepTimes, count_work, load_ratio, trial_time
+from planner.timing import HOST_MARGIN, StepTimes, count_work, host_parts, host_spread, load_ratio, trial_time
 from tests.conftest import make_host_profile
 
 
@@ -123,3 +123,22 @@ def test_without_a_host_profile_the_estimate_says_what_it_leaves_out() -> None:
     assert "not measured" in estimate.note
     quiet, busy = MachineLoad(cpu_count=2, load_average=1.0), MachineLoad(cpu_count=2, load_average=5.0)
     assert load_ratio(quiet, busy) > 1 > load_ratio(busy, quiet)
+
+
+def test_the_host_parts_interval_is_the_spread_measured_with_them() -> None:
+    """The host's parts widen by the repeat spread the host measurement found, not by a constant:
+    a noisier host gives a wider interval, the estimate itself unchanged."""
+    steady = make_host_profile(repeat_spread_low=0.95, repeat_spread_high=1.05)
+    noisy = make_host_profile(repeat_spread_low=0.7, repeat_spread_high=1.6)
+    assert host_spread(steady) == (0.95, 1.05) and host_spread(noisy) == (0.7, 1.6)
+    calm = trial_time(_host_work(), _step(), steady)  # type: ignore[arg-type]
+    busy = trial_time(_host_work(), _step(), noisy)  # type: ignore[arg-type]
+    assert busy.seconds == calm.seconds
+    assert busy.low_seconds < calm.low_seconds <= calm.seconds <= calm.high_seconds < busy.high_seconds
+    hosted = sum(host_parts(_host_work(), steady).values())  # type: ignore[arg-type]
+    assert busy.high_seconds - calm.high_seconds == pytest.approx((1.6 - 1.05) * hosted)
+    assert calm.low_seconds - busy.low_seconds == pytest.approx((0.95 - 0.7) * hosted)
+    # A spread that does not bracket 1 (a skewed sample) still brackets the estimate.
+    assert host_spread(make_host_profile(repeat_spread_low=1.02, repeat_spread_high=1.3))[0] == 1.0
+    # Without a measured spread (a profile of the cheap part only): the stated margin.
+    assert host_spread(make_host_profile()) == (1 - HOST_MARGIN, 1 + HOST_MARGIN)
