@@ -17,6 +17,7 @@ from planner.profiler._host import (
     machine_load,
     measure_host,
     process_started,
+    rank_launch_seconds,
 )
 from planner.profiler._oom_log import OomLog
 from planner.profiler._profile import profile_config, profiled_micro_batches
@@ -52,6 +53,7 @@ __all__ = [
     "profile_card_name",
     "profile_config",
     "profiled_micro_batches",
+    "rank_launch_seconds",
     "resolve_device",
     "runner_probe",
     "search_max_micro_batch",

@@ -77,6 +77,34 @@ def import_run_modules() -> float:
     return time.perf_counter() - start
 
 
+# What a trial across ranks starts before its first step: ``torchrun`` (its launcher, importing
+# torch.distributed), then its ranks side by side, each a fresh interpreter running the executor's
+# rank entry and the Trainer recipe (planner.executor's group launch).
+_LAUNCHER_IMPORTS = "import torch.distributed.run"
+_RANK_IMPORTS = "import planner.executor, transformers.trainer, datasets, peft"
+
+
+@functools.cache
+def rank_launch_seconds() -> float:
+    """Seconds a multi-process trial spends starting: the launcher's fresh interpreter, then its ranks'.
+
+    Measured here, once per process and only for plans with trials across ranks (two interpreters
+    started in turn, a few seconds): unlike Trainer's import in a running worker (``RUN_IMPORTS``,
+    paid once), every launch of a rank group pays the full imports again, in new processes. The
+    ranks start in parallel, so one rank's start stands for all of them.
+    """
+    import subprocess
+    import sys
+
+    total = 0.0
+    for code in (_LAUNCHER_IMPORTS, _RANK_IMPORTS):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        total += time.perf_counter() - start
+    logger.info("a rank group's launch measured at %.1f s", total)
+    return total
+
+
 def machine_load() -> MachineLoad:
     """The CPUs this process may use and the 1-minute load average now."""
     try:

@@ -189,6 +189,14 @@ class _HostSide:
         else:
             self.bandwidth = card.bandwidth_gbs * 1e9 if card.bandwidth_gbs else None
 
+    def launch_seconds(self) -> float:
+        """A rank group's start-up, measured where the host's Trainer costs are (the host card)."""
+        if self.host is None or not self.host.has_trainer:
+            return 0.0
+        from planner.profiler import rank_launch_seconds
+
+        return rank_launch_seconds()
+
 
 def _time_trial(
     spec: SweepSpec,
@@ -228,9 +236,7 @@ def _time_trial(
         trainable_bytes=trainable,
         tokenize_seconds=lengths.tokenize_seconds,
         device_bytes_per_second=hosting.bandwidth,
-        launch_seconds=hosting.host.trainer_import_seconds or 0.0
-        if ranks > 1 and hosting.host is not None
-        else 0.0,
+        launch_seconds=hosting.launch_seconds() if ranks > 1 else 0.0,
     )
     if ranks == 1:
         step = steps.times(config, micro, padded)
