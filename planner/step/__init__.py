@@ -7,7 +7,7 @@ profiler, trained by the executor. Which device the step stands for (:class:`Cud
 what counts as running out of memory live here too.
 """
 
-from planner.step._imports import import_bitsandbytes, import_peft
+from planner.step._imports import import_bitsandbytes, import_peft, patched
 from planner.step._lora import add_lora, lora_target_candidates
 from planner.step._oom import is_out_of_memory
 from planner.step._optimizers import (
@@ -29,6 +29,7 @@ from planner.step._stack import TRACED_BATCH, modelled_stack
 from planner.step._target import CUDA_BLOCK_BYTES, CudaTarget, check_card_supports, cuda_target, sdpa_backend
 from planner.step._trace import (
     WINDOWS,
+    ZERO_ENGINE,
     AllocationStream,
     PeakSplit,
     StepTrace,
@@ -46,6 +47,7 @@ __all__ = [
     "TRACED_BATCH",
     "TRAINER_OPTIM_NAMES",
     "WINDOWS",
+    "ZERO_ENGINE",
     "AllocationStream",
     "CudaTarget",
     "LiveBytesTracker",
@@ -71,6 +73,7 @@ __all__ = [
     "modelled_stack",
     "num_layers",
     "optimizer_implementation",
+    "patched",
     "sdpa_backend",
     "task_of",
     "trace_step",
