@@ -16,6 +16,10 @@ data cannot answer settled the way a healthy step settles them (see :func:`_fake
 DeepSpeed runs on its CPU accelerator there (fake CPU tensors stand for CUDA ones, as in every
 trace), and on the gloo ranks of :mod:`planner.distributed._measure`.
 
+The trace is rank 0's. Under stage 2 ranks differ by which gradients their partition keeps
+and when the bucket-sized reductions free the rest: on the CPU the last rank measured up to 2.5%
+above rank 0 for full fine-tuning (``benchmarks/rank_memory.py``), which this trace does not see.
+
 The configuration is DeepSpeed's defaults with the values transformers' Trainer fills for
 ``"auto"`` (``transformers/integrations/deepspeed.py``, ``HfTrainerDeepSpeedConfig.trainer_config_finalize``):
 ``reduce_bucket_size`` hidden², ``stage3_prefetch_bucket_size`` 0.9·hidden²,

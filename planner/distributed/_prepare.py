@@ -42,15 +42,14 @@ def check_traceable(config: TrainingConfig) -> None:
 
 
 def _check_zero_traceable(config: TrainingConfig) -> None:
-    """What the trace of DeepSpeed's ZeRO engine follows: torch's optimizers, full or LoRA, fp32
-    or bf16 (fp16's dynamic loss scale reads each step's gradients for overflow, which a trace
-    without data cannot)."""
+    """What the trace of DeepSpeed's ZeRO engine has been checked on against real ranks: torch's
+    AdamW, full or LoRA, fp32 or bf16 (fp16's loss-scaled engine is not checked yet)."""
     strategy = config.parallelism.strategy.value
-    if config.optimizer not in (OptimizerName.ADAMW, OptimizerName.ADAMW_TORCH, OptimizerName.SGD):
+    if config.optimizer not in (OptimizerName.ADAMW, OptimizerName.ADAMW_TORCH):
         raise ConfigError(
             "optimizer",
             f"{config.optimizer.value} is not traced under DeepSpeed's {strategy} engine",
-            f"use --optimizer adamw or sgd with --strategy {strategy}",
+            f"use --optimizer adamw with --strategy {strategy}",
         )
     if config.method is Method.QLORA:
         raise ConfigError(
@@ -59,8 +58,8 @@ def _check_zero_traceable(config: TrainingConfig) -> None:
     if config.precision not in (Precision.FP32, Precision.BF16):
         raise ConfigError(
             "precision",
-            f"{config.precision.value} is not traced under DeepSpeed's {strategy} engine (fp16's loss "
-            "scaler reads every step's gradients)",
+            f"{config.precision.value} is not traced under DeepSpeed's {strategy} engine (its "
+            "loss-scaled engine is not checked against real ranks yet)",
             "use --precision bf16 or fp32",
         )
 
