@@ -36,6 +36,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import torch.nn.functional as F
 from torch import nn
 
 from planner.errors import ConfigError
@@ -189,6 +190,7 @@ def add_zero_engine(model: nn.Module, config: TrainingConfig, *, group: Any | No
         fake = group is not None
         # DeepSpeed prints (its CPU accelerator's shared-memory op "built successfully") on
         # stdout, which is the CLI's JSON answer: sent to stderr with its logs.
+        linear = F.linear
         with (
             _fake_world_engine(setup.model) if fake else contextlib.nullcontext(),
             contextlib.redirect_stdout(sys.stderr),
@@ -196,6 +198,20 @@ def add_zero_engine(model: nn.Module, config: TrainingConfig, *, group: Any | No
             engine, *_ = deepspeed.initialize(
                 model=setup.model, optimizer=setup.optimizer, config=ds_config, mpu=mpu
             )
+        # Stage 3 swaps ``torch.nn.functional.linear`` for its memory-efficient one process-wide
+        # ("This will persist unless manually reset": ``_enable_mem_efficient_linear`` in
+        # ``runtime/zero/partition_parameters.py``). Its steps run with it; the rest of this
+        # process (other traces) gets torch's back.
+        engine_linear, F.linear = F.linear, linear
+
+        @contextlib.contextmanager
+        def engine_steps() -> Iterator[None]:
+            with (
+                patched(F, "linear", engine_linear),
+                _fake_world_engine(engine.module) if fake else contextlib.nullcontext(),
+            ):
+                yield
+
         logger.debug("ZeRO stage %d engine over %d ranks", ds_config["zero_optimization"]["stage"], ranks)
         return TrainingSetup(
             model=engine,
@@ -205,7 +221,7 @@ def add_zero_engine(model: nn.Module, config: TrainingConfig, *, group: Any | No
             autocast_dtype=None,  # DeepSpeed's bf16/fp16 engines cast the module itself
             loss_head=setup.loss_head,
             backward=lambda loss: engine.backward(loss, scale_wrt_gas=False),
-            step_context=(lambda: _fake_world_engine(engine.module)) if fake else None,
+            step_context=engine_steps,
         )
 
     setattr(model, ZERO_ENGINE, engine_setup)

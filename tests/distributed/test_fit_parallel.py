@@ -113,6 +113,7 @@ def test_cli_per_rank_breakdown(tiny_models: dict[str, str]) -> None:
     [
         (["--gpus", "2", "--offload", "optimizer"], "--strategy"),
         (["--gpus", "2", "--strategy", "fsdp", "--method", "qlora"], "method"),
+        (["--gpus", "2", "--strategy", "zero2", "--optimizer", "adamw_8bit"], "optimizer"),
     ],
 )
 def test_cli_refuses_in_one_line(

@@ -56,3 +56,18 @@ def test_rank_peak_matches_real_gloo_ranks(
     assert sorted(measured) == list(range(gpus))
     for rank, peak in measured.items():
         assert abs(predicted - peak) <= TOLERANCE * peak, (rank, predicted, peak)
+
+
+def test_a_zero3_trace_leaves_torch_linear_to_the_rest_of_the_process(tiny_models: dict[str, str]) -> None:
+    # DeepSpeed's stage 3 swaps F.linear process-wide; later traces in this process must not see it.
+    import torch.nn.functional as F
+
+    linear = F.linear
+    config = TrainingConfig(
+        model=tiny_models["llama"],
+        precision="fp32",
+        seq_len=32,
+        parallelism={"gpus_per_node": 2, "strategy": "zero3"},
+    )
+    assert predicted_peak(config) > 0
+    assert F.linear is linear
