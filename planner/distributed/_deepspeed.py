@@ -16,9 +16,10 @@ data cannot answer settled the way a healthy step settles them (see :func:`_fake
 DeepSpeed runs on its CPU accelerator there (fake CPU tensors stand for CUDA ones, as in every
 trace), and on the gloo ranks of :mod:`planner.distributed._measure`.
 
-The trace is rank 0's. Under stage 2 ranks differ by which gradients their partition keeps
-and when the bucket-sized reductions free the rest: on the CPU the last rank measured up to 2.5%
-above rank 0 for full fine-tuning (``benchmarks/rank_memory.py``), which this trace does not see.
+The trace is rank 0's, which real ranks match byte for byte. Under stage 2 with full
+fine-tuning the last rank peaks higher, by an amount that varies from run to run (on the CPU
++1.6% to +3.9% over rank 0 in ``benchmarks/rank_memory.py``: gradients of other ranks'
+partitions outliving their reduction), which this trace does not see.
 
 The configuration is DeepSpeed's defaults with the values transformers' Trainer fills for
 ``"auto"`` (``transformers/integrations/deepspeed.py``, ``HfTrainerDeepSpeedConfig.trainer_config_finalize``):
@@ -154,6 +155,21 @@ def _fake_world_engine(model: nn.Module) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _local_rank_set() -> Iterator[None]:
+    """``LOCAL_RANK`` while the engine is built (``_do_args_sanity_check`` in
+    ``runtime/engine.py`` asserts a launcher set it), rank 0's where none did; not left behind,
+    since accelerate and Trainer take a set ``LOCAL_RANK`` for a distributed launch."""
+    if "LOCAL_RANK" in os.environ:
+        yield
+        return
+    os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("LOCAL_RANK", None)
+
+
 class _EngineOptimizer:
     """The step tracer's view of the engine's optimizer: ``engine.step`` steps, zeroes the
     gradients and counts the step; ``state`` is the optimizer state over the fp32 partitions."""
@@ -183,7 +199,6 @@ def add_zero_engine(model: nn.Module, config: TrainingConfig, *, group: Any | No
     deepspeed = import_deepspeed()
 
     def engine_setup(setup: TrainingSetup) -> TrainingSetup:
-        os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed asserts a launcher set it
         hidden = int(setup.model.config.hidden_size)  # type: ignore[union-attr,arg-type]
         ds_config = deepspeed_config(config, hidden)
         mpu = _DataParallelGroups(group, ranks) if group is not None else None
@@ -194,6 +209,7 @@ def add_zero_engine(model: nn.Module, config: TrainingConfig, *, group: Any | No
         with (
             _fake_world_engine(setup.model) if fake else contextlib.nullcontext(),
             contextlib.redirect_stdout(sys.stderr),
+            _local_rank_set(),
         ):
             engine, *_ = deepspeed.initialize(
                 model=setup.model, optimizer=setup.optimizer, config=ds_config, mpu=mpu
