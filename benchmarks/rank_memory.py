@@ -1,12 +1,12 @@
 """Per-rank memory of data-parallel jobs: the fake-world trace of one rank against real gloo ranks.
 
-For each case (tiny models built from configs, DDP and FSDP2, 2 and 4 processes, fp32 and bf16
-mixed precision, full and LoRA, hybrid sharding over 2 "nodes" of 2), the predicted per-rank
-peak of live tensor bytes (the trace of rank 0 with the sharded shapes and the strategy's
-buffers) and every real rank's measured peak
-(``planner.distributed.measured_rank_peaks``: forked processes, gloo on 127.0.0.1). Prints a
-table and writes ``benchmarks/results/rank_memory-cpu.json``. The test suite holds the fp32
-cases to 2%; this script also shows the bf16 ones.
+For each case (tiny models built from configs, DDP, FSDP2 and DeepSpeed ZeRO stages 1-3, 2 and 4
+processes, fp32 and bf16 mixed precision, full and LoRA, hybrid sharding over 2 "nodes" of 2), the
+predicted per-rank peak of live tensor bytes (the trace of rank 0 with the sharded shapes and the
+strategy's buffers) and every real rank's measured peak
+(``planner.distributed.measured_rank_peaks``: forked processes, spawned for ZeRO, gloo on
+127.0.0.1). Prints a table and writes ``benchmarks/results/rank_memory-cpu.json``. The test suite
+holds the fp32 cases to 2%; this script also shows the bf16 ones.
 
     python benchmarks/rank_memory.py
 """
@@ -38,6 +38,14 @@ CASES = [
     ("llama", "full", "bf16", "fsdp", 2, 1),
     ("llama", "lora", "bf16", "ddp", 4, 1),
     ("llama", "full", "fp32", "fsdp-hybrid", 2, 2),
+    ("llama", "full", "fp32", "zero1", 2, 1),
+    ("gpt2", "lora", "fp32", "zero1", 4, 1),
+    ("llama", "full", "fp32", "zero2", 2, 1),
+    ("gpt2", "full", "fp32", "zero2", 4, 1),
+    ("llama", "lora", "fp32", "zero3", 2, 1),
+    ("gpt2", "full", "fp32", "zero3", 4, 1),
+    ("llama", "full", "bf16", "zero2", 2, 1),
+    ("llama", "full", "bf16", "zero3", 4, 1),
 ]
 
 
@@ -74,5 +82,5 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # ZeRO's ranks are spawned: they import this file again
     main()

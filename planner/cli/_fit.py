@@ -280,7 +280,7 @@ def fit_command(
         fits = any(row.max_micro_batch > 0 for row in rows)
     else:
         config = with_parallelism(config, gpu_counts[0], nodes, strategy, offload)
-        if config.parallelism.strategy.is_zero:
+        if config.parallelism.strategy.is_zero and config.parallelism.offload is not Offload.NONE:
             print_zero_states(config, as_json)
             return
         target = targets[0]
@@ -710,7 +710,8 @@ def print_rank_split(report: FitReport, split: Any, step: Any) -> None:
 
 
 def print_zero_states(config: TrainingConfig, as_json: bool) -> None:
-    """ZeRO's model states per rank (DeepSpeed's formulas; ZeRO is not traced per rank)."""
+    """An offloaded ZeRO job's model states per rank (DeepSpeed's formulas; offloaded steps are
+    not traced per rank)."""
     from dataclasses import asdict
 
     from planner.distributed import zero_states
@@ -730,5 +731,5 @@ def print_zero_states(config: TrainingConfig, as_json: bool) -> None:
     console.print(table)
     console.print(
         "Model states only (mixed-precision AdamW, DeepSpeed's per-stage accounting): no activations, "
-        "communication buckets or allocator overhead; ZeRO is not traced per rank."
+        "communication buckets or allocator overhead; offloaded ZeRO is not traced per rank."
     )

@@ -2,8 +2,8 @@
 
 Per-rank memory is traced on rank 0 of a fake process group with the real engine code (FSDP2's
 ``fully_shard`` as accelerate applies it, DDP's gradient buckets as its ``Reducer`` allocates
-them); ZeRO's model states follow DeepSpeed's own formulas; communication volumes per step come
-from the strategy's collectives.
+them, DeepSpeed's ZeRO engine itself); offloaded ZeRO's model states follow DeepSpeed's own
+formulas; communication volumes per step come from the strategy's collectives.
 """
 
 from planner.distributed._comm import (
@@ -15,6 +15,7 @@ from planner.distributed._comm import (
     step_collectives,
 )
 from planner.distributed._ddp import BUCKET_CAP_BYTES, FIRST_BUCKET_BYTES, GRADIENT_BUCKETS, gradient_buckets
+from planner.distributed._deepspeed import deepspeed_config
 from planner.distributed._fsdp import mixed_precision_policy, shard_like_accelerate
 from planner.distributed._measure import measured_rank_peaks
 from planner.distributed._nccl import NcclEnvironment, NcclMemory, nccl_memory
@@ -37,6 +38,7 @@ __all__ = [
     "ZeroModelStates",
     "check_traceable",
     "communication_time",
+    "deepspeed_config",
     "fake_mesh",
     "gradient_buckets",
     "measured_rank_peaks",

@@ -9,9 +9,10 @@ all-gathers one layer at a time (the largest layer's 16-bit weight and gradient,
 parameter, are what DeepSpeed's estimator reserves for it). Offloading the optimizer moves the
 fp32 parts to host RAM; offloading parameters (stage 3) moves the 16-bit weights too.
 
-These are model states only (no activations, no communication buckets, no allocator). DeepSpeed
-is not a dependency and is not run, so ZeRO strategies are not traced per rank; tests check
-these terms against DeepSpeed's own ``estimate_zero2_model_states_mem_needs`` and
+These are model states only (no activations, no communication buckets, no allocator): the
+answer for offloaded ZeRO, which is not traced per rank (without offload the trace runs
+DeepSpeed's engine itself, :mod:`planner.distributed._deepspeed`). Tests check these terms against
+DeepSpeed's own ``estimate_zero2_model_states_mem_needs`` and
 ``estimate_zero3_model_states_mem_needs`` (deepspeed 0.19.8, ``runtime/zero``). Stage 1 has no
 DeepSpeed formula to check against.
 """

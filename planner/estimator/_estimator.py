@@ -29,7 +29,8 @@ REPLAYED_ERROR = (
 PER_RANK_INCLUDES = (
     "per rank of the job, traced on rank 0 of a fake process group: the rank's shard of weights, "
     "gradients and optimizer state (FSDP), its all-gathered layers with the next one prefetched, "
-    "DDP's gradient buckets; NCCL's buffers (outside the caching allocator, in device-used only): {nccl}"
+    "DDP's gradient buckets, DeepSpeed ZeRO's engine run as is (flat buffers, partitions, reduce "
+    "buckets); NCCL's buffers (outside the caching allocator, in device-used only): {nccl}"
 )
 
 INCLUDES = [

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from planner.estimator._cuda import CudaOverhead
 from planner.estimator._estimator import Estimator
-from planner.schema import Card, RankFit, TrainingConfig
+from planner.schema import Card, RankFit, Strategy, TrainingConfig
 
 
 def rank_fit(config: TrainingConfig, card: Card, overhead: CudaOverhead | None = None) -> RankFit:
@@ -40,11 +40,19 @@ class RankSplit:
 
 def rank_split(config: TrainingConfig, card: Card, overhead: CudaOverhead | None = None) -> RankSplit:
     """The bytes a rank of ``config``'s job keeps between steps (weights, optimizer state, DDP's
-    buckets): sharded over the job under FSDP, a whole copy on every rank under DDP."""
+    buckets): sharded over the job under FSDP, a whole copy on every rank under DDP, the optimizer
+    state (and under stage 3 the weights) partitioned under ZeRO."""
     parallelism = config.parallelism
     resident = round(Estimator(config, card, overhead).traces.resident_bytes())
     if parallelism.strategy.is_fsdp:
         kind = f"weights and optimizer state, sharded 1/{parallelism.shard_size}"
+    elif parallelism.strategy is Strategy.ZERO3:
+        kind = f"weights and optimizer state (fp32 master), partitioned 1/{parallelism.world_size}"
+    elif parallelism.strategy.is_zero:
+        kind = (
+            f"weights whole, optimizer state (fp32 master) partitioned 1/{parallelism.world_size} "
+            "(DeepSpeed ZeRO)"
+        )
     else:
         kind = "weights, optimizer state and gradient buckets, replicated on every rank"
     return RankSplit(resident_bytes=resident, resident_kind=kind)

@@ -8,7 +8,7 @@ what counts as running out of memory live here too.
 """
 
 from planner.step._autocast import CudaAutocastPolicy
-from planner.step._imports import import_bitsandbytes, import_peft
+from planner.step._imports import import_bitsandbytes, import_peft, patched
 from planner.step._lora import add_lora, lora_target_candidates
 from planner.step._loss import loss_in_logits_dtype
 from planner.step._oom import is_out_of_memory
@@ -31,6 +31,7 @@ from planner.step._stack import TRACED_BATCH, modelled_stack
 from planner.step._target import CUDA_BLOCK_BYTES, CudaTarget, check_card_supports, cuda_target, sdpa_backend
 from planner.step._trace import (
     WINDOWS,
+    ZERO_ENGINE,
     AllocationStream,
     PeakSplit,
     StepTrace,
@@ -48,6 +49,7 @@ __all__ = [
     "TRACED_BATCH",
     "TRAINER_OPTIM_NAMES",
     "WINDOWS",
+    "ZERO_ENGINE",
     "AllocationStream",
     "CudaAutocastPolicy",
     "CudaTarget",
@@ -75,6 +77,7 @@ __all__ = [
     "modelled_stack",
     "num_layers",
     "optimizer_implementation",
+    "patched",
     "sdpa_backend",
     "task_of",
     "trace_step",

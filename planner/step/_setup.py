@@ -38,6 +38,11 @@ class TrainingSetup:
     autocast_dtype: torch.dtype | None
     loss_head: nn.Module | None
     """The output projection; from its forward on, allocations are logits/loss temporaries."""
+    backward: Callable[[torch.Tensor], Any] | None = None
+    """How the step runs backward from the loss: ``loss.backward()`` (None), or an engine's own
+    (DeepSpeed's ``engine.backward``, which reduces gradients after autograd)."""
+    step_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
+    """A context each step of an engine runs in (a fake world's answers to DeepSpeed), or None."""
 
     def make_batch(self, micro_batch: int, seq_len: int) -> dict[str, torch.Tensor]:
         """One micro-batch as a Trainer's collator gives it: ``input_ids``, ``attention_mask``, ``labels``.
@@ -64,6 +69,12 @@ class TrainingSetup:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast("cpu", dtype=self.autocast_dtype)
+
+    def run_backward(self, loss: torch.Tensor) -> None:
+        if self.backward is None:
+            loss.backward()
+        else:
+            self.backward(loss)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]

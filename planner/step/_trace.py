@@ -61,6 +61,10 @@ class PeakSplit:
 
 _GRADIENT_BUCKETS = "gradient_buckets"
 """The attribute a prepared model keeps DDP's gradient buckets in (``planner.distributed``)."""
+ZERO_ENGINE = "zero_engine"
+"""The attribute of a prepared model that holds how to wrap its setup in DeepSpeed's ZeRO engine
+(``planner.distributed``): a function of the built :class:`TrainingSetup` returning the engine's,
+called while the tracker watches so that every buffer the engine allocates is counted."""
 
 WINDOWS = (
     "forward",
@@ -189,9 +193,23 @@ class StepTracer:
             self.setup.loss_head.register_forward_pre_hook(lambda *_: setattr(self.tracker, "phase", "loss"))
         self._buckets = list(getattr(self.setup.model, _GRADIENT_BUCKETS, ()))
         self.tracker.track(self._buckets)
+        self.trainable_bytes = sum(p.numel() * p.element_size() for p in self.setup.trainable_parameters())
+        """Bytes of the weights that train (all of them, or the adapters): what a checkpoint saves
+        besides the optimizer state."""
+        engine = getattr(self.setup.model, ZERO_ENGINE, None)
         with self._tracing():
             _gather_fsdp_units_once(self.setup.model)
-            _create_optimizer_state(self.setup)
+            if engine is None:
+                _create_optimizer_state(self.setup)
+            else:
+                self.setup = engine(self.setup)
+        if engine is not None:
+            # The engine makes its optimizer state at construction; one step more makes what
+            # its first step allocates lazily (stage 3's record of the order it gathers
+            # parameters in), so every traced step is a steady one.
+            with self._tracing():
+                _warm_up_engine(self.setup, config)
+            self.tracker.phase = "setup"  # what the warm-up left is resident, like the weights
         self._setup_stream = list(self.tracker.stream or [])
         paged = paged_state_tensors(config.optimizer, self.setup.optimizer) if cuda is not None else []
         self._paged = {self.tracker.storage_id(t) for t in paged}
@@ -202,13 +220,12 @@ class StepTracer:
         self._period = layer_period(hf_config)
         self.resident_bytes = self.tracker.live_bytes
         """Bytes live between steps (weights, quant state, optimizer state): a floor under every peak."""
-        self.trainable_bytes = sum(p.numel() * p.element_size() for p in self.setup.trainable_parameters())
-        """Bytes of the weights that train (all of them, or the adapters): what a checkpoint saves
-        besides the optimizer state."""
 
     def _tracing(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
         stack.enter_context(entered(self._fake_mode))
+        if self.setup.step_context is not None:
+            stack.enter_context(self.setup.step_context())
         stack.enter_context(self.tracker)
         stack.enter_context(_attention_as_on(self.cuda))
         stack.enter_context(_rows_are_single_sequences())
@@ -256,7 +273,7 @@ class StepTracer:
                     loss = setup.model(**batch).loss
                 tracker.phase = "backward"
                 marks.reached("backward")
-                (loss / self.config.gradient_accumulation).backward()
+                setup.run_backward(loss / self.config.gradient_accumulation)
                 marks.reached("backward_done")
                 del loss, batch
             # DDP's gradient buckets (see planner.distributed) hold a copy of the gradients.
@@ -420,6 +437,16 @@ def _create_optimizer_state(setup: TrainingSetup) -> None:
     """One step on zero gradients: optimizers create their state lazily in the first ``step``."""
     for param in setup.trainable_parameters():
         param.grad = torch.zeros_like(param)
+    setup.optimizer.step()
+    setup.optimizer.zero_grad(set_to_none=True)
+
+
+def _warm_up_engine(setup: TrainingSetup, config: TrainingConfig) -> None:
+    """One step of an engine-wrapped setup (a micro-batch of one row per accumulated micro-batch)."""
+    for _ in range(min(config.gradient_accumulation, 2)):
+        loss = setup.model(**setup.make_batch(1, config.seq_len)).loss
+        setup.run_backward(loss)
+        del loss
     setup.optimizer.step()
     setup.optimizer.zero_grad(set_to_none=True)
 

@@ -2,7 +2,7 @@
 
 The two reference functions are DeepSpeed 0.19.8's ``estimate_zero2_model_states_mem_needs``
 (``deepspeed/runtime/zero/stage_1_and_2.py``) and ``estimate_zero3_model_states_mem_needs``
-(``deepspeed/runtime/zero/stage3.py``), GPU side, restated here (DeepSpeed is not installed).
+(``deepspeed/runtime/zero/stage3.py``), GPU side, called as DeepSpeed ships them (a dev dependency).
 Their host side counts initialisation buffers (x1.5, the whole model per process without
 ``zero.Init``), which the planner does not model: only the GPU figures are compared.
 """
@@ -19,20 +19,21 @@ LARGEST_LAYER = 525_336_576  # its embedding (128256 x 4096)
 
 
 def deepspeed_zero2_gpu(total_params: int, gpus: int, nodes: int, cpu_offload: bool) -> int:
-    if cpu_offload:
-        return int(2 * total_params)
-    return int(2 * total_params + int(18 * total_params / (gpus * nodes)))
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    _, gpu = estimate_zero2_model_states_mem_needs(total_params, gpus, nodes, cpu_offload)
+    return int(gpu)
 
 
 def deepspeed_zero3_gpu(
     total_params: int, largest: int, gpus: int, nodes: int, cpu_offload: bool, cpu_offload_params: bool
 ) -> int:
-    largest_layer_memory = 4 * largest
-    if cpu_offload:
-        if cpu_offload_params:
-            return largest_layer_memory
-        return largest_layer_memory + int(2 * total_params / (gpus * nodes))
-    return largest_layer_memory + int(18 * total_params / (gpus * nodes))
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+    _, gpu, _ = estimate_zero3_model_states_mem_needs(
+        total_params, largest, gpus, nodes, cpu_offload, cpu_offload_params
+    )
+    return int(gpu)
 
 
 @pytest.mark.parametrize(("gpus", "nodes"), [(1, 1), (4, 1), (8, 1), (8, 4)])
