@@ -6,11 +6,12 @@ stderr and exit code 2; nothing here computes an answer.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable, Collection, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -45,7 +46,8 @@ def user_errors_exit_2(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with _stdout_for_json_only(bool(kwargs.get("as_json"))):
+                return command(*args, **kwargs)
         except ValidationError as exc:
             error: PlannerError = from_validation_error(exc)
         except PlannerError as exc:
@@ -111,8 +113,33 @@ class PlannerGroup(click.Group):
             report_and_exit(_usage_error(exc))
 
 
+_json_stream: TextIO | None = None
+"""Where :func:`emit_json` writes while a ``--json`` command runs: the real standard output."""
+
+
+@contextlib.contextmanager
+def _stdout_for_json_only(as_json: bool) -> Iterator[None]:
+    """With ``--json``, standard output carries the JSON document and nothing else.
+
+    Libraries print there while a command works: accelerate imports DeepSpeed when it is installed
+    (``extract_model_from_parallel``, on every ``Trainer()``), and DeepSpeed's logger announces its
+    accelerator on stdout. A parser of ``planner ... --json`` must not see that, so while the
+    command runs, what is printed goes to stderr; :func:`emit_json` writes to the saved stdout.
+    """
+    global _json_stream
+    if not as_json:
+        yield
+        return
+    _json_stream = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _json_stream = None
+
+
 def emit_json(payload: Any) -> None:
-    click.echo(json.dumps(payload, indent=2, default=str))
+    click.echo(json.dumps(payload, indent=2, default=str), file=_json_stream)
 
 
 def parse_sizes(value: str | None, field: str) -> list[int] | None:
