@@ -11,10 +11,18 @@ from planner.estimator._cuda import (
     overhead_from_profiles,
 )
 from planner.estimator._estimator import INCLUDES, Estimator
-from planner.estimator._fit import cheapest_fix, estimate_memory, fit, micro_batches_around, suggest_fixes
+from planner.estimator._fit import (
+    cheapest_fix,
+    estimate_memory,
+    fit,
+    import_what_builds,
+    micro_batches_around,
+    suggest_fixes,
+)
+from planner.estimator._helper import Helper
 from planner.estimator._linear import MAX_MICRO_BATCH, LinearPeak, probe_depths
 from planner.estimator._rank import RankSplit, rank_fit, rank_split
-from planner.estimator._traces import TraceCache, shared_cache
+from planner.estimator._traces import TraceCache, shared_cache, split_probes
 
 __all__ = [
     "CONTEXT_UNCERTAINTY_BYTES",
@@ -24,6 +32,7 @@ __all__ = [
     "CudaContext",
     "CudaOverhead",
     "Estimator",
+    "Helper",
     "LinearPeak",
     "RankSplit",
     "TraceCache",
@@ -32,6 +41,7 @@ __all__ = [
     "default_overhead",
     "estimate_memory",
     "fit",
+    "import_what_builds",
     "micro_batches_around",
     "overhead_for",
     "overhead_from_profiles",
@@ -39,5 +49,6 @@ __all__ = [
     "rank_fit",
     "rank_split",
     "shared_cache",
+    "split_probes",
     "suggest_fixes",
 ]

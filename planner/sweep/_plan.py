@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 from collections.abc import Callable
 from typing import Any
 
 from planner.data import LengthProfile, count_data
-from planner.errors import ConfigError, UnknownModelError
-from planner.estimator import CudaOverhead, Estimator, cheapest_fix
+from planner.errors import ConfigError, PlannerError, UnknownModelError
+from planner.estimator import (
+    CudaOverhead,
+    Estimator,
+    Helper,
+    cheapest_fix,
+    import_what_builds,
+    probe_depths,
+    split_probes,
+)
 from planner.models import load_model_config
 from planner.schema import (
     GIB,
@@ -23,6 +32,7 @@ from planner.schema import (
     SweepSpec,
     TrainingConfig,
 )
+from planner.step import num_layers
 from planner.sweep._budget import ORDER_RULE, halving_schedule, schedule
 from planner.sweep._space import expand_trials
 from planner.timing import ProfileLookup, StepTimeModel, count_work, trial_time
@@ -246,27 +256,37 @@ def plan_sweep(
     its load while planning; ``data`` the counted data when the caller has counted it already.
     """
     try:
-        load_model_config(spec.base.model)
+        hf_config = load_model_config(spec.base.model)
     except UnknownModelError as exc:
         raise UnknownModelError("base.model", exc.problem, exc.fix) from None
     workers = workers or spec.workers
     budget = budget_seconds if budget_seconds is not None else spec.budget_seconds
     stats, lengths = data if data is not None else count_data(spec)
     shapes = _Shapes(card, overhead, oom_limit)
-    steps = StepTimeModel(card, profiles, now=now)
     hosting = _HostSide(card, host, now)
     trials: list[PlannedTrial] = []
-    for number, params in enumerate(expand_trials(spec)):
-        shaped = _shape_trial(spec, shapes, number, params)
-        if isinstance(shaped, PlannedTrial):
-            trials.append(shaped)
-        else:
-            config, hyper = shaped
-            trials.append(
-                _time_trial(
-                    spec, shapes, steps, lengths, stats.eval_examples, hosting, number, params, config, hyper
+    searched = expand_trials(spec)
+    # Traces of shallow copies of a deeper model are what a plan spends its time on: a forked
+    # helper takes the deepest copy of each pair while this process takes the other (two cores).
+    shallow = num_layers(hf_config) > probe_depths(hf_config)[-1]
+    if shallow:
+        configs = {c.step_shape().key: c for c in (spec.trial(params)[0] for params in searched)}
+        for config in configs.values():
+            # Here, once: the helper inherits them. Only a head start: a config that cannot be
+            # built says why where its trial is shaped.
+            with contextlib.suppress(PlannerError):
+                import_what_builds(config)
+    with Helper.fork(worth_it=shallow) as helper, split_probes(helper):
+        steps = StepTimeModel(card, profiles, now=now, helper=helper)
+        for number, params in enumerate(searched):
+            shaped = _shape_trial(spec, shapes, number, params)
+            if not isinstance(shaped, PlannedTrial):
+                config, hyper = shaped
+                eval_examples = stats.eval_examples
+                shaped = _time_trial(
+                    spec, shapes, steps, lengths, eval_examples, hosting, number, params, config, hyper
                 )
-            )
+            trials.append(shaped)
 
     timed = sorted(
         ((t, t.time) for t in trials if t.time is not None),

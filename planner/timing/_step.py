@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from planner.errors import ProfileError
-from planner.estimator import probe_depths
+from planner.estimator import Helper, probe_depths
 from planner.models import load_model_config
 from planner.schema import Card, MachineLoad, MeasuredProfile, TimeSource, TrainingConfig
 from planner.step import cuda_target, num_layers, truncated_config
@@ -69,6 +69,23 @@ class StepTraces:
     costs: dict[tuple[str, Any, int], dict[int, dict[str, PhaseCosts]]] = field(default_factory=dict)
     tracers: dict[tuple[str, Any, int], CostedTracer] = field(default_factory=dict)
 
+    def tracer(self, shape: TrainingConfig, cuda: Any, depth: int) -> CostedTracer:
+        """One built shallow model per config, CUDA target and depth, traced at every micro-batch asked."""
+        key = (shape.key, cuda, depth)
+        if key not in self.tracers:
+            hf_config = truncated_config(load_model_config(shape.model), depth)
+            self.tracers[key] = CostedTracer(hf_config, shape, cuda=cuda)
+        return self.tracers[key]
+
+
+_HELPERS_OWN = StepTraces()
+"""In a helper process: the models :func:`costs_task` built, kept for its next micro-batches."""
+
+
+def costs_task(shape: TrainingConfig, cuda: Any, depth: int, micro_batch: int) -> dict[str, PhaseCosts]:
+    """Op costs of ``shape``'s step at ``depth`` and ``micro_batch`` (what a helper process runs)."""
+    return _HELPERS_OWN.tracer(shape, cuda, depth).costs(micro_batch)
+
 
 class StepTimeModel:
     """Step times for configs on one card, caching the shallow traces the roofline needs
@@ -80,12 +97,15 @@ class StepTimeModel:
         profiles: ProfileLookup | None = None,
         traces: StepTraces | None = None,
         now: MachineLoad | None = None,
+        helper: Helper | None = None,
     ) -> None:
         """``now``: this machine's load while planning; a host profile measured under another load
-        gets a wider interval (see :mod:`planner.timing._load`)."""
+        gets a wider interval (see :mod:`planner.timing._load`). ``helper``: a forked helper
+        process that traces the deepest of a step's shallow copies meanwhile (two cores)."""
         self.card = card
         self.profiles = profiles
         self.now = now
+        self.helper = helper
         self.traces = traces if traces is not None else StepTraces()
         self._steps: dict[tuple[str, bool, int], RooflineStep] = {}
         self._scale: tuple[float, tuple[float, float] | None, str] | None = None
@@ -100,18 +120,21 @@ class StepTimeModel:
         costs = self.traces.costs
         if key not in costs:
             depths = probe_depths(hf_config)
-            costs[key] = {d: self._tracer(shape, hf_config, cuda, d).costs(micro_batch) for d in depths}
+            # The deepest copy to the helper (where there is one), the others here meanwhile.
+            deepest = depths[-1]
+            there = self.helper.submit(costs_task, shape, cuda, deepest, micro_batch) if self.helper else None
+            found = {
+                d: self.traces.tracer(shape, cuda, d).costs(micro_batch)
+                for d in depths
+                if there is None or d != deepest
+            }
+            if self.helper is not None and there is not None:
+                found[deepest] = self.helper.result(there)
+            costs[key] = {d: found[d] for d in depths}
         step_key = (shape.key, config.torch_compile, micro_batch)
         if step_key not in self._steps:  # a sweep asks for the same step once per trial
             self._steps[step_key] = roofline_step(costs[key], num_layers(hf_config), self.card, config)
         return self._steps[step_key]
-
-    def _tracer(self, shape: TrainingConfig, hf_config: Any, cuda: Any, depth: int) -> CostedTracer:
-        """One built shallow model per config, CUDA target and depth, traced at every micro-batch asked."""
-        key = (shape.key, cuda, depth)
-        if key not in self.traces.tracers:
-            self.traces.tracers[key] = CostedTracer(truncated_config(hf_config, depth), shape, cuda=cuda)
-        return self.traces.tracers[key]
 
     def _calibration(self) -> tuple[float, tuple[float, float] | None, str]:
         """(scale, relative interval, note): measured/roofline over the card's CUDA profiles.

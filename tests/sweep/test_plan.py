@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from planner.estimator import _helper, shared_cache
 from planner.schema import Plan, SweepSpec
 from planner.sweep import halving_schedule, plan_sweep, schedule
-from tests.conftest import make_card
+from tests.conftest import TINY_CONFIGS, make_card, write_model
 
 # A card small enough that the tiny Llama's larger micro-batches do not fit at seq 256.
 CARD = make_card(520)
@@ -160,3 +162,35 @@ def test_random_strategy_samples_n_trials_reproducibly(tiny_models: dict[str, st
     again = plan_sweep(spec, CARD)
     assert len(first.trials) == 4
     assert sorted(str(t.params) for t in first.trials) == sorted(str(t.params) for t in again.trials)
+
+
+def test_a_plan_split_over_a_helper_process_answers_as_one_process_does(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Six layers: probed as two- and three-layer copies, the deeper of each pair in the helper.
+    # seq 64 fits (timed), seq 256 does not (its cheapest fix probed): both split.
+    layers = {**TINY_CONFIGS["llama"], "num_hidden_layers": 6, "vocab_size": 4096}
+    deep = write_model(tmp_path / "llama6", layers)
+    spec = spec_of(str(deep), search={"seq_len": [64, 256], "effective_batch": [4]})
+    card = make_card(540)
+    monkeypatch.setattr(_helper.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    forks: list[_helper.Helper] = []
+    original_init = _helper.Helper.__init__
+
+    def counted_init(self: _helper.Helper) -> None:
+        forks.append(self)
+        original_init(self)
+
+    monkeypatch.setattr(_helper.Helper, "__init__", counted_init)
+    shared_cache().clear()
+    split = plan_sweep(spec, card)
+    assert forks, "the plan did not use a helper process"
+    assert [t.feasible for t in split.trials] == [True, False]
+
+    @contextmanager
+    def no_helper(**_: Any) -> Any:
+        yield None
+
+    shared_cache().clear()
+    monkeypatch.setattr(_helper.Helper, "fork", no_helper)
+    assert plan_sweep(spec, card) == split
