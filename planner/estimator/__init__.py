@@ -17,12 +17,13 @@ from planner.estimator._fit import (
     fit,
     import_what_builds,
     micro_batches_around,
+    predicted_max,
     suggest_fixes,
 )
-from planner.estimator._helper import Helper
+from planner.estimator._helper import Helper, share
 from planner.estimator._linear import MAX_MICRO_BATCH, LinearPeak, probe_depths
 from planner.estimator._rank import RankSplit, rank_fit, rank_split
-from planner.estimator._traces import TraceCache, shared_cache, split_probes
+from planner.estimator._traces import TakenTraces, TraceCache, shared_cache
 
 __all__ = [
     "CONTEXT_UNCERTAINTY_BYTES",
@@ -35,6 +36,7 @@ __all__ = [
     "Helper",
     "LinearPeak",
     "RankSplit",
+    "TakenTraces",
     "TraceCache",
     "cheapest_fix",
     "cuda_context",
@@ -45,10 +47,11 @@ __all__ = [
     "micro_batches_around",
     "overhead_for",
     "overhead_from_profiles",
+    "predicted_max",
     "probe_depths",
     "rank_fit",
     "rank_split",
+    "share",
     "shared_cache",
-    "split_probes",
     "suggest_fixes",
 ]

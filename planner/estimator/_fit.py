@@ -95,7 +95,7 @@ def _suggest_fixes(
         helper,
         [
             (_sharding_fix, (config, card, overhead)),
-            *[(_fix_answer, (candidate, card, overhead)) for _, candidate in candidates],
+            *[(predicted_max, (candidate, card, overhead)) for _, candidate in candidates],
         ],
     )
     fixes = []
@@ -178,8 +178,11 @@ def _sharding_fix(config: TrainingConfig, card: Card, overhead: CudaOverhead | N
     return None
 
 
-def _fix_answer(config: TrainingConfig, card: Card, overhead: CudaOverhead | None) -> tuple[int, TakenTraces]:
-    """A fix candidate's predicted max micro-batch, and the traces behind it (for the asking process)."""
+def predicted_max(
+    config: TrainingConfig, card: Card, overhead: CudaOverhead | None
+) -> tuple[int, TakenTraces]:
+    """``config``'s predicted max micro-batch (unconfirmed), and the traces behind it: what a helper
+    process answers, for the asking process to absorb (it then answers the same without tracing)."""
     estimator = Estimator(config, card, overhead)
     return estimator.max_micro_batch(confirm=False), estimator.traces.taken()
 

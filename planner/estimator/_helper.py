@@ -163,7 +163,8 @@ def share(helper: Helper | None, tasks: list[tuple[Callable[..., Any], tuple[Any
     """Run independent tasks on both processes: the helper from the front, this one from the back.
 
     The helper is kept a task ahead (one running, one queued), so it seldom waits on this process;
-    this one takes tasks from the back until the two meet. Results come back in task order.
+    this one takes tasks from the back until the two meet, the last task always (two tasks: one
+    each). Results come back in task order.
     """
     if helper is None:
         return [function(*args) for function, args in tasks]
@@ -172,7 +173,7 @@ def share(helper: Helper | None, tasks: list[tuple[Callable[..., Any], tuple[Any
     front, back = 0, len(tasks)
     while front < back:
         helper.poll()
-        while helper.busy < 2 and front < back:
+        while helper.busy < 2 and front < back - 1:
             function, args = tasks[front]
             sent[front] = helper.submit(function, *args)
             front += 1

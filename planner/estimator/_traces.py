@@ -9,14 +9,10 @@ callers can give their own. The ``*_task`` functions are what a helper process r
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from planner.distributed import rank_preparer
-from planner.estimator._helper import Helper
 from planner.estimator._linear import LinearPeak, probe_depths
 from planner.models import load_model_config
 from planner.schema import TrainingConfig
@@ -49,38 +45,6 @@ class StepTraces:
         """micro-batch -> full-depth trace."""
         self._tracers: dict[int, StepTracer] = {}
         self._linear: LinearPeak | None = None
-
-    def _taken(self, depth: int, micro_batch: int | None) -> bool:
-        if micro_batch is None:
-            return depth in self.resident
-        return (depth, micro_batch) in self.probes
-
-    def _take(self, depth: int, micro_batch: int | None) -> None:
-        if micro_batch is None:
-            self.tracer(depth)
-        else:
-            self.probe(depth, micro_batch)
-
-    def take(self, wanted: list[tuple[int, int | None]]) -> None:
-        """Build (micro-batch None) or probe what ``wanted`` lists and is not taken yet.
-
-        Inside :func:`split_probes`, the deepest probe's share goes to the helper process, which
-        builds and keeps that depth's model, while this process takes the shallower ones: the two
-        probes of a stage run on two cores, and every answer is the one a single process gives.
-        """
-        missing = [(d, m) for d, m in wanted if not self._taken(d, m)]
-        deepest = self.depths[-1]
-        there = [(d, m) for d, m in missing if d == deepest]
-        helper = _split_helper()
-        if helper is None or not there:
-            for depth, micro_batch in missing:
-                self._take(depth, micro_batch)
-            return
-        task = helper.submit(taken_task, self.config, self.cuda, there)
-        for depth, micro_batch in missing:
-            if depth != deepest:
-                self._take(depth, micro_batch)
-        self.absorb(helper.result(task))
 
     def tracer(self, depth: int) -> StepTracer:
         """The built setup at ``depth`` (the full-depth one is kept, shallow ones until fitted)."""
@@ -119,12 +83,16 @@ class StepTraces:
 
     def resident_bytes(self) -> float:
         """Bytes live between steps at full depth (weights, quant state, optimizer state)."""
-        self.take([(d, None) for d in self.depths])
+        for depth in self.depths:
+            if depth not in self.resident:
+                self.tracer(depth)
         return self._at_full_depth({d: float(self.resident[d]) for d in self.depths})
 
     def trainable_bytes(self) -> float:
         """Bytes of the weights that train, at full depth (what a checkpoint saves of the model)."""
-        self.take([(d, None) for d in self.depths])
+        for depth in self.depths:
+            if depth not in self.trainable:
+                self.tracer(depth)
         return self._at_full_depth({d: float(self.trainable[d]) for d in self.depths})
 
     def paged_bytes(self) -> float:
@@ -132,12 +100,13 @@ class StepTraces:
         depth: the full-depth model's own figure once built, else linear in depth from the probes."""
         if self.depth in self.paged:
             return float(self.paged[self.depth])
-        self.take([(d, None) for d in self.depths])
+        for depth in self.depths:
+            if depth not in self.paged:
+                self.tracer(depth)
         return self._at_full_depth({d: float(self.paged[d]) for d in self.depths})
 
     def peak_at_one(self) -> float:
         """The fit's full-depth peak at micro-batch 1, from the probes at micro-batch 1 alone."""
-        self.take([(d, 1) for d in self.depths])
         return max(
             self._at_full_depth({d: float(self.probe(d, 1).windows[w].peak) for d in self.depths})
             for w in range(len(WINDOWS))
@@ -146,31 +115,20 @@ class StepTraces:
     @property
     def linear(self) -> LinearPeak:
         if self._linear is None:
-            self.take([(d, m) for d in self.depths for m in (1, 2)])
             probes = {(d, m): self.probe(d, m) for d in self.depths for m in (1, 2)}
             self._linear = LinearPeak.through(probes, self.depth)
             # The probes' models are done with; full-depth traces still reuse the full one.
             self._tracers = {d: t for d, t in self._tracers.items() if d == self.depth}
         return self._linear
 
-    def taken(self, only: list[tuple[int, int | None]] | None = None) -> TakenTraces:
-        """The traces alone, without the built models (what crosses from the helper process):
-        all of them, or the builds and probes ``only`` lists."""
-        if only is None:
-            return TakenTraces(
-                resident=self.resident,
-                trainable=self.trainable,
-                paged=self.paged,
-                probes=self.probes,
-                full=self.full,
-            )
-        depths = {d for d, _ in only if d in self.resident}
+    def taken(self) -> TakenTraces:
+        """The traces alone, without the built models (what crosses from the helper process)."""
         return TakenTraces(
-            resident={d: self.resident[d] for d in depths},
-            trainable={d: self.trainable[d] for d in depths},
-            paged={d: self.paged[d] for d in depths},
-            probes={(d, m): self.probes[(d, m)] for d, m in only if m is not None},
-            full={},
+            resident=self.resident,
+            trainable=self.trainable,
+            paged=self.paged,
+            probes=self.probes,
+            full=self.full,
         )
 
     def absorb(self, taken: TakenTraces) -> None:
@@ -221,36 +179,12 @@ class TraceCache:
 
 
 _SHARED = TraceCache()
-_SPLIT: tuple[Helper, int] | None = None
-"""The helper that takes the deepest probes while :func:`split_probes` runs, and the process
-that forked it (a copy forked meanwhile must not use its parent's helper)."""
-
-
-def _split_helper() -> Helper | None:
-    if _SPLIT is None or _SPLIT[1] != os.getpid():
-        return None
-    return _SPLIT[0]
 
 
 def shared_cache() -> TraceCache:
     """The process's cache: every estimator that is given none shares it (and so does a forked
     helper, which starts with a copy of it)."""
     return _SHARED
-
-
-@contextmanager
-def split_probes(helper: Helper | None) -> Iterator[None]:
-    """While the block runs, every probe stage of the shared cache splits over ``helper``: it
-    takes the deepest probe depth, this process the others (see :meth:`StepTraces.take`).
-
-    A no-op for None.
-    """
-    global _SPLIT
-    previous, _SPLIT = _SPLIT, (None if helper is None else (helper, os.getpid()))
-    try:
-        yield
-    finally:
-        _SPLIT = previous
 
 
 # -- what a helper process runs (module-level functions: they travel by name) --------------------
@@ -262,19 +196,6 @@ def build_full_depth_task(config: TrainingConfig, cuda: CudaTarget | None) -> No
 
 def full_trace_task(config: TrainingConfig, cuda: CudaTarget | None, micro_batch: int) -> StepTrace:
     return shared_cache().get(config, cuda).full_trace(micro_batch)
-
-
-def taken_task(
-    config: TrainingConfig, cuda: CudaTarget | None, wanted: list[tuple[int, int | None]]
-) -> TakenTraces:
-    """Builds and probes of ``config``'s step (see :meth:`StepTraces.take`), for the asker to absorb.
-
-    All taken here: should a dead helper's task run in the asking process, it must not ask again.
-    """
-    traces = shared_cache().get(config, cuda)
-    with split_probes(None):
-        traces.take(wanted)
-    return traces.taken(only=wanted)
 
 
 def probed_task(config: TrainingConfig, cuda: CudaTarget | None) -> TakenTraces:

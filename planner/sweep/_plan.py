@@ -16,8 +16,8 @@ from planner.estimator import (
     Helper,
     cheapest_fix,
     import_what_builds,
+    predicted_max,
     probe_depths,
-    split_probes,
 )
 from planner.models import load_model_config
 from planner.schema import (
@@ -64,14 +64,28 @@ class _Shapes:
         card: Card,
         overhead: CudaOverhead | None,
         oom_limit: Callable[[TrainingConfig], int | None] | None = None,
+        helper: Helper | None = None,
     ) -> None:
         self.card = card
         self.overhead = overhead
         self.oom_limit = oom_limit
+        self.helper = helper
         # Keyed by the step's shape (accumulation 1 or 2; micro-batch aside).
         self._estimators: dict[str, Estimator] = {}
         self._max: dict[str, int] = {}
         self._fix: dict[str, str] = {}
+        self._pending: dict[str, int] = {}
+        """Shape -> the helper's task predicting its max micro-batch."""
+
+    def prefetch(self, configs: list[TrainingConfig]) -> None:
+        """Have the helper (if any) predict these configs' max micro-batches meanwhile, in order;
+        :meth:`max_micro_batch` takes in its traces when asked, and answers as without them."""
+        if self.helper is None:
+            return
+        for config in configs:
+            shape = config.step_shape()
+            if shape.key not in self._max and shape.key not in self._pending:
+                self._pending[shape.key] = self.helper.submit(predicted_max, shape, self.card, self.overhead)
 
     def estimator(self, config: TrainingConfig) -> Estimator:
         shape = config.step_shape()
@@ -83,6 +97,9 @@ class _Shapes:
     def max_micro_batch(self, config: TrainingConfig) -> int:
         key = config.step_shape().key
         if key not in self._max:
+            if self.helper is not None and key in self._pending:
+                _, taken = self.helper.result(self._pending.pop(key))
+                self.estimator(config).traces.absorb(taken)
             best = self.estimator(config).max_micro_batch(confirm=False)
             # A micro-batch that ran out of memory in a real run of this config will again.
             limit = self.oom_limit(config) if self.oom_limit is not None else None
@@ -262,31 +279,39 @@ def plan_sweep(
     workers = workers or spec.workers
     budget = budget_seconds if budget_seconds is not None else spec.budget_seconds
     stats, lengths = data if data is not None else count_data(spec)
-    shapes = _Shapes(card, overhead, oom_limit)
     hosting = _HostSide(card, host, now)
-    trials: list[PlannedTrial] = []
-    searched = expand_trials(spec)
-    # Traces of shallow copies of a deeper model are what a plan spends its time on: a forked
-    # helper takes the deepest copy of each pair while this process takes the other (two cores).
-    shallow = num_layers(hf_config) > probe_depths(hf_config)[-1]
-    if shallow:
-        configs = {c.step_shape().key: c for c in (spec.trial(params)[0] for params in searched)}
-        for config in configs.values():
+    searched = [(number, params, *spec.trial(params)) for number, params in enumerate(expand_trials(spec))]
+    # Tracing shallow copies of a deeper model is what a plan spends its time on: on a GPU card a
+    # forked helper process takes some of it (two cores). Not on the host card, whose plan may
+    # time real steps here (a missing host profile), which a busy helper would slow down.
+    helped = card.kind != "cpu" and num_layers(hf_config) > probe_depths(hf_config)[-1]
+    if helped:
+        for config in {c.step_shape().key: c for _, _, c, _ in searched}.values():
             # Here, once: the helper inherits them. Only a head start: a config that cannot be
             # built says why where its trial is shaped.
             with contextlib.suppress(PlannerError):
                 import_what_builds(config)
-    with Helper.fork(worth_it=shallow) as helper, split_probes(helper):
-        steps = StepTimeModel(card, profiles, now=now, helper=helper)
-        for number, params in enumerate(searched):
-            shaped = _shape_trial(spec, shapes, number, params)
-            if not isinstance(shaped, PlannedTrial):
-                config, hyper = shaped
-                eval_examples = stats.eval_examples
-                shaped = _time_trial(
-                    spec, shapes, steps, lengths, eval_examples, hosting, number, params, config, hyper
-                )
-            trials.append(shaped)
+    with Helper.fork(worth_it=helped) as helper:
+        shapes = _Shapes(card, overhead, oom_limit, helper)
+        # The helper predicts, meanwhile, the steps that accumulate gradients, which this process
+        # asks for only when a trial's effective batch does not fit in one micro-batch.
+        shapes.prefetch(
+            [
+                config.with_changes(gradient_accumulation=2)
+                for _, _, config, hyper in searched
+                if hyper.effective_batch > (1 if spec.micro_batch == "auto" else spec.micro_batch)
+            ]
+        )
+        shaped = [(n, p, _shape_trial(spec, shapes, n, p)) for n, p, _, _ in searched]
+        steps = StepTimeModel(card, profiles, now=now)
+        # Every planned trial's step costs, traced on both processes (a step traced once).
+        steps.prefetch([(s[0], s[0].micro_batch) for _, _, s in shaped if isinstance(s, tuple)], helper)
+        trials = [
+            _time_trial(spec, shapes, steps, lengths, stats.eval_examples, hosting, n, p, *s)
+            if isinstance(s, tuple)
+            else s
+            for n, p, s in shaped
+        ]
 
     timed = sorted(
         ((t, t.time) for t in trials if t.time is not None),

@@ -8,11 +8,12 @@ profiles (``calibrated``), or taken at the documented default efficiencies (``de
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from planner.errors import ProfileError
-from planner.estimator import Helper, probe_depths
+from planner.estimator import Helper, probe_depths, share
 from planner.models import load_model_config
 from planner.schema import Card, MachineLoad, MeasuredProfile, TimeSource, TrainingConfig
 from planner.step import cuda_target, num_layers, truncated_config
@@ -53,6 +54,10 @@ class StepTimes:
     note: str
 
 
+DepthCosts = dict[int, dict[str, PhaseCosts]]
+"""A step's op costs by phase, at each probe depth."""
+
+
 def _config_shape(config: TrainingConfig) -> TrainingConfig:
     """The config without what does not change a single micro-step's cost (accumulation included)."""
     return config.with_changes(gradient_accumulation=1, torch_compile=False).step_shape()
@@ -66,25 +71,36 @@ class StepTraces:
     :class:`~planner.step.CudaTarget`): models of cards sharing one share these.
     """
 
-    costs: dict[tuple[str, Any, int], dict[int, dict[str, PhaseCosts]]] = field(default_factory=dict)
+    costs: dict[tuple[str, Any, int], DepthCosts] = field(default_factory=dict)
     tracers: dict[tuple[str, Any, int], CostedTracer] = field(default_factory=dict)
 
-    def tracer(self, shape: TrainingConfig, cuda: Any, depth: int) -> CostedTracer:
+    def step_costs(self, shape: TrainingConfig, cuda: Any, micro_batch: int) -> DepthCosts:
+        """Op costs of ``shape``'s step at ``micro_batch``, by probe depth (traced once)."""
+        key = (shape.key, cuda, micro_batch)
+        if key not in self.costs:
+            hf_config = load_model_config(shape.model)
+            self.costs[key] = {
+                depth: self._tracer(shape, hf_config, cuda, depth).costs(micro_batch)
+                for depth in probe_depths(hf_config)
+            }
+        return self.costs[key]
+
+    def _tracer(self, shape: TrainingConfig, hf_config: Any, cuda: Any, depth: int) -> CostedTracer:
         """One built shallow model per config, CUDA target and depth, traced at every micro-batch asked."""
         key = (shape.key, cuda, depth)
         if key not in self.tracers:
-            hf_config = truncated_config(load_model_config(shape.model), depth)
-            self.tracers[key] = CostedTracer(hf_config, shape, cuda=cuda)
+            self.tracers[key] = CostedTracer(truncated_config(hf_config, depth), shape, cuda=cuda)
         return self.tracers[key]
 
 
-_HELPERS_OWN = StepTraces()
-"""In a helper process: the models :func:`costs_task` built, kept for its next micro-batches."""
+_TASKS_TRACES = StepTraces()
+"""What :func:`costs_task` traced in this process, with its built models."""
 
 
-def costs_task(shape: TrainingConfig, cuda: Any, depth: int, micro_batch: int) -> dict[str, PhaseCosts]:
-    """Op costs of ``shape``'s step at ``depth`` and ``micro_batch`` (what a helper process runs)."""
-    return _HELPERS_OWN.tracer(shape, cuda, depth).costs(micro_batch)
+def costs_task(shape: TrainingConfig, cuda: Any, micro_batch: int) -> DepthCosts:
+    """:meth:`StepTraces.step_costs` as a task shared with a helper process (a module-level
+    function: it travels by name, and each process keeps what it traced)."""
+    return _TASKS_TRACES.step_costs(shape, cuda, micro_batch)
 
 
 class StepTimeModel:
@@ -97,15 +113,12 @@ class StepTimeModel:
         profiles: ProfileLookup | None = None,
         traces: StepTraces | None = None,
         now: MachineLoad | None = None,
-        helper: Helper | None = None,
     ) -> None:
         """``now``: this machine's load while planning; a host profile measured under another load
-        gets a wider interval (see :mod:`planner.timing._load`). ``helper``: a forked helper
-        process that traces the deepest of a step's shallow copies meanwhile (two cores)."""
+        gets a wider interval (see :mod:`planner.timing._load`)."""
         self.card = card
         self.profiles = profiles
         self.now = now
-        self.helper = helper
         self.traces = traces if traces is not None else StepTraces()
         self._steps: dict[tuple[str, bool, int], RooflineStep] = {}
         self._scale: tuple[float, tuple[float, float] | None, str] | None = None
@@ -116,25 +129,33 @@ class StepTimeModel:
         hf_config = load_model_config(config.model)
         shape = _config_shape(config)
         cuda = cuda_target(self.card, shape, hf_config)
-        key = (shape.key, cuda, micro_batch)
-        costs = self.traces.costs
-        if key not in costs:
-            depths = probe_depths(hf_config)
-            # The deepest copy to the helper (where there is one), the others here meanwhile.
-            deepest = depths[-1]
-            there = self.helper.submit(costs_task, shape, cuda, deepest, micro_batch) if self.helper else None
-            found = {
-                d: self.traces.tracer(shape, cuda, d).costs(micro_batch)
-                for d in depths
-                if there is None or d != deepest
-            }
-            if self.helper is not None and there is not None:
-                found[deepest] = self.helper.result(there)
-            costs[key] = {d: found[d] for d in depths}
+        costs = self.traces.step_costs(shape, cuda, micro_batch)
         step_key = (shape.key, config.torch_compile, micro_batch)
         if step_key not in self._steps:  # a sweep asks for the same step once per trial
-            self._steps[step_key] = roofline_step(costs[key], num_layers(hf_config), self.card, config)
+            self._steps[step_key] = roofline_step(costs, num_layers(hf_config), self.card, config)
         return self._steps[step_key]
+
+    def prefetch(self, steps: list[tuple[TrainingConfig, int]], helper: Helper | None) -> None:
+        """Trace the op costs :meth:`times` will need for ``steps`` (config, micro-batch) now, each
+        step's once, shared between this process and ``helper`` (two cores): the answers are the
+        ones :meth:`times` would trace itself. Steps timed from a measured profile need none."""
+        if helper is None:
+            return  # one process: :meth:`times` traces each when it comes
+        wanted: dict[tuple[str, Any, int], tuple[TrainingConfig, Any, int]] = {}
+        for config, micro_batch in steps:
+            measured = self.profiles.find(config, self.card.name) if self.profiles else None
+            if measured is not None or not roofline_available(self.card, config):
+                continue
+            shape = _config_shape(config)
+            cuda = cuda_target(self.card, shape, load_model_config(config.model))
+            key = (shape.key, cuda, micro_batch)
+            if key not in self.traces.costs:
+                wanted[key] = (shape, cuda, micro_batch)
+        tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+            (costs_task, args) for args in wanted.values()
+        ]
+        for key, costs in zip(wanted, share(helper, tasks), strict=True):
+            self.traces.costs[key] = costs
 
     def _calibration(self) -> tuple[float, tuple[float, float] | None, str]:
         """(scale, relative interval, note): measured/roofline over the card's CUDA profiles.

@@ -167,11 +167,12 @@ def test_random_strategy_samples_n_trials_reproducibly(tiny_models: dict[str, st
 def test_a_plan_split_over_a_helper_process_answers_as_one_process_does(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Six layers: probed as two- and three-layer copies, the deeper of each pair in the helper.
-    # seq 64 fits (timed), seq 256 does not (its cheapest fix probed): both split.
+    # Six layers, probed as two- and three-layer copies. At seq 64 a batch of 64 accumulates (the
+    # helper predicted that step), the two planned micro-batches' costs are traced one on each
+    # process; seq 256 does not fit (its cheapest fix is probed here).
     layers = {**TINY_CONFIGS["llama"], "num_hidden_layers": 6, "vocab_size": 4096}
     deep = write_model(tmp_path / "llama6", layers)
-    spec = spec_of(str(deep), search={"seq_len": [64, 256], "effective_batch": [4]})
+    spec = spec_of(str(deep), search={"seq_len": [64, 256], "effective_batch": [4, 64]})
     card = make_card(540)
     monkeypatch.setattr(_helper.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     forks: list[_helper.Helper] = []
@@ -185,7 +186,10 @@ def test_a_plan_split_over_a_helper_process_answers_as_one_process_does(
     shared_cache().clear()
     split = plan_sweep(spec, card)
     assert forks, "the plan did not use a helper process"
-    assert [t.feasible for t in split.trials] == [True, False]
+    trials = {t.number: t for t in split.trials}
+    assert [trials[n].feasible for n in range(4)] == [True, True, False, False]
+    assert trials[1].config.gradient_accumulation > 1
+    assert trials[0].config.micro_batch != trials[1].config.micro_batch
 
     @contextmanager
     def no_helper(**_: Any) -> Any:
