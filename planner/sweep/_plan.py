@@ -250,6 +250,15 @@ def _time_trial(
     )
 
 
+def import_what_plans(spec: SweepSpec) -> None:
+    """Import the model classes and adapter libraries the spec's trials build (a head start: a
+    trial that cannot be built says why where the plan shapes it)."""
+    with contextlib.suppress(PlannerError, ValueError):
+        trials = (spec.trial(params)[0] for params in expand_trials(spec))
+        for config in {c.step_shape().key: c for c in trials}.values():
+            import_what_builds(config)
+
+
 def plan_sweep(
     spec: SweepSpec,
     card: Card,
@@ -286,11 +295,7 @@ def plan_sweep(
     # time real steps here (a missing host profile), which a busy helper would slow down.
     helped = card.kind != "cpu" and num_layers(hf_config) > probe_depths(hf_config)[-1]
     if helped:
-        for config in {c.step_shape().key: c for _, _, c, _ in searched}.values():
-            # Here, once: the helper inherits them. Only a head start: a config that cannot be
-            # built says why where its trial is shaped.
-            with contextlib.suppress(PlannerError):
-                import_what_builds(config)
+        import_what_plans(spec)  # here, once: the helper inherits them
     with Helper.fork(worth_it=helped) as helper:
         shapes = _Shapes(card, overhead, oom_limit, helper)
         # The helper predicts, meanwhile, the steps that accumulate gradients, which this process
