@@ -271,6 +271,7 @@ def plan_sweep(
     host: HostProfile | None = None,
     now: MachineLoad | None = None,
     data: tuple[DataStats, LengthProfile] | None = None,
+    helper: bool = True,
 ) -> Plan:
     """Plan ``spec`` on ``card``: shapes, feasibility, predicted times, and what fits the budget.
 
@@ -279,7 +280,9 @@ def plan_sweep(
     overheads for the memory answers (default: the estimator's documented defaults);
     ``oom_limit`` the largest micro-batch a config may use by the OOMs recorded in real runs;
     ``host`` this machine's measured host-side speeds (default: host costs not counted) and ``now``
-    its load while planning; ``data`` the counted data when the caller has counted it already.
+    its load while planning; ``data`` the counted data when the caller has counted it already;
+    ``helper`` False: no forked helper process, whatever the card and model (a caller with
+    threads of its own, such as a running sweep's, does not fork).
     """
     try:
         hf_config = load_model_config(spec.base.model)
@@ -293,11 +296,11 @@ def plan_sweep(
     # Tracing shallow copies of a deeper model is what a plan spends its time on: on a GPU card a
     # forked helper process takes some of it (two cores). Not on the host card, whose plan may
     # time real steps here (a missing host profile), which a busy helper would slow down.
-    helped = card.kind != "cpu" and num_layers(hf_config) > probe_depths(hf_config)[-1]
+    helped = helper and card.kind != "cpu" and num_layers(hf_config) > probe_depths(hf_config)[-1]
     if helped:
         import_what_plans(spec)  # here, once: the helper inherits them
-    with Helper.fork(worth_it=helped) as helper:
-        shapes = _Shapes(card, overhead, oom_limit, helper)
+    with Helper.fork(worth_it=helped) as forked:
+        shapes = _Shapes(card, overhead, oom_limit, forked)
         # The helper predicts, meanwhile, the steps that accumulate gradients, which this process
         # asks for only when a trial's effective batch does not fit in one micro-batch.
         shapes.prefetch(
@@ -310,7 +313,7 @@ def plan_sweep(
         shaped = [(n, p, _shape_trial(spec, shapes, n, p)) for n, p, _, _ in searched]
         steps = StepTimeModel(card, profiles, now=now)
         # Every planned trial's step costs, traced on both processes (a step traced once).
-        steps.prefetch([(s[0], s[0].micro_batch) for _, _, s in shaped if isinstance(s, tuple)], helper)
+        steps.prefetch([(s[0], s[0].micro_batch) for _, _, s in shaped if isinstance(s, tuple)], forked)
         trials = [
             _time_trial(spec, shapes, steps, lengths, stats.eval_examples, hosting, n, p, *s)
             if isinstance(s, tuple)
