@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from planner.cards import load_card
 from planner.errors import UnknownCardError, UnknownModelError
 from planner.models import load_model_config
-from planner.schema import Attention, Card, LoraSettings, Method, Precision, TrainingConfig
+from planner.schema import Attention, Card, LoraSettings, Method, Precision, TargetStack, TrainingConfig
 
 DATA = Path(__file__).parent / "data"
 RESULTS = Path(__file__).parent / "results"
@@ -190,6 +190,15 @@ def _attention(row: dict[str, Any]) -> Attention:
     return next((a for a in Attention if stated.startswith(a.value)), Attention.SDPA)
 
 
+def _stack(row: dict[str, Any], assumptions: list[str]) -> TargetStack:
+    """The behaviours of the row's software that differ from the installed stack (``target_stack``,
+    each cited in the data file); the installed stack's where the row states none."""
+    stated = row.get("target_stack") or {}
+    if stated:
+        assumptions.append(f"the source's stack: {', '.join(f'{k}={v}' for k, v in stated.items())}")
+    return TargetStack(**stated)
+
+
 def row_setup(row: dict[str, Any], scratch: Path, seq_len: int | None = None) -> RowSetup:
     """The planner's config and card for ``row`` (``seq_len`` overrides the row's); Skipped if none."""
     assumptions: list[str] = []
@@ -207,6 +216,7 @@ def row_setup(row: dict[str, Any], scratch: Path, seq_len: int | None = None) ->
         seq_len=seq_len or row["seq_len"],
         micro_batch=row["micro_batch"],
         gradient_accumulation=row["gradient_accumulation"],
+        stack=_stack(row, assumptions),
     )
     return RowSetup(config, card, model_id, assumptions + _unmodelled(row))
 

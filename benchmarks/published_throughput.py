@@ -8,8 +8,10 @@ padded_length)``, without measured profiles (the per-op model of ``planner/timin
 from datasheets and published kernel efficiencies), gives the seconds of one micro-step and of the
 optimizer step; the prediction is
 
-    tokens/s = tokens per optimizer step / (accumulation x micro_step + optimizer)
+    tokens/s = tokens per optimizer step / (accumulation x micro_step + optimizer + clipping)
 
+(clipping: rows whose stack clips gradients to ``max_grad_norm``, at the passes the trial model
+counts)
 and is compared with the published tokens/s. A row that publishes samples/s or seconds/step is
 converted with its tokens per sample (its fixed or packed sequence length). The published figure
 is "inside the interval" when it lies within the prediction scaled by ``relative_interval``
@@ -50,11 +52,26 @@ from published_rows import (
     write_results,
 )
 
-from planner.schema import Card
-from planner.timing import StepTimeModel
+from planner.estimator import Estimator
+from planner.schema import Card, TrainingConfig
+from planner.timing import BANDWIDTH_EFFICIENCY, StepTimeModel
 
 MEDIAN_TARGET_PERCENT = 10.0
 WORST_TARGET_PERCENT = 25.0
+# Passes over the trainable gradients' bytes that clipping them to ``max_grad_norm`` costs:
+# torch.nn.utils.clip_grad_norm_ reads every gradient once for the total norm (foreach norm) and
+# then multiplies each in place by the clip coefficient, unconditionally (read + write); the
+# planner's trial model counts the same passes per optimizer step (planner.timing trial_time).
+CLIP_PASSES = 3
+
+
+def clip_seconds(row: dict[str, Any], config: TrainingConfig, card: Card) -> float:
+    """Device seconds of the row's gradient clipping (0 when it does not clip): memory-bound passes
+    over the trainable gradients at the device model's bandwidth efficiency."""
+    if not row.get("max_grad_norm") or card.bandwidth_gbs is None:
+        return 0.0
+    trainable = Estimator(config, card).trainable_bytes()
+    return CLIP_PASSES * trainable / (card.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY)
 
 
 def padded_per_batch(row: dict[str, Any]) -> bool:
@@ -131,7 +148,12 @@ def run_row(row: dict[str, Any], scratch: Path, models: dict[str, StepTimeModel]
         times = step_model(setup.card, models).times(config, config.micro_batch, padded_length)
     except Exception as exc:
         return {**record, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
-    step_seconds = config.gradient_accumulation * times.micro_step + times.optimizer
+    # The published step clips the gradients before the optimizer steps (max_grad_norm).
+    clip = clip_seconds(row, config, setup.card)
+    if clip:
+        norm = row["max_grad_norm"]
+        assumptions.append(f"gradient clipping (max_grad_norm {norm}): {clip * 1e3:.1f} ms per step")
+    step_seconds = config.gradient_accumulation * times.micro_step + times.optimizer + clip
     tokens_per_step = per_sample * config.micro_batch * config.gradient_accumulation
     predicted = tokens_per_step / step_seconds
     low, high = times.relative_interval
@@ -147,6 +169,7 @@ def run_row(row: dict[str, Any], scratch: Path, models: dict[str, StepTimeModel]
         "predicted": {
             "micro_step_seconds": round(times.micro_step, 4),
             "optimizer_seconds": round(times.optimizer, 4),
+            "clip_seconds": round(clip, 4),
             "step_seconds": round(step_seconds, 4),
             "tokens_per_second": round(predicted, 1),
             "tokens_per_second_interval": [round(interval[0], 1), round(interval[1], 1)],

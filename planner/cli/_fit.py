@@ -462,7 +462,8 @@ def print_fit(report: FitReport) -> None:
     console.print(table)
     console.print(
         "allocated ~ torch.cuda.max_memory_allocated, reserved ~ max_memory_reserved, "
-        "device ~ NVML used (reserved + CUDA context): what decides fit."
+        "device ~ NVML used (reserved + CUDA context, and NCCL's buffers on a rank of a multi-GPU job): "
+        "what decides fit."
     )
     if report.max_micro_batch:
         console.print(
@@ -477,6 +478,13 @@ def print_fit(report: FitReport) -> None:
         parts.add_row(name.replace("_", " "), _gib(value))
     parts.add_row("[bold]total (predicted NVML used)[/]", f"[bold]{_gib(report.at_max.peak_bytes)}[/]")
     console.print(parts)
+    if breakdown.collective_buffers:
+        console.print(
+            f"NCCL buffers: {_gib(breakdown.collective_buffers)} GiB per rank "
+            f"({report.at_max.collective_buffers_basis}); NCCL allocates them outside the caching "
+            "allocator, so they count in device-used but not in allocated or reserved "
+            "(NCCL_BUFFSIZE, NCCL_MIN_NCHANNELS and NCCL_MAX_NCHANNELS in the environment change them)."
+        )
     paged = report.at_max.paged_bytes
     if paged:
         on_host = paged - breakdown.paged_on_device
@@ -666,6 +674,8 @@ def per_rank_json(report: FitReport, split: Any, step: Any) -> dict[str, Any]:
         "resident_bytes": split.resident_bytes,
         "resident_kind": split.resident_kind,
         "transient_bytes": report.at_max.peak_allocated_bytes - split.resident_bytes,
+        "nccl_bytes": report.at_max.breakdown.collective_buffers,
+        "nccl_basis": report.at_max.collective_buffers_basis,
         "step": None if step is None else asdict(step),
     }
 
@@ -680,6 +690,11 @@ def print_rank_split(report: FitReport, split: Any, step: Any) -> None:
         "step transient (gathered layers, gradients in flight, activations, buckets)",
         _gib(report.at_max.peak_allocated_bytes - split.resident_bytes),
     )
+    if report.at_max.breakdown.collective_buffers:
+        table.add_row(
+            "NCCL buffers (outside the caching allocator: device-used only)",
+            _gib(report.at_max.breakdown.collective_buffers),
+        )
     console.print(table)
     if step is None:
         return

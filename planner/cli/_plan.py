@@ -85,6 +85,9 @@ def print_plan(plan: Plan) -> None:
             f"{data.epoch_tokens} tokens fed per epoch, "
             f"{data.epoch_trained_tokens} of them with a loss target"
         )
+    spread = next((t.config.parallelism for t in plan.trials if not t.config.parallelism.single_gpu), None)
+    if spread is not None:
+        console.print(f"Each trial: {spread.describe()}; micro-batch and peak memory are per rank")
     names = list(dict.fromkeys(name for trial in plan.trials for name in trial.params))
     labels = [PARAM_LABELS.get(name, name) for name in names]
     headers = ["#", *labels, "micro x acc", "steps", "time", "range", "status"]

@@ -33,12 +33,51 @@ def _budget_start() -> float:
 
 
 def _gpus(value: str | None) -> list[str]:
+    """GPU indices from ``0,1,2,3``, ``0-3`` or a mix (``0-1,4``)."""
     if value is None:
         return []
-    gpus = [part.strip() for part in value.split(",") if part.strip()]
-    if not gpus or not all(part.isdigit() for part in gpus):
-        raise ConfigError("--gpus", f"'{value}' is not a list of GPU indices", "e.g. --gpus 0,1,2,3")
+    gpus: list[str] = []
+    for part in (part.strip() for part in value.split(",")):
+        low, dash, high = part.partition("-")
+        if dash and low.isdigit() and high.isdigit() and int(low) <= int(high):
+            gpus += [str(index) for index in range(int(low), int(high) + 1)]
+        elif part.isdigit():
+            gpus.append(part)
+        elif part:
+            gpus = []
+            break
+    if not gpus or len(set(gpus)) != len(gpus):
+        raise ConfigError("--gpus", f"'{value}' is not a list of GPU indices", "e.g. --gpus 0,1,2,3 or 0-3")
     return gpus
+
+
+def _gpu_groups(gpus: list[str], per_trial: int | None, ranks: int) -> list[str]:
+    """The workers' ``CUDA_VISIBLE_DEVICES``: ``gpus`` in consecutive groups of a trial's ranks."""
+    if per_trial is not None and per_trial != ranks:
+        raise ConfigError(
+            "--gpus-per-trial",
+            f"{per_trial} GPUs per trial, but the spec's trials run on {ranks} (base.parallelism)",
+            f"--gpus-per-trial {ranks}, or set base.parallelism.gpus: {per_trial} in the spec",
+        )
+    if len(gpus) % ranks:
+        raise ConfigError(
+            "--gpus",
+            f"{len(gpus)} GPUs do not split into trials of {ranks}",
+            f"give a multiple of {ranks} GPUs",
+        )
+    return [",".join(gpus[start : start + ranks]) for start in range(0, len(gpus), ranks)]
+
+
+def _check_local_gpus(ranks: int) -> None:
+    """A trial across ranks on this host's visible GPUs needs that many (on a GPU machine)."""
+    import torch
+
+    if ranks > 1 and torch.cuda.is_available() and torch.cuda.device_count() < ranks:
+        raise ConfigError(
+            "base.parallelism",
+            f"a trial runs on {ranks} GPUs; {torch.cuda.device_count()} visible here",
+            f"make {ranks} visible (CUDA_VISIBLE_DEVICES), or lower base.parallelism.gpus",
+        )
 
 
 def _report_to(value: str) -> list[str]:
@@ -145,7 +184,13 @@ def _refuse_if_nothing_runs(plan: Plan) -> None:
 @click.option("--budget", help="Wall-clock budget for this run, e.g. 5h or 90m (default: the spec's).")
 @click.option("--storage", help="Optuna storage URL (default: a SQLite file next to the spec).")
 @click.option("--study", help="Study name (default: the spec's name).")
-@click.option("--gpus", help="Start one worker per GPU of this host, e.g. 0,1,2,3.")
+@click.option("--gpus", help="Start one worker per GPU (or GPU group) of this host, e.g. 0,1,2,3 or 0-3.")
+@click.option(
+    "--gpus-per-trial",
+    type=click.IntRange(min=1),
+    help="GPUs of each trial (default and only value: the spec's base.parallelism.gpus); --gpus are "
+    "split into groups of it, one worker each.",
+)
 @click.option(
     "--plan",
     "plan_path",
@@ -164,6 +209,7 @@ def run_command(
     storage: str | None,
     study: str | None,
     gpus: str | None,
+    gpus_per_trial: int | None,
     plan_path: Path | None,
     report_to: str,
     as_json: bool,
@@ -177,6 +223,7 @@ def run_command(
     Examples:
       planner run examples/tiny-sweep/spec.yaml --card cpu --budget 10m
       planner run spec.yaml --gpus 0,1,2,3 --report-to tensorboard
+      planner run ddp-spec.yaml --gpus 0-3 --gpus-per-trial 2  # two workers, 2-GPU DDP trials
       planner run spec.yaml --storage postgresql://user@host/db  # several hosts
     """
     from planner.cards import load_card, this_machine_card
@@ -194,7 +241,12 @@ def run_command(
 
     sweep = load_spec(spec)
     seconds = parse_budget(budget)
-    devices = _gpus(gpus)
+    ranks = sweep.base.parallelism.world_size
+    devices = _gpu_groups(_gpus(gpus), gpus_per_trial, ranks) if gpus is not None else []
+    if gpus is None and gpus_per_trial is not None:
+        raise ConfigError("--gpus-per-trial", "it splits --gpus into groups", "give --gpus too")
+    if not devices:
+        _check_local_gpus(ranks)
     integrations = _report_to(report_to)
     card_name = card or this_machine_card()
     target = load_card(card_name)
@@ -204,7 +256,8 @@ def run_command(
     if plan_path is not None:
         plan = _read_plan(plan_path, sweep.name)
     else:
-        plan = plan_for_card(sweep, target, budget_seconds=seconds)
+        # One worker per GPU group: the plan's schedule packs trials onto as many.
+        plan = plan_for_card(sweep, target, workers=len(devices) or None, budget_seconds=seconds)
     _refuse_if_nothing_runs(plan)
     if devices:
         name = study or sweep.name

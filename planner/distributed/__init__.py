@@ -17,6 +17,7 @@ from planner.distributed._comm import (
 from planner.distributed._ddp import BUCKET_CAP_BYTES, FIRST_BUCKET_BYTES, GRADIENT_BUCKETS, gradient_buckets
 from planner.distributed._fsdp import mixed_precision_policy, shard_like_accelerate
 from planner.distributed._measure import measured_rank_peaks
+from planner.distributed._nccl import NcclEnvironment, NcclMemory, nccl_memory
 from planner.distributed._prepare import Prepare, check_traceable, rank_preparer
 from planner.distributed._sizes import model_sizes, zero_states
 from planner.distributed._world import fake_mesh
@@ -30,6 +31,8 @@ __all__ = [
     "Collective",
     "CommunicationTime",
     "ModelSizes",
+    "NcclEnvironment",
+    "NcclMemory",
     "Prepare",
     "ZeroModelStates",
     "check_traceable",
@@ -39,6 +42,7 @@ __all__ = [
     "measured_rank_peaks",
     "mixed_precision_policy",
     "model_sizes",
+    "nccl_memory",
     "rank_preparer",
     "shard_like_accelerate",
     "step_collectives",

@@ -51,7 +51,8 @@ def rank_preparer(config: TrainingConfig, *, mesh: Any | None = None, real: bool
     None for a single GPU. For a trace (``real`` False) on the fake world of
     :mod:`planner.distributed._world`: DDP's buckets allocated as its ``Reducer`` would, FSDP2
     sharded as accelerate does. For a real rank of a started process group (``real``): torch's
-    ``DistributedDataParallel`` itself, or the same FSDP2 sharding over ``mesh``.
+    ``DistributedDataParallel`` itself (over ``mesh``'s group when given), or the same FSDP2
+    sharding over ``mesh``.
     """
     check_traceable(config)
     parallelism = config.parallelism
@@ -63,5 +64,6 @@ def rank_preparer(config: TrainingConfig, *, mesh: Any | None = None, real: bool
     if real:
         from torch.nn.parallel import DistributedDataParallel
 
-        return lambda model: DistributedDataParallel(model)
+        group = mesh.get_group() if mesh is not None else None  # None: the default (whole) group
+        return lambda model: DistributedDataParallel(model, process_group=group)
     return add_gradient_buckets

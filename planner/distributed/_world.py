@@ -53,17 +53,21 @@ def _fake_world() -> None:
             "a real process group is already running in this process, so one rank cannot be traced here",
             "estimate from a process that is not itself a rank of a job",
         )
-    dist.Backend.register_backend(FAKE_BACKEND, _fake_group, extended_api=True, devices=["cpu"])
+    # CUDA too: a real GPU can hold one rank's real tensors while the others are imagined
+    # (``benchmarks/gpu_validate.py`` checks FSDP's gathered buffers on one card that way).
+    dist.Backend.register_backend(FAKE_BACKEND, _fake_group, extended_api=True, devices=["cpu", "cuda"])
     dist.init_process_group(FAKE_BACKEND, store=dist.HashStore(), rank=0, world_size=MAX_WORLD)
     logger.debug("fake process group of %d ranks started for per-rank traces", MAX_WORLD)
 
 
 @functools.cache
-def fake_mesh(parallelism: Parallelism) -> Any:
+def fake_mesh(parallelism: Parallelism, device_type: str = "cpu") -> Any:
     """The device mesh rank 0 of ``parallelism``'s job shards over, on the fake world.
 
     FSDP: one dimension over every rank. Hybrid FSDP: (replicate across nodes, shard within a
-    node), the 2-D mesh accelerate builds for ``HYBRID_SHARD``.
+    node), the 2-D mesh accelerate builds for ``HYBRID_SHARD``. ``device_type`` is where the
+    rank's tensors live: "cpu" for traces (fake tensors stand for CUDA ones there), "cuda" for a
+    real rank on this process's GPU.
     """
     from torch.distributed.device_mesh import DeviceMesh
 
@@ -77,5 +81,5 @@ def fake_mesh(parallelism: Parallelism) -> Any:
     if parallelism.strategy is Strategy.FSDP_HYBRID:
         layout = ranks.view(parallelism.nodes, parallelism.gpus_per_node)
         groups = [dist.new_group(layout[:, 0].tolist()), dist.new_group(layout[0].tolist())]
-        return DeviceMesh.from_group(groups, "cpu", mesh=layout, mesh_dim_names=("replicate", "shard"))
-    return DeviceMesh.from_group(dist.new_group(ranks.tolist()), "cpu")
+        return DeviceMesh.from_group(groups, device_type, mesh=layout, mesh_dim_names=("replicate", "shard"))
+    return DeviceMesh.from_group(dist.new_group(ranks.tolist()), device_type)

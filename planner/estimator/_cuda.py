@@ -149,7 +149,8 @@ class CudaOverhead:
         return f"±3% (context and fragmentation calibrated from {self.source})"
 
 
-def default_overhead(card: Card) -> CudaOverhead:
+def default_overhead(card: Card, module_loading: str | None = None) -> CudaOverhead:
+    """The uncalibrated overheads of ``card``; ``module_loading`` as in :func:`cuda_context`."""
     if card.kind == "cpu":
         # The host has no context, workspace or caching allocator: live tensor bytes are the answer
         # (the process's own code and libraries are not counted).
@@ -157,7 +158,7 @@ def default_overhead(card: Card) -> CudaOverhead:
             context_bytes=0, workspace_bytes=0, fragmentation=0.0, source="host (no CUDA terms)"
         )
     hopper = card.compute_capability_tuple >= (9, 0)
-    context = cuda_context(card)
+    context = cuda_context(card, module_loading)
     return CudaOverhead(
         context_bytes=context.bytes,
         workspace_bytes=HOPPER_WORKSPACE_BYTES if hopper else PRE_HOPPER_WORKSPACE_BYTES,
@@ -201,6 +202,9 @@ def overhead_from_profiles(card: Card, profiles: Iterable[MeasuredProfile]) -> C
     )
 
 
-def overhead_for(card: Card, profiles: Iterable[MeasuredProfile] = ()) -> CudaOverhead:
-    """The overheads the estimator should use on ``card``: calibrated from profiles, else defaults."""
-    return overhead_from_profiles(card, profiles) or default_overhead(card)
+def overhead_for(
+    card: Card, profiles: Iterable[MeasuredProfile] = (), module_loading: str | None = None
+) -> CudaOverhead:
+    """The overheads the estimator should use on ``card``: calibrated from profiles, else defaults
+    (with ``module_loading`` as in :func:`cuda_context`)."""
+    return overhead_from_profiles(card, profiles) or default_overhead(card, module_loading)

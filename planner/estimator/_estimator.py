@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from planner.allocator import AllocatorConfig
-from planner.distributed import check_traceable
+from planner.distributed import check_traceable, nccl_memory
 from planner.estimator._cuda import CudaOverhead, default_overhead
 from planner.estimator._helper import Helper
 from planner.estimator._linear import MAX_MICRO_BATCH, TRACE_KEYS, LinearPeak
@@ -29,7 +29,7 @@ REPLAYED_ERROR = (
 PER_RANK_INCLUDES = (
     "per rank of the job, traced on rank 0 of a fake process group: the rank's shard of weights, "
     "gradients and optimizer state (FSDP), its all-gathered layers with the next one prefetched, "
-    "DDP's gradient buckets; not the collectives' own buffers (NCCL's), nor the process group"
+    "DDP's gradient buckets; NCCL's buffers (outside the caching allocator, in device-used only): {nccl}"
 )
 
 INCLUDES = [
@@ -63,8 +63,11 @@ class Estimator:
         self.config = config
         self.card = card
         self.hf_config = load_model_config(config.model)
-        self.overhead = overhead or default_overhead(card)
+        loading = config.stack.cuda_module_loading
+        self.overhead = overhead or default_overhead(card, loading.value if loading is not None else None)
         self.cuda = cuda_target(card, config, self.hf_config)
+        self.nccl = nccl_memory(config.parallelism, card)
+        """NCCL's device memory on a rank of a multi-GPU job (0 on one GPU), outside the allocator."""
         self.traces = (cache or shared_cache()).get(config, self.cuda)
         self.alloc_conf = alloc_conf if alloc_conf is not None else AllocatorConfig.from_env()
         """The caching allocator's settings the replay follows (``PYTORCH_CUDA_ALLOC_CONF`` by default)."""
@@ -104,15 +107,20 @@ class Estimator:
             self._replayed[micro_batch] = replay_step(
                 stream,
                 workspace_bytes=self.overhead.workspace_bytes,
-                capacity=self.card.available_bytes - self.overhead.context_bytes,
+                capacity=self.card.available_bytes - self._outside_allocator_bytes,
                 config=self.alloc_conf,
             )
         return self._replayed[micro_batch]
 
     # -- answers --------------------------------------------------------------------------------
     @property
+    def _outside_allocator_bytes(self) -> int:
+        """Device memory neither PyTorch's allocator nor the step's tensors hold: context and NCCL."""
+        return self.overhead.context_bytes + self.nccl.bytes
+
+    @property
     def allocated_limit(self) -> int:
-        return self.overhead.allocated_limit(self.card.available_bytes)
+        return self.overhead.allocated_limit(self.card.available_bytes - self.nccl.bytes)
 
     @property
     def _tensor_limit(self) -> int:
@@ -157,8 +165,9 @@ class Estimator:
         # pages to host RAM instead of failing (CUDA Programming Guide, "Unified Memory":
         # oversubscription on Pascal and newer), so it only fills what the allocator leaves.
         allocator_device = reserved + self.overhead.context_bytes
-        paged_on_device = min(paged, max(0, self.card.available_bytes - allocator_device))
-        device = allocator_device + paged_on_device
+        resident = allocator_device + self.nccl.bytes
+        paged_on_device = min(paged, max(0, self.card.available_bytes - resident))
+        device = resident + paged_on_device
         owners = ("weights", "gradients", "optimizer_state", "activations", "temporaries")
         parts = {name: max(0, round(values[name])) for name in owners}
         # Rounding of fitted parts must not break "the breakdown sums to the peak".
@@ -173,6 +182,7 @@ class Estimator:
             # segment rounding, and cached free blocks (reserved - allocated).
             allocator_overhead=max(0, allocator_device - cuda_context - sum(parts.values())),
             paged_on_device=paged_on_device,
+            collective_buffers=self.nccl.bytes,
         )
         return MemoryEstimate(
             config=self.config.with_changes(micro_batch=micro_batch),
@@ -183,11 +193,14 @@ class Estimator:
             peak_bytes=device,
             available_bytes=self.card.available_bytes,
             breakdown=breakdown,
-            includes=INCLUDES if self.config.parallelism.single_gpu else [*INCLUDES, PER_RANK_INCLUDES],
+            includes=INCLUDES
+            if self.config.parallelism.single_gpu
+            else [*INCLUDES, PER_RANK_INCLUDES.format(nccl=self.nccl.basis)],
             expected_error=expected_error,
             traced=trace,
             segments=replayed.segments if replayed is not None else None,
             paged_bytes=paged,
+            collective_buffers_basis=None if self.config.parallelism.single_gpu else self.nccl.basis,
         )
 
     def trainable_bytes(self) -> int:
@@ -217,7 +230,7 @@ class Estimator:
                 # Paged optimizer state is in the trace's peak but not in what the allocator reserves.
                 paged = self.paged_bytes(step)
                 limit = paged + math.floor(
-                    (self.card.available_bytes - self.overhead.context_bytes)
+                    (self.card.available_bytes - self._outside_allocator_bytes)
                     * (step.peak - paged)
                     / replayed.reserved
                 )

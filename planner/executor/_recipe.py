@@ -137,6 +137,11 @@ def training_arguments(
     }
     if config.torch_compile:
         arguments["torch_compile"] = True
+    if config.parallelism.world_size > 1:
+        # Every trainable parameter takes part in every forward (frozen ones have no gradient to
+        # wait for); Trainer's default (find them, unless checkpointing) costs a graph traversal
+        # per step and DDP warns about it.
+        arguments["ddp_find_unused_parameters"] = False
     if has_eval and spec.eval.strategy == "steps":
         arguments["eval_steps"] = spec.eval.every_steps
     if output_dir is not None:

@@ -11,7 +11,8 @@ study and takes WAITING trials from it. What this module adds on top:
   claims, as SQLite does not lock the row it reads;
 - a trial left RUNNING by a dead worker (its PID gone on this host, or no heartbeat for
   ``STALE_SECONDS`` from another host) is failed and continued by a new trial that resumes from
-  its checkpoints; a trial cut by the budget is continued the same way on the next run. Recovery
+  its checkpoints, once what is left of its ranks on this host is killed (a trial across GPUs,
+  see ``_group``); a trial cut by the budget is continued the same way on the next run. Recovery
   runs under a lock of the study (:func:`study_lock`: the SQLite file's lock, a PostgreSQL
   advisory lock, MySQL's named lock), and a trial counts as continued when a trial with
   ``continues: n`` exists, so each continuation happens exactly once and the storage holds the
@@ -47,6 +48,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from planner.errors import ConfigError
+from planner.executor._group import alive, process_start, reap_group
 from planner.executor._monitor import HEARTBEAT_SECONDS
 from planner.schema import Plan, PlannedTrial, SweepSpec
 
@@ -64,28 +66,14 @@ def worker_identity() -> dict[str, Any]:
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "started": _process_start(os.getpid()),
+        "started": process_start(os.getpid()),
         "devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
 
 
-def _process_start(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def _worker_alive(worker: dict[str, Any], heartbeat: float | None) -> bool:
     if worker.get("host") == socket.gethostname():
-        pid = int(worker.get("pid", -1))
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return worker.get("started") is None or _process_start(pid) == worker.get("started")
+        return alive(int(worker.get("pid", -1)), worker.get("started"))
     return heartbeat is not None and time.time() - heartbeat < STALE_SECONDS
 
 
@@ -339,6 +327,11 @@ def recover(study: optuna.Study, storage_url: str) -> list[FrozenTrial]:
             worker = trial.user_attrs.get("worker")
             if worker is None or _worker_alive(worker, trial.user_attrs.get("heartbeat")):
                 continue
+            if worker.get("host") == socket.gethostname() and "output_dir" in trial.user_attrs:
+                # A trial across GPUs: its ranks outlive their worker; none may train beside the
+                # continuation (another host's are out of reach: they stop at their next step,
+                # finding their worker gone).
+                reap_group(Path(trial.user_attrs["output_dir"]))
             # Marked first: a finished trial's attrs can no longer change.
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")

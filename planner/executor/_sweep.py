@@ -21,8 +21,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from planner.cards import load_card
-from planner.errors import InfrastructureError
+from planner.errors import ConfigError, InfrastructureError
 from planner.executor._display import SweepObserver
+from planner.executor._group import group_attempt
 from planner.executor._monitor import Deadline, Heartbeat, Reporter, TrialLog, TrialStopped
 from planner.executor._results import TrialResult, record_oom, trial_result
 from planner.executor._study import claim, open_study, recover, sqlite_path, waiting
@@ -262,6 +263,8 @@ class _Worker:
         output_dir = Path(attrs.get("output_dir", self.spec.output_dir / f"trial-{trial.number:03d}"))
         config = planned.config
         shape = f"{config.micro_batch} x {config.gradient_accumulation}"
+        if config.parallelism.world_size > 1:
+            shape += f" x {config.parallelism.world_size} ranks"
         trial.set_user_attr("status", "running")
         trial.set_user_attr("predicted_seconds", predicted)
         self.observer.trial_started(trial.number, params, shape, predicted * ratio, after)
@@ -286,10 +289,13 @@ class _Worker:
             run_name=f"{self.study.study_name}-trial-{trial.number}",
             group=self.study.study_name,
         )
+        attempt = self.attempt
+        if config.parallelism.world_size > 1:  # the built-in recipe in each rank (see _group)
+            attempt = functools.partial(group_attempt, divergence_factor=DIVERGENCE_FACTOR)
         start = time.monotonic()
         try:
             with Heartbeat(trial):
-                outcome = run_trial(run, self.attempt)
+                outcome = run_trial(run, attempt)
             error = None
         except Exception as exc:  # one trial's crash must not end the sweep; the machine's must
             fault = self.infrastructure_fault(exc)
@@ -403,6 +409,12 @@ def run_sweep(
     # Import Trainer before the clock starts, so the first trial's time is comparable to the others'.
     import transformers.trainer  # noqa: F401
 
+    if attempt is not trainer_attempt and not spec.base.parallelism.single_gpu:
+        raise ConfigError(
+            "base.parallelism",
+            "a training function of your own runs in this one process, not across ranks",
+            "launch your function with accelerate yourself, or remove base.parallelism",
+        )
     budget = budget_seconds if budget_seconds is not None else spec.budget_seconds
     observer = observer or SweepObserver()
     if plan_one is None and spec.strategy == "tpe":

@@ -162,7 +162,10 @@ def run_trial(run: TrialRun, attempt: Attempt) -> TrialOutcome:
     resume = run.resume
     if resume:
         outcome.resumed_from_step = checkpoint_step(last_checkpoint(run.output_dir))
-    if torch.cuda.is_available():
+    # A trial across ranks trains in their processes, which measure their own memory: this one
+    # (the worker) must not even open a CUDA context on their GPUs.
+    here = config.parallelism.world_size == 1
+    if here and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     while True:
         out_of_memory = False
@@ -201,9 +204,9 @@ def run_trial(run: TrialRun, attempt: Attempt) -> TrialOutcome:
         outcome.micro_batch, outcome.gradient_accumulation = smaller, outcome.gradient_accumulation * factor
         resume = step > 0
         run.reporter.log.stopped = None
-    if torch.cuda.is_available():
+    if here and torch.cuda.is_available():
         outcome.peak_memory_bytes, outcome.memory_kind = torch.cuda.max_memory_allocated(), "cuda allocated"
-    else:
+    elif here:
         outcome.peak_memory_bytes, outcome.memory_kind = run.reporter.log.peak_rss_bytes, "process RSS"
     release_memory()
     return outcome

@@ -1,7 +1,8 @@
-"""One worker process per GPU of this host (``planner run --gpus 0,1,2,3``).
+"""One worker process per GPU of this host (``planner run --gpus 0,1,2,3``), or per GPU group.
 
 The parent plans once and creates the study; each child is started with ``CUDA_VISIBLE_DEVICES``
-set to its GPU as ``python -m planner.executor ORDER.json`` (:func:`worker_main`): it reads the
+set to its GPU (its group's, ``0,1``, for trials across ranks: see ``_group``) as
+``python -m planner.executor ORDER.json`` (:func:`worker_main`): it reads the
 :class:`WorkerOrder` and runs :func:`~planner.executor.run_sweep` on the shared study, which hands
 each trial to exactly one of them. No CLI is involved: the same entry serves any launcher.
 """
@@ -44,7 +45,8 @@ class WorkerOrder(BaseModel):
 
 
 def run_workers(gpus: Sequence[str], order: WorkerOrder) -> int:
-    """Start one worker per GPU on ``order`` and wait for all; returns the worst exit code."""
+    """Start one worker per entry of ``gpus`` (its ``CUDA_VISIBLE_DEVICES``: ``"2"``, or a group
+    ``"2,3"``) on ``order`` and wait for all; returns the worst exit code."""
     with tempfile.TemporaryDirectory(prefix="planner-run-") as directory:
         path = Path(directory) / "order.json"
         path.write_text(order.model_dump_json())
@@ -52,7 +54,7 @@ def run_workers(gpus: Sequence[str], order: WorkerOrder) -> int:
         for gpu in gpus:
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
             command = [sys.executable, "-m", "planner.executor", str(path)]
-            logger.info("starting a worker on GPU %s", gpu)
+            logger.info("starting a worker on GPU(s) %s", gpu)
             children.append(subprocess.Popen(command, env=env))
         try:
             codes = [child.wait() for child in children]
@@ -70,6 +72,10 @@ def worker_main(argv: Sequence[str]) -> int:
     from planner.executor._sweep import run_sweep
     from planner.sweep import load_spec
 
+    if argv[:1] == ["--rank"]:  # one rank of a trial across several GPUs, under torch.distributed.run
+        from planner.executor._rank import rank_main
+
+        return rank_main(argv[1:])
     if len(argv) != 1:
         print("usage: python -m planner.executor ORDER.json", file=sys.stderr)
         return 2

@@ -47,7 +47,10 @@ def fit_with_profiles(
         measured = store.find(config, card_name)
         source = str(store.path_for(measured.key, measured.versions)) if measured else None
     extra = [measured] if measured is not None else []
-    overhead = overhead_for(card, [*store.for_card(card_name), *extra])
+    loading = config.stack.cuda_module_loading
+    overhead = overhead_for(
+        card, [*store.for_card(card_name), *extra], loading.value if loading is not None else None
+    )
     if measured is not None and micro_batches is not None:
         micro_batches = sorted({*micro_batches, *(m.micro_batch for m in measured.measurements)})
     report = fit(config, card, micro_batches, overhead=overhead)

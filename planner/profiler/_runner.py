@@ -61,20 +61,28 @@ class StepRunner:
     on the GPU (random init from the config there: no weights read, no host-side init).
     """
 
-    def __init__(self, config: TrainingConfig, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        config: TrainingConfig,
+        device: torch.device | str = "cpu",
+        *,
+        prepare: Callable[[nn.Module], nn.Module] | None = None,
+    ) -> None:
+        """``prepare`` makes the built model one rank of a data-parallel job before its optimizer is
+        built (``planner.distributed.rank_preparer(config, mesh=..., real=True)``)."""
         self.config = config
         self.device = torch.device(device)
         self.hf_config = load_model_config(config.model)
         self._tracer: StepTracer | None = None
         try:
             if self.device.type == "cpu":
-                self._tracer = StepTracer(self.hf_config, config, cuda=None, fake=False)
+                self._tracer = StepTracer(self.hf_config, config, cuda=None, fake=False, prepare=prepare)
                 self.setup = self._tracer.setup
                 _same_4bit_kernels_in_eval(self.setup.model)
             else:
                 with torch.device(self.device):
                     self.setup = build_training_setup(
-                        self.hf_config, config, fake_mode=None, cuda_optimizer_layout=False
+                        self.hf_config, config, fake_mode=None, cuda_optimizer_layout=False, prepare=prepare
                     )
         except PlannerError:
             raise

@@ -15,6 +15,7 @@ from planner.schema._profile import (
     ProfileKey,
     StepMeasurement,
 )
+from planner.schema._stack import ModuleLoading, TargetStack
 from planner.schema._sweep import (
     CONFIG_NAMES,
     HYPERPARAMETER_NAMES,
@@ -67,6 +68,7 @@ __all__ = [
     "MemoryEstimate",
     "Method",
     "ModelledStack",
+    "ModuleLoading",
     "Objective",
     "Offload",
     "OptimizerName",
@@ -82,6 +84,7 @@ __all__ = [
     "StepMeasurement",
     "Strategy",
     "SweepSpec",
+    "TargetStack",
     "Throughput",
     "TimeEstimate",
     "TimeSource",

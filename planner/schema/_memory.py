@@ -17,7 +17,8 @@ class MemoryBreakdown(BaseModel):
     on CUDA: the driver context plus cuBLAS workspace, and the caching allocator's reserved but
     unallocated bytes (fragmentation). ``paged_on_device`` is the part of a paged optimizer's
     state (CUDA managed memory, outside the allocator) resident on the device at the peak; that
-    state is not in ``optimizer_state``.
+    state is not in ``optimizer_state``. ``collective_buffers`` is NCCL's device memory on a rank of a
+    multi-GPU job (its ring and NVLS buffers, allocated by NCCL outside the caching allocator).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -30,6 +31,7 @@ class MemoryBreakdown(BaseModel):
     cuda_context: NonNegativeInt = 0
     allocator_overhead: NonNegativeInt = 0
     paged_on_device: NonNegativeInt = 0
+    collective_buffers: NonNegativeInt = 0
 
     @property
     def total(self) -> int:
@@ -42,6 +44,7 @@ class MemoryBreakdown(BaseModel):
             + self.cuda_context
             + self.allocator_overhead
             + self.paged_on_device
+            + self.collective_buffers
         )
 
 
@@ -50,8 +53,8 @@ class MemoryEstimate(BaseModel):
 
     ``peak_allocated_bytes`` predicts ``torch.cuda.max_memory_allocated``; ``peak_reserved_bytes``
     predicts ``torch.cuda.max_memory_reserved``; ``peak_bytes`` (what decides fit) predicts the NVML
-    "used" figure of the process: reserved plus CUDA context, plus the paged optimizer state
-    (``paged_bytes``) as far as the device has room for it.
+    "used" figure of the process: reserved plus CUDA context, plus NCCL's buffers on a rank of a
+    multi-GPU job, plus the paged optimizer state (``paged_bytes``) as far as the device has room.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -70,6 +73,8 @@ class MemoryEstimate(BaseModel):
     """True when this micro-batch was traced at full depth; False when it is the linear fit."""
     segments: NonNegativeInt | None = None
     """CUDA, traced: segments the caching allocator holds at the reserved peak (by replay)."""
+    collective_buffers_basis: str | None = None
+    """Multi-GPU: how NCCL's buffers (``breakdown.collective_buffers``) were sized."""
     paged_bytes: NonNegativeInt = 0
     """CUDA: optimizer state in managed (paged) memory, outside the caching allocator (bitsandbytes'
     paged optimizers). Not in allocated or reserved and never the cause of an OOM: it stays on the

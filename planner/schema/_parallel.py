@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
 class Strategy(str, Enum):
@@ -52,7 +52,8 @@ class Parallelism(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    gpus_per_node: PositiveInt = 1
+    gpus_per_node: PositiveInt = Field(1, validation_alias=AliasChoices("gpus_per_node", "gpus"))
+    """Ranks on each node (``gpus`` in a spec reads the same)."""
     nodes: PositiveInt = 1
     strategy: Strategy = Strategy.DDP
     offload: Offload = Offload.NONE

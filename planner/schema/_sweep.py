@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from planner.schema._parallel import Strategy
 from planner.schema._training import LoraSettings, TrainingConfig
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
@@ -65,7 +66,7 @@ class Hyperparameters(BaseModel):
 
     learning_rate: PositiveFloat = 2e-4
     effective_batch: PositiveInt = 8
-    """Examples per optimizer step: micro-batch x gradient accumulation (x workers of one trial: 1)."""
+    """Examples per optimizer step: micro-batch x gradient accumulation x the trial's ranks."""
     epochs: PositiveFloat = 1.0
     max_steps: PositiveInt | None = None
     """Optimizer steps; when set it replaces ``epochs`` (Trainer's rule)."""
@@ -96,7 +97,7 @@ MAX_TOKENS = 10**9
 MAX_TRIALS = 10_000
 """Most trials a sweep may plan: each is estimated and timed, and more would take the planner hours."""
 MAX_WORKERS = 1024
-"""Most workers a plan schedules onto (one per GPU): beyond it a number is a typo, not a cluster."""
+"""Most workers a plan schedules onto (one per GPU, or per GPU group): beyond it a typo, not a cluster."""
 
 
 def _check_searched_value(name: str, value: Any) -> None:
@@ -308,12 +309,26 @@ class SweepSpec(BaseModel):
 
     @field_validator("base")
     @classmethod
-    def _one_gpu_per_trial(cls, base: TrainingConfig) -> TrainingConfig:
-        if not base.parallelism.single_gpu:
-            # planner run gives each trial one GPU; a plan per rank would not be what runs.
+    def _trials_planner_run_can_launch(cls, base: TrainingConfig) -> TrainingConfig:
+        parallelism = base.parallelism
+        if parallelism.single_gpu:
+            return base
+        # planner run launches a trial's ranks with torch.distributed.run on the worker's host,
+        # each running Trainer, which does DDP by itself when launched so; a plan of any other
+        # engine would not be what runs.
+        if parallelism.nodes > 1:
             raise ValueError(
-                "parallelism: a trial runs on one GPU (trials spanning GPUs are not supported yet); "
-                "remove it, and ask `planner fit --gpus N --strategy S` about several GPUs"
+                "parallelism.nodes: a trial's ranks run on one host (planner run launches them there); "
+                "use nodes: 1, and ask `planner fit --nodes N` about several hosts"
+            )
+        if parallelism.strategy is not Strategy.DDP:
+            # FSDP through Trainer needs accelerate's FSDP plugin, which accelerate sets up on GPUs
+            # only (accelerate/state.py: a gloo CPU group stays MULTI_CPU), so no test here could
+            # run what a plan of it would promise; DeepSpeed is not a dependency.
+            raise ValueError(
+                f"parallelism.strategy: planner run runs DDP trials only, not {parallelism.strategy.value} "
+                "(the built-in recipe sets up no FSDP or DeepSpeed plugin); use ddp, and ask "
+                f"`planner fit --strategy {parallelism.strategy.value}` about its memory"
             )
         return base
 

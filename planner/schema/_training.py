@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from planner.schema._parallel import Parallelism
+from planner.schema._stack import TargetStack
 
 
 class Method(str, Enum):
@@ -62,6 +63,10 @@ class OptimizerName(str, Enum):
     PAGED_ADAMW_8BIT = "paged_adamw_8bit"
     SGD = "sgd"
     ADAFACTOR = "adafactor"
+
+
+FOREACH_OPTIMIZERS = frozenset({OptimizerName.ADAMW_TORCH, OptimizerName.SGD})
+"""The optimizers whose torch implementation takes a ``foreach`` argument left to torch's choice."""
 
 
 class Attention(str, Enum):
@@ -132,12 +137,17 @@ class TrainingConfig(BaseModel):
     parallelism: Parallelism = Parallelism()
     """GPUs and data-parallel strategy; ``micro_batch`` is then per rank. Left out of dumps and
     keys when it is the single-GPU default, so single-GPU configs read and key as before."""
+    stack: TargetStack = TargetStack()
+    """Behaviours of the run's software where they differ from the installed stack the planner
+    traces with (see :class:`TargetStack`); left out of dumps and keys when all are defaults."""
 
     @model_serializer(mode="wrap")
     def _single_gpu_unsaid(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> object:
         data = handler(self)
         if isinstance(data, dict) and self.parallelism.single_gpu:
             data.pop("parallelism", None)
+        if isinstance(data, dict) and self.stack.is_default:
+            data.pop("stack", None)
         return data
 
     @model_validator(mode="before")
@@ -159,6 +169,15 @@ class TrainingConfig(BaseModel):
             # Trainer's fp16 GradScaler refuses to unscale fp16 gradients.
             raise ValueError("fp16 mixed precision trains fp32 adapters: unset lora.autocast_adapter_dtype")
         return precision
+
+    @model_validator(mode="after")
+    def _foreach_names_a_torch_optimizer(self) -> TrainingConfig:
+        if self.stack.optimizer_foreach is not None and self.optimizer not in FOREACH_OPTIMIZERS:
+            raise ValueError(
+                f"stack.optimizer_foreach applies to adamw_torch and sgd, not {self.optimizer.value}: "
+                "unset it or pick one of those"
+            )
+        return self
 
     @property
     def fp32_adapters(self) -> bool:

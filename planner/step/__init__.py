@@ -7,8 +7,10 @@ profiler, trained by the executor. Which device the step stands for (:class:`Cud
 what counts as running out of memory live here too.
 """
 
+from planner.step._autocast import CudaAutocastPolicy
 from planner.step._imports import import_bitsandbytes, import_peft
 from planner.step._lora import add_lora, lora_target_candidates
+from planner.step._loss import loss_in_logits_dtype
 from planner.step._oom import is_out_of_memory
 from planner.step._optimizers import (
     BITSANDBYTES_OPTIMIZERS,
@@ -47,6 +49,7 @@ __all__ = [
     "TRAINER_OPTIM_NAMES",
     "WINDOWS",
     "AllocationStream",
+    "CudaAutocastPolicy",
     "CudaTarget",
     "LiveBytesTracker",
     "LivePeak",
@@ -66,6 +69,7 @@ __all__ = [
     "is_out_of_memory",
     "layer_period",
     "lora_target_candidates",
+    "loss_in_logits_dtype",
     "make_optimizer",
     "model_class",
     "modelled_stack",

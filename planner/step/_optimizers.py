@@ -22,7 +22,7 @@ BITSANDBYTES_OPTIMIZERS = frozenset({OptimizerName.ADAMW_8BIT, OptimizerName.PAG
 """The optimizers bitsandbytes implements (its import is needed to build them)."""
 
 
-def optimizer_implementation(name: OptimizerName, *, on_cuda: bool) -> str:
+def optimizer_implementation(name: OptimizerName, *, on_cuda: bool, foreach: bool | None = None) -> str:
     """How the optimizer Trainer builds for ``name`` runs its step on CUDA (or the CPU).
 
     torch's AdamW and SGD, given neither ``fused`` nor ``foreach``, take the multi-tensor
@@ -31,18 +31,25 @@ def optimizer_implementation(name: OptimizerName, *, on_cuda: bool) -> str:
     ``torch.utils._foreach_utils._get_foreach_kernels_supported_devices``); Trainer passes
     ``fused=True`` for ``adamw_torch_fused`` alone (``transformers.trainer_optimizer``).
     bitsandbytes' 8-bit AdamW updates each parameter in one kernel; transformers' Adafactor loops.
+    ``foreach`` (``TargetStack.optimizer_foreach``) set: torch's AdamW and SGD take that path.
     """
     if name is OptimizerName.ADAMW:
         return "fused"
     if name in (OptimizerName.ADAMW_TORCH, OptimizerName.SGD):
-        return "foreach" if on_cuda else "for-loop"
+        chosen = on_cuda if foreach is None else foreach
+        return "foreach" if chosen else "for-loop"
     if name in BITSANDBYTES_OPTIMIZERS:
         return "bitsandbytes 8-bit" + (" paged" if name is OptimizerName.PAGED_ADAMW_8BIT else "")
     return "for-loop"
 
 
 def make_optimizer(
-    name: OptimizerName, params: list[nn.Parameter], *, as_on_cuda: bool = False, lr: float = 1e-5
+    name: OptimizerName,
+    params: list[nn.Parameter],
+    *,
+    as_on_cuda: bool = False,
+    lr: float = 1e-5,
+    foreach: bool | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer class and arguments ``Trainer.get_optimizer_cls_and_kwargs`` picks for ``name``.
 
@@ -52,14 +59,15 @@ def make_optimizer(
     is built as torch builds it for CUDA parameters: the implementation it would choose there
     (:func:`optimizer_implementation`) made explicit, and paged 8-bit AdamW as its non-paged twin
     (same state layout; paging needs CUDA managed memory, which no CPU can host). Otherwise torch
-    chooses for the device the parameters are on, as under Trainer.
+    chooses for the device the parameters are on, as under Trainer. ``foreach`` set (a stack that
+    states it, ``TargetStack.optimizer_foreach``): torch's AdamW and SGD are told which path to take.
     """
     if name in (OptimizerName.ADAMW, OptimizerName.ADAMW_TORCH):
-        implementation = optimizer_implementation(name, on_cuda=as_on_cuda)
+        implementation = optimizer_implementation(name, on_cuda=as_on_cuda, foreach=foreach)
         if implementation == "fused":
             choice = {"fused": True}
-        elif as_on_cuda:  # torch would pick foreach for CUDA parameters; these are CPU ones
-            choice = {"foreach": True}
+        elif foreach is not None or as_on_cuda:  # stated, or what torch picks for CUDA parameters
+            choice = {"foreach": implementation == "foreach"}
         else:
             choice = {}
         return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, **choice)
@@ -68,7 +76,9 @@ def make_optimizer(
         paged = name is OptimizerName.PAGED_ADAMW_8BIT and not as_on_cuda
         return bnb.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, optim_bits=8, is_paged=paged)
     if name is OptimizerName.SGD:
-        return torch.optim.SGD(params, lr=lr, **({"foreach": True} if as_on_cuda else {}))
+        chosen = as_on_cuda if foreach is None else foreach
+        stated = foreach is not None or as_on_cuda
+        return torch.optim.SGD(params, lr=lr, **({"foreach": chosen} if stated else {}))
     from transformers.optimization import Adafactor
 
     return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False)

@@ -229,7 +229,9 @@ def build_training_setup(
     params = [p for p in model.parameters() if p.requires_grad]
     # Optimizers are built outside fake mode: bitsandbytes computes its quantization maps with
     # data-dependent Python at construction. The maps are tiny real tensors; the state is fake.
-    optimizer = make_optimizer(config.optimizer, params, as_on_cuda=cuda_optimizer_layout)
+    optimizer = make_optimizer(
+        config.optimizer, params, as_on_cuda=cuda_optimizer_layout, foreach=config.stack.optimizer_foreach
+    )
     return TrainingSetup(
         model=model,
         optimizer=optimizer,

@@ -36,7 +36,9 @@ def modelled_stack(config: TrainingConfig, cuda: CudaTarget | None) -> ModelledS
         peft=_installed("peft") if config.method is not Method.FULL else None,
         bitsandbytes=_installed("bitsandbytes") if uses_bitsandbytes else None,
         trainer_optim=TRAINER_OPTIM_NAMES[config.optimizer],
-        optimizer_implementation=optimizer_implementation(config.optimizer, on_cuda=cuda is not None),
+        optimizer_implementation=optimizer_implementation(
+            config.optimizer, on_cuda=cuda is not None, foreach=config.stack.optimizer_foreach
+        ),
         attention=cuda.sdpa_backend if cuda is not None else "cpu",
         batch=TRACED_BATCH,
     )

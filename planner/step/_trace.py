@@ -38,7 +38,9 @@ from torch.utils._pytree import tree_leaves
 
 from planner.errors import ConfigError
 from planner.schema import TrainingConfig
+from planner.step._autocast import CudaAutocastPolicy
 from planner.step._imports import entered, patched
+from planner.step._loss import loss_as_stated
 from planner.step._optimizers import paged_state_tensors
 from planner.step._setup import TrainingSetup, build_training_setup
 from planner.step._target import CUDA_BLOCK_BYTES, CudaTarget
@@ -212,6 +214,9 @@ class StepTracer:
         stack.enter_context(_rows_are_single_sequences())
         stack.enter_context(_experts_through_their_fallback())
         stack.enter_context(_labels_are_known())
+        stack.enter_context(loss_as_stated(self.setup.model, self.setup.task, self.config.stack.loss_upcast))
+        if self.cuda is not None and self.setup.autocast_dtype is not None:
+            stack.enter_context(CudaAutocastPolicy())
         return stack
 
     def trace(self, micro_batch: int) -> StepTrace:

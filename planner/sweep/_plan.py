@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ from planner.schema import (
     HostProfile,
     Hyperparameters,
     MachineLoad,
+    Parallelism,
     Plan,
     PlannedTrial,
     SweepSpec,
@@ -35,7 +37,7 @@ from planner.schema import (
 from planner.step import num_layers
 from planner.sweep._budget import ORDER_RULE, halving_schedule, schedule
 from planner.sweep._space import expand_trials
-from planner.timing import ProfileLookup, StepTimeModel, count_work, trial_time
+from planner.timing import ProfileLookup, StepTimeModel, count_work, rank_step_times, trial_time
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ INCLUDES = [
     "time: start-up, forward+backward per micro-batch, optimizer steps, eval passes, checkpoint saves",
     "host time (with a host profile): Trainer set-up and bookkeeping, collation, tokenising, model "
     "build or load, gradient clipping, eval loop, checkpoint files, at this machine's measured speeds",
+    "ranks (a trial across GPUs): one rank's memory (its traced DDP step) and its share of the "
+    "rows; its optimizer step waits for the gradient all-reduce DDP does not hide behind backward; "
+    "its rank processes import Trainer at start-up (measured)",
     "lengths: each micro-batch padded to its expected longest row (dynamic padding), truncated at "
     "seq_len, or packed",
     "interval: from the step-time source (measured p10-p90, calibrated spread, or the default "
@@ -144,7 +149,19 @@ def _shape_trial(
         best = shapes.max_micro_batch(config)
     except ConfigError as exc:  # e.g. bf16 searched on a card without it
         return _infeasible(number, params, config, hyper, exc.problem, exc.fix)
-    effective = hyper.effective_batch
+    ranks = config.parallelism.world_size
+    if hyper.effective_batch % ranks:
+        return _infeasible(
+            number,
+            params,
+            config,
+            hyper,
+            f"effective batch {hyper.effective_batch} does not split over {ranks} ranks",
+            f"an effective_batch that is a multiple of {ranks}",
+        )
+    # Each rank trains on its share of every optimizer step's examples: micro-batch and
+    # accumulation are per rank (Trainer's per_device_train_batch_size under DDP).
+    effective = hyper.effective_batch // ranks
     if best == 0:
         need = shapes.estimator(config).estimate(1, trace=False).peak_bytes
         available = shapes.card.available_bytes / GIB
@@ -165,7 +182,10 @@ def _shape_trial(
                 params,
                 config,
                 hyper,
-                f"micro-batch {micro} does not divide effective batch {effective}",
+                f"micro-batch {micro} does not divide effective batch {effective}"
+                if ranks == 1
+                else f"micro-batch {micro} does not divide a rank's share {effective} of effective batch "
+                f"{hyper.effective_batch} over {ranks} ranks",
                 f"micro_batch: {divisor} (or auto)",
             )
         limit = best if micro == effective else shapes.max_micro_batch(accumulating)
@@ -210,7 +230,8 @@ def _time_trial(
     hyper: Hyperparameters,
 ) -> PlannedTrial:
     micro = config.micro_batch
-    estimate = shapes.estimator(config).estimate(micro, trace=False)
+    ranks = config.parallelism.world_size
+    estimate = shapes.estimator(config).estimate(micro, trace=False)  # one rank's, under DDP
     parts = estimate.breakdown
     trainable = shapes.estimator(config).trainable_bytes()
     padded = lengths.padded_length(micro)
@@ -221,8 +242,9 @@ def _time_trial(
         hyper,
         micro_batch=micro,
         accumulation=config.gradient_accumulation,
-        rows=lengths.sequences,
-        eval_examples=eval_examples,
+        # Each rank's share: the distributed samplers pad the rows to a multiple of the ranks.
+        rows=math.ceil(lengths.sequences / ranks),
+        eval_examples=math.ceil(eval_examples / ranks),
         eval_spec=spec.eval,
         checkpoint_every_steps=spec.checkpoint_every_steps,
         checkpoint_bytes=saved,
@@ -233,8 +255,17 @@ def _time_trial(
         trainable_bytes=trainable,
         tokenize_seconds=lengths.tokenize_seconds,
         device_bytes_per_second=hosting.bandwidth,
+        launch_seconds=hosting.host.trainer_import_seconds or 0.0
+        if ranks > 1 and hosting.host is not None
+        else 0.0,
     )
-    step = steps.times(config, micro, padded)
+    if ranks == 1:
+        step = steps.times(config, micro, padded)
+    else:
+        # A rank's micro-step costs what one GPU's does; its optimizer step waits for the
+        # communication the strategy does not hide.
+        single = config.with_changes(parallelism=Parallelism())
+        step = rank_step_times(steps.times(single, micro, padded), config, shapes.card)
     return PlannedTrial(
         number=number,
         params=params,

@@ -7,7 +7,7 @@ from planner.timing._kernels import (
     gemm_efficiency,
 )
 from planner.timing._load import load_interval, load_note, load_ratio
-from planner.timing._parallel import RankStepTime, how_many_cards, rank_step_time
+from planner.timing._parallel import RankStepTime, how_many_cards, rank_step_time, rank_step_times
 from planner.timing._roofline import RooflineStep, roofline_available
 from planner.timing._step import ProfileLookup, StepTimeModel, StepTimes, StepTraces
 from planner.timing._trial import TrialWork, count_work, host_parts, trial_time
@@ -31,6 +31,7 @@ __all__ = [
     "load_note",
     "load_ratio",
     "rank_step_time",
+    "rank_step_times",
     "roofline_available",
     "trial_time",
 ]

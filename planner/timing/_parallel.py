@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.distributed import CommunicationTime, communication_time, model_sizes
 from planner.errors import ConfigError
 from planner.estimator import rank_fit
 from planner.schema import Card, Parallelism, RankFit, TrainingConfig
 from planner.timing._roofline import roofline_available
-from planner.timing._step import StepTimeModel
+from planner.timing._step import StepTimeModel, StepTimes
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,40 @@ def rank_step_time(
         step_seconds=seconds,
         tokens_per_second_per_gpu=tokens / seconds,
     )
+
+
+def rank_step_times(step: StepTimes, config: TrainingConfig, card: Card) -> StepTimes:
+    """One rank's :class:`StepTimes` in ``config``'s job, from a single GPU's ``step`` at the same
+    micro-batch: the optimizer on the rank's shard, then the communication the strategy leaves
+    exposed at the card's link (not counted, and said so, on a card that names none).
+
+    The forward is the eval forward and the backward the rest of the micro-step, both from
+    ``step``'s own source (measured, calibrated or roofline), over every accumulated micro-batch.
+    """
+    parallelism = config.parallelism
+    accumulated = config.gradient_accumulation
+    optimizer = step.optimizer / parallelism.shard_size
+    if card.interconnect_gbs is None:
+        note = f"{step.note}; communication between ranks not counted: {card.name} names no interconnect"
+        return replace(step, optimizer=optimizer, note=note)
+    compute = {
+        "forward": step.eval_forward * accumulated,
+        "backward": max(0.0, step.micro_step - step.eval_forward) * accumulated,
+        "optimizer": optimizer,
+    }
+    communication = communication_time(
+        parallelism,
+        model_sizes(config),
+        compute,
+        intra_node_gbs=card.interconnect_gbs,
+        micro_batches=accumulated,
+    )
+    note = (
+        f"{step.note}; {parallelism.describe()}: {communication.exposed_seconds * 1e3:.1f} ms of "
+        f"{communication.total_seconds * 1e3:.1f} ms communication per optimizer step exposed "
+        f"({card.interconnect or 'link'} at {card.interconnect_gbs:g} GB/s)"
+    )
+    return replace(step, optimizer=optimizer + communication.exposed_seconds, note=note)
 
 
 def with_step_time(

@@ -48,6 +48,10 @@ def phase_seconds(phases: dict[str, PhaseCosts], device: DeviceModel, compiled: 
     return {phase: queue_seconds(queue) for phase, queue in kernels.items()}
 
 
+ACCUMULATE_PHASE = "accumulate"
+"""Ops each micro-step after an accumulation's first adds (in-place gradient adds), timed apart."""
+
+
 @dataclass(frozen=True)
 class RooflineStep:
     """Modelled seconds of a full-depth step: forward, backward, optimizer, on one card."""
@@ -59,6 +63,8 @@ class RooflineStep:
     """Forward + backward FLOPs of one micro-batch (for MFU)."""
     interval: tuple[float, float] = (1.0, 1.0)
     """80% interval of the step's time as multipliers of the estimate, from the per-term spreads."""
+    accumulate: float = 0.0
+    """Seconds a micro-step after an accumulation's first adds (its in-place gradient adds)."""
 
     @property
     def micro_step(self) -> float:
@@ -86,13 +92,17 @@ def roofline_step(
             for name in names
         }
 
+    def once(times: dict[str, float]) -> float:
+        """A step's seconds without accumulation's adds (run a config-dependent number of times)."""
+        return sum(value for name, value in times.items() if name != ACCUMULATE_PHASE)
+
     central = seconds(device)
-    estimate = sum(central.values())
+    estimate = once(central)
     below = above = 0.0
     for term, (low, high) in term_spreads(card).items() if estimate > 0 else ():
         for multiplier in (low, high):
             spread = seconds(device.with_spreads(Spreads(**{term: multiplier})))
-            deviation = math.log(sum(spread.values()) / estimate)
+            deviation = math.log(once(spread) / estimate)
             if deviation < 0:
                 below += deviation**2
             else:
@@ -104,5 +114,6 @@ def roofline_step(
         backward=central.get("backward", 0.0),
         optimizer=central.get("optimizer", 0.0),
         flops=flops,
+        accumulate=central.get(ACCUMULATE_PHASE, 0.0),
         interval=(math.exp(-math.sqrt(below)), math.exp(math.sqrt(above))),
     )

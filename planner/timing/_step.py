@@ -15,12 +15,12 @@ from typing import Any, Protocol
 from planner.errors import ProfileError
 from planner.estimator import Helper, probe_depths, share
 from planner.models import load_model_config
-from planner.schema import Card, MachineLoad, MeasuredProfile, TimeSource, TrainingConfig
+from planner.schema import Card, MachineLoad, MeasuredProfile, Precision, TimeSource, TrainingConfig
 from planner.step import cuda_target, num_layers, truncated_config
-from planner.timing._counter import CostedTracer, PhaseCosts
+from planner.timing._counter import CostedTracer, OpCost, PhaseCosts
 from planner.timing._kernels import BANDWIDTH_EFFICIENCY, OP_DISPATCH_SECONDS
 from planner.timing._load import load_interval, load_note
-from planner.timing._roofline import RooflineStep, roofline_available, roofline_step
+from planner.timing._roofline import ACCUMULATE_PHASE, RooflineStep, roofline_available, roofline_step
 
 # A measured step time still misses what varies between runs of a whole trial (data order,
 # thermal state, other processes): widen its own p10-p90 spread by this much on each side.
@@ -58,6 +58,40 @@ DepthCosts = dict[int, dict[str, PhaseCosts]]
 """A step's op costs by phase, at each probe depth."""
 
 
+def _with_accumulation(phases: dict[str, PhaseCosts], tracer: CostedTracer) -> dict[str, PhaseCosts]:
+    """The phases plus what each accumulating micro-step adds: one in-place add per trainable tensor.
+
+    Trainer zeroes the gradients with ``set_to_none=True`` (torch >= 2.0's default), so the first
+    micro-step's backward hands each parameter its gradient without a copy; every later one of an
+    accumulation finds a gradient there and adds the new one in place (torch/csrc/autograd/
+    functions/accumulate_grad.h, ``accumulateGrad``: ``variable_grad += new_grad`` when grad mode
+    is off): one kernel per trainable tensor reading both gradients and writing one. The traced
+    step (accumulation 1) has none of these; the ``accumulate`` phase holds them, counted
+    ``gradient_accumulation - 1`` times per optimizer step.
+    """
+    adds = [
+        OpCost(kind="memory", flops=0, bytes=3 * p.numel() * p.element_size())
+        for p in tracer.setup.trainable_parameters()
+    ]
+    return {**phases, ACCUMULATE_PHASE: PhaseCosts(adds)}
+
+
+def _with_grad_scaler(phases: dict[str, PhaseCosts], trainable_bytes: int) -> dict[str, PhaseCosts]:
+    """The phases plus fp16 mixed precision's unscaling pass, which the fake trace does not run.
+
+    Trainer's ``fp16=True`` scales the loss with ``torch.amp.GradScaler``; before the optimizer
+    steps (and before clipping), ``GradScaler.unscale_`` runs
+    ``torch._amp_foreach_non_finite_check_and_unscale_`` over every gradient: each is read, checked
+    for inf/NaN and written back multiplied by 1/scale (torch/amp/grad_scaler.py,
+    ``_unscale_grads_``) -- one memory-bound pass reading and writing the trainable gradients'
+    bytes, in one kernel per device and dtype group. ``GradScaler.update`` works on one-element
+    tensors (negligible).
+    """
+    optimizer = phases.get("optimizer", PhaseCosts())
+    unscale = OpCost(kind="memory", flops=0, bytes=2 * trainable_bytes)
+    return {**phases, "optimizer": PhaseCosts([unscale, *optimizer.ops])}
+
+
 def _config_shape(config: TrainingConfig) -> TrainingConfig:
     """The config without what does not change a single micro-step's cost (accumulation included)."""
     return config.with_changes(gradient_accumulation=1, torch_compile=False).step_shape()
@@ -75,14 +109,18 @@ class StepTraces:
     tracers: dict[tuple[str, Any, int], CostedTracer] = field(default_factory=dict)
 
     def step_costs(self, shape: TrainingConfig, cuda: Any, micro_batch: int) -> DepthCosts:
-        """Op costs of ``shape``'s step at ``micro_batch``, by probe depth (traced once)."""
+        """Op costs of ``shape``'s step at ``micro_batch``, by probe depth (traced once), with what
+        the trace does not run: accumulation's gradient adds, fp16's unscaling pass."""
         key = (shape.key, cuda, micro_batch)
         if key not in self.costs:
             hf_config = load_model_config(shape.model)
-            self.costs[key] = {
-                depth: self._tracer(shape, hf_config, cuda, depth).costs(micro_batch)
-                for depth in probe_depths(hf_config)
-            }
+            self.costs[key] = {}
+            for depth in probe_depths(hf_config):
+                tracer = self._tracer(shape, hf_config, cuda, depth)
+                phases = _with_accumulation(tracer.costs(micro_batch), tracer)
+                if shape.precision is Precision.FP16:
+                    phases = _with_grad_scaler(phases, tracer.trainable_bytes)
+                self.costs[key][depth] = phases
         return self.costs[key]
 
     def _tracer(self, shape: TrainingConfig, hf_config: Any, cuda: Any, depth: int) -> CostedTracer:
@@ -229,7 +267,9 @@ class StepTimeModel:
         fraction = rows / micro_batch
         return StepTimes(
             micro_step=step.micro_step * scale * fraction,
-            optimizer=step.optimizer * scale,
+            # Per optimizer step: the update, and the in-place gradient adds of every micro-step
+            # after an accumulation's first.
+            optimizer=(step.optimizer + (config.gradient_accumulation - 1) * step.accumulate) * scale,
             eval_forward=step.forward * scale * fraction,
             source="default" if interval is None else "calibrated",
             relative_interval=step.interval if interval is None else interval,

@@ -7,7 +7,8 @@ Around the device's forward, backward and optimizer step (:class:`StepTimes`) a 
 time; each piece is this machine's measured speed (:class:`planner.schema.HostProfile`) times the
 trial's own count, no constant taken from an example:
 
-- start-up: Trainer's construction and ``train()`` set-up (measured), re-tokenising the data
+- start-up: Trainer's construction and ``train()`` set-up (measured), a trial across ranks its
+  rank processes importing Trainer (measured in a fresh process), re-tokenising the data
   (measured with the real tokenizer while counting it), building the model (random init: its
   weight bytes at the measured init throughput, twice: torch's default init in each module's
   constructor, then the model's ``_init_weights`` in ``post_init``) or loading it (its bytes at the
@@ -70,6 +71,8 @@ class TrialWork:
     """Tokenising the training and eval data once, as each trial does."""
     device_bytes_per_second: float | None = None
     """Memory bandwidth the gradient clipping runs at (the card's, or the host's on the CPU)."""
+    launch_seconds: float = 0.0
+    """A trial across ranks: its fresh rank processes importing Trainer (side by side: one import)."""
 
 
 def count_work(
@@ -89,6 +92,7 @@ def count_work(
     trainable_bytes: int = 0,
     tokenize_seconds: float = 0.0,
     device_bytes_per_second: float | None = None,
+    launch_seconds: float = 0.0,
 ) -> TrialWork:
     """Optimizer steps, micro-steps, eval passes and saves of one trial, as Trainer counts them."""
     batches_per_epoch = math.ceil(rows / micro_batch)
@@ -126,6 +130,7 @@ def count_work(
         trainable_bytes=trainable_bytes,
         tokenize_seconds=tokenize_seconds,
         device_bytes_per_second=device_bytes_per_second,
+        launch_seconds=launch_seconds,
     )
 
 
@@ -154,7 +159,7 @@ def host_parts(work: TrialWork, host: HostProfile) -> dict[str, float]:
     micro = _collate(host, work.micro_batch, work.padded_length) + (host.trainer_micro_step_seconds or 0.0)
     eval_batch = _collate(host, work.micro_batch, work.eval_padded_length) + (host.eval_batch_seconds or 0.0)
     return {
-        "startup": (host.trainer_setup_seconds or 0.0) + work.tokenize_seconds + build,
+        "startup": (host.trainer_setup_seconds or 0.0) + work.tokenize_seconds + build + work.launch_seconds,
         "train": work.micro_steps * micro
         + work.optimizer_steps * ((host.trainer_step_seconds or 0.0) + clip),
         "eval": work.eval_passes * ((host.eval_fixed_seconds or 0.0) + work.eval_batches * eval_batch),

@@ -182,6 +182,14 @@ def test_gpus_starts_one_worker_per_gpu_and_they_split_the_trials(tmp_path: Path
         (["run", "{spec}", "--card", "cpu", "--storage", "postgresql://postgres@127.0.0.1:1/x"], "storage"),
         (["run", "{spec}", "--card", "cpu", "--gpus", "0,one"], "--gpus"),
         (["run", "{spec}", "--card", "cpu", "--gpus", ","], "--gpus"),
+        (["run", "{spec}", "--card", "cpu", "--gpus", "0-1", "--gpus-per-trial", "2"], "--gpus-per-trial"),
+        (["run", "{spec}", "--card", "cpu", "--gpus-per-trial", "1"], "give --gpus too"),
+        (["run", "{spec}", "--card", "cpu", "--gpus", "0-1,1"], "--gpus"),
+        (["run", "{ddp}", "--card", "cpu", "--gpus", "0-2"], "3 GPUs do not split into trials of 2"),
+        (
+            ["run", "{ddp}", "--card", "cpu", "--gpus", "0-3", "--gpus-per-trial", "4"],
+            "run on 2 (base.parallelism)",
+        ),
         (["run", "{spec}", "--card", "cpu", "--plan", "{dir}/broken.yaml"], "--plan"),
         (["results", "{spec}", "--study", "nope"], "no study database"),  # and none is created
         (["results"], "no spec given"),
@@ -192,8 +200,10 @@ def test_bad_input_gets_one_line_and_exit_2(
     tmp_path: Path, model_dir: Path, args: list[str], message: str
 ) -> None:
     spec = write_spec(tmp_path, model_dir)
+    base = {"model": str(model_dir), "seq_len": 32, "parallelism": {"gpus": 2, "strategy": "ddp"}}
+    ddp = write_spec(tmp_path / "ddp", model_dir, base=base)
     (tmp_path / "broken.yaml").write_text("base: [unclosed")
-    result = run(*(a.format(dir=tmp_path, spec=spec) for a in args))
+    result = run(*(a.format(dir=tmp_path, spec=spec, ddp=ddp) for a in args))
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
@@ -217,3 +227,11 @@ def test_results_table_keeps_learning_rates_whole_at_80_columns(tmp_path: Path, 
     assert "…" not in result.output and all(len(line) <= 80 for line in result.output.splitlines())
     for lr in ("lr=3.1623e-05", "lr=0.000125"):
         assert lr in result.output.split()
+
+
+def test_gpus_are_split_into_groups_of_a_trials_ranks() -> None:
+    from planner.cli._run import _gpu_groups, _gpus
+
+    assert _gpus("0-3") == ["0", "1", "2", "3"] and _gpus("0-1,4,5") == ["0", "1", "4", "5"]
+    assert _gpu_groups(_gpus("0-3"), 2, 2) == ["0,1", "2,3"]
+    assert _gpu_groups(_gpus("0,1,2"), None, 1) == ["0", "1", "2"]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from planner.cards import load_card
 from planner.cli import cli
-from planner.estimator import fit, rank_fit
-from planner.schema import TrainingConfig
+from planner.estimator import default_overhead, fit, rank_fit
+from planner.schema import MIB, TrainingConfig
 from tests.conftest import TINY_CONFIGS, make_card, write_model
 
 # A Llama of ~110M parameters: full fp32 AdamW needs ~1.8 GB resident, over a 2 GiB card's room.
@@ -94,16 +96,33 @@ def result_args(tiny_models: dict[str, str]) -> list[str]:
     ]
 
 
-def test_cli_per_rank_breakdown(tiny_models: dict[str, str]) -> None:
+def test_cli_per_rank_breakdown(tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "NCCL_BUFFSIZE",
+        "NCCL_MIN_NCHANNELS",
+        "NCCL_MAX_NCHANNELS",
+        "NCCL_MIN_NRINGS",
+        "NCCL_MAX_NRINGS",
+    ):
+        monkeypatch.delenv(name, raising=False)
     result = run(*result_args(tiny_models))
     assert result.exit_code == 0, result.output
     assert "FSDP over 2 GPUs: one rank" in result.output
+    assert "NCCL buffers" in result.output
     assert "sharded 1/2" in result.output
     assert "tokens/s per GPU" in result.output
     as_json = run(*result_args(tiny_models), "--json")
     assert as_json.exit_code == 0, as_json.output
-    per_rank = json.loads(as_json.output)["per_rank"]
+    answer = json.loads(as_json.output)
+    per_rank = answer["per_rank"]
     assert per_rank["resident_bytes"] > 0 and per_rank["transient_bytes"] > 0
+    # An RTX 4090 pair over PCIe 4.0 x16: 4 ring channels x 12 MiB (tests/distributed/test_nccl.py),
+    # in device-used and the breakdown, not in allocated or reserved.
+    at_max = answer["at_max"]
+    assert per_rank["nccl_bytes"] == at_max["breakdown"]["collective_buffers"] == 4 * 12 * MIB
+    context = default_overhead(load_card("rtx-4090")).context_bytes
+    allocator_device = at_max["peak_reserved_bytes"] + context + at_max["breakdown"]["paged_on_device"]
+    assert at_max["peak_bytes"] == allocator_device + 4 * 12 * MIB
     kinds = [c["kind"] for c in per_rank["step"]["communication"]["collectives"]]
     assert kinds == ["all-gather", "all-gather", "reduce-scatter"]
 
@@ -142,16 +161,23 @@ def test_cli_zero_answers_model_states(tiny_models: dict[str, str]) -> None:
     assert states["partitioned_bytes"] == 18 * parameters // 4
 
 
-def test_a_sweep_trial_cannot_span_gpus_yet() -> None:
+@pytest.mark.parametrize(
+    ("parallelism", "refusal"),
+    [
+        ({"gpus": 2, "strategy": "fsdp"}, "planner run runs DDP trials only, not fsdp"),
+        ({"gpus": 2, "nodes": 2, "strategy": "ddp"}, "a trial's ranks run on one host"),
+    ],
+)
+def test_a_sweep_trial_spans_the_gpus_of_one_host_with_ddp(parallelism: dict[str, Any], refusal: str) -> None:
     from pydantic import ValidationError
 
     from planner.schema import SweepSpec
 
-    with pytest.raises(ValidationError, match="parallelism: a trial runs on one GPU"):
-        SweepSpec.model_validate(
-            {
-                "base": {"model": "gpt2", "parallelism": {"gpus_per_node": 2}},
-                "data": {"counts": {"train_examples": 200, "mean_tokens": 100, "eval_examples": 20}},
-                "budget": "1h",
-            }
-        )
+    raw = {
+        "data": {"counts": {"train_examples": 200, "mean_tokens": 100, "eval_examples": 20}},
+        "budget": "1h",
+    }
+    spec = SweepSpec.model_validate({**raw, "base": {"model": "gpt2", "parallelism": {"gpus": 2}}})
+    assert spec.base.parallelism.world_size == 2 and spec.base.parallelism.strategy.value == "ddp"
+    with pytest.raises(ValidationError, match=refusal):
+        SweepSpec.model_validate({**raw, "base": {"model": "gpt2", "parallelism": parallelism}})

@@ -66,3 +66,17 @@ def test_a_measured_profile_still_overrides_it(tiny_models: dict[str, str]) -> N
     overhead = overhead_from_profiles(card, [measured])
     assert overhead is not None and overhead.context_bytes == 321 * MIB
     assert "measured" in overhead.context_source
+
+
+def test_a_stack_with_eager_module_loading_gets_the_eager_context(tiny_models: dict[str, str]) -> None:
+    from planner.estimator import Estimator
+    from planner.schema import TargetStack
+
+    card = _card(80, "7.0")
+    eager = TrainingConfig(
+        model=tiny_models["llama"], precision="fp32", stack=TargetStack(cuda_module_loading="eager")
+    )
+    lazy = eager.with_changes(stack=TargetStack(cuda_module_loading="lazy"))
+    # By hand: 80 SMs x 2048 threads x 1 KiB = 160 MiB, 9 MiB buffers, 250 MiB rest, 362 MiB eager kernels.
+    assert Estimator(eager, card).overhead.context_bytes == (160 + 9 + 250 + 362) * MIB
+    assert Estimator(lazy, card).overhead.context_bytes == (160 + 9 + 250) * MIB

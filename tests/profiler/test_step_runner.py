@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from planner.cards import host_card
+from planner.distributed import fake_mesh, rank_preparer
 from planner.errors import DeviceError
 from planner.estimator import Estimator
 from planner.profiler import StepRunner, profile_config, profiled_micro_batches, training_flops_per_token
@@ -31,6 +32,25 @@ def test_measurement_times_and_live_peak_match_the_host_estimate(tiny_models: di
     live = measurement.live_peak_bytes
     assert live is not None and measurement.context_bytes is None
     assert abs(predicted - live) <= 0.02 * live, (predicted, live)
+
+
+def test_one_real_rank_of_a_fake_fsdp_world_measures_the_per_rank_trace(tiny_models: dict[str, str]):
+    # What benchmarks/gpu_validate.py runs on a single lent GPU for a multi-GPU config: rank 0 of
+    # the job with real tensors, the other ranks imagined by the fake process group.
+    config = TrainingConfig(
+        model=tiny_models["llama"],
+        precision="fp32",
+        seq_len=16,
+        optimizer="adamw",
+        parallelism={"gpus_per_node": 4, "strategy": "fsdp"},
+    )
+    mesh = fake_mesh(config.parallelism, "cpu")
+    runner = StepRunner(config, "cpu", prepare=rank_preparer(config, mesh=mesh, real=True))
+    measured = runner.probe(2).live
+    runner.close()
+    predicted = Estimator(config, host_card()).estimate(2).peak_bytes
+    assert measured is not None
+    assert abs(predicted - measured) <= 0.02 * measured, (predicted, measured)
 
 
 def test_flops_count_weight_gradients_only_for_trained_weights(tiny_models: dict[str, str]):

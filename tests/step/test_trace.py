@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from planner.models import load_model_config
-from planner.schema import TrainingConfig
+from planner.schema import TargetStack, TrainingConfig
 from planner.step import (
     CUDA_BLOCK_BYTES,
     WINDOWS,
@@ -198,20 +198,33 @@ def test_the_traced_batch_is_the_collators_and_a_real_step_on_it_matches(
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "cuda", "implementation"),
+    ("optimizer", "cuda", "foreach", "implementation"),
     [
-        ("adamw", None, "fused"),
-        ("adamw", CudaTarget("flash"), "fused"),
-        ("adamw_torch", None, "for-loop"),
-        ("adamw_torch", CudaTarget("flash"), "foreach"),
+        ("adamw", None, None, "fused"),
+        ("adamw", CudaTarget("flash"), None, "fused"),
+        ("adamw_torch", None, None, "for-loop"),
+        ("adamw_torch", CudaTarget("flash"), None, "foreach"),
+        # A stack that states foreach off (torch 1.x, transformers' own AdamW) loops on CUDA too.
+        ("adamw_torch", CudaTarget("flash"), False, "for-loop"),
     ],
 )
 def test_each_adamw_implementation_traces_as_it_runs(
-    tiny_models: dict[str, str], optimizer: str, cuda: CudaTarget | None, implementation: str
+    tiny_models: dict[str, str],
+    optimizer: str,
+    cuda: CudaTarget | None,
+    foreach: bool | None,
+    implementation: str,
 ):
-    config = TrainingConfig(model=tiny_models["llama"], precision="bf16", optimizer=optimizer, seq_len=32)
+    config = TrainingConfig(
+        model=tiny_models["llama"],
+        precision="bf16",
+        optimizer=optimizer,
+        seq_len=32,
+        stack=TargetStack(optimizer_foreach=foreach),
+    )
     hf_config = load_model_config(config.model)
-    assert optimizer_implementation(config.optimizer, on_cuda=cuda is not None) == implementation
+    on_cuda = cuda is not None
+    assert optimizer_implementation(config.optimizer, on_cuda=on_cuda, foreach=foreach) == implementation
     tracer = StepTracer(hf_config, config, cuda=cuda)
     built = tracer.setup.optimizer.defaults
     assert (bool(built["fused"]), bool(built["foreach"])) == (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Any
 
@@ -198,3 +199,35 @@ def test_a_plan_split_over_a_helper_process_answers_as_one_process_does(
     shared_cache().clear()
     monkeypatch.setattr(_helper.Helper, "fork", no_helper)
     assert plan_sweep(spec, card) == split
+
+
+def test_a_ddp_trial_is_planned_per_rank_with_its_share_of_the_rows(tiny_models: dict[str, str]) -> None:
+    """Two ranks: each takes half of every optimizer step's examples (micro x accumulation x 2 =
+    effective) and of the epoch's rows, so the same optimizer steps take half the micro-steps;
+    its memory is the estimator's trace of one DDP rank, and each step waits for the all-reduce
+    DDP leaves exposed at the card's link."""
+    from planner.estimator import Estimator
+
+    card = make_card(2048).model_copy(update={"interconnect_gbs": 32.0, "interconnect": "PCIe 4.0 x16"})
+    one = spec_of(tiny_models["llama"], search={"effective_batch": [4, 8, 3]}, micro_batch=2)
+    base = {"model": tiny_models["llama"], "precision": "fp32", "seq_len": 256}
+    ddp = spec_of(
+        tiny_models["llama"],
+        base={**base, "parallelism": {"gpus": 2, "strategy": "ddp"}},
+        search={"effective_batch": [4, 8, 3]},
+        micro_batch=2,
+    )
+    single, ranks = plan_sweep(one, card), plan_sweep(ddp, card)
+    by_batch = {t.hyper.effective_batch: t for t in ranks.trials}
+    alone = {t.hyper.effective_batch: t for t in single.trials}
+    odd = by_batch[3]
+    assert not odd.feasible and "does not split over 2 ranks" in (odd.reason or "")
+    for effective in (4, 8):
+        trial = by_batch[effective]
+        assert trial.feasible and trial.time is not None and trial.optimizer_steps is not None
+        assert trial.config.micro_batch * trial.config.gradient_accumulation * 2 == effective
+        assert trial.peak_bytes == Estimator(trial.config, card).estimate(2, trace=False).peak_bytes
+        assert trial.optimizer_steps == math.ceil(math.ceil(200 / 2) / 2 / trial.config.gradient_accumulation)
+        assert trial.optimizer_steps == alone[effective].optimizer_steps
+        assert "communication per optimizer step exposed (PCIe 4.0 x16 at 32 GB/s)" in trial.time.note
+        assert trial.time.seconds < alone[effective].time.seconds  # type: ignore[union-attr]

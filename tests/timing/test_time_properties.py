@@ -148,3 +148,29 @@ def test_the_default_interval_is_an_80_percent_range_around_the_estimate(
     assert step.source == "default"
     assert 0.3 < low < 1.0 < high < 3.0
     assert "80% interval" in step.note
+
+
+def test_fp16_steps_unscale_their_gradients(
+    models: dict[str, StepTimeModel], tiny_models: dict[str, str]
+) -> None:
+    # Same fp32 adapters and optimizer; fp16 adds GradScaler's unscale pass over the gradients.
+    for method in ("lora", "full"):
+        bf16 = models["a100-80gb"].times(config(tiny_models["llama"], method=method, precision="bf16"), 2, 32)
+        fp16 = models["a100-80gb"].times(config(tiny_models["llama"], method=method, precision="fp16"), 2, 32)
+        assert fp16.optimizer > bf16.optimizer
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_accumulating_micro_steps_add_their_gradients(
+    models: dict[str, StepTimeModel], tiny_models: dict[str, str], method: str
+) -> None:
+    # Micro-steps after an accumulation's first add into the gradients: more of them, more time.
+    steps = [
+        models["a100-80gb"].times(
+            config(tiny_models["llama"], method=method, gradient_accumulation=ga), 2, 32
+        )
+        for ga in (1, 2, 4)
+    ]
+    optimizer = [step.optimizer for step in steps]
+    assert optimizer == sorted(optimizer) and optimizer[0] < optimizer[-1]
+    assert all(step.micro_step == steps[0].micro_step for step in steps)

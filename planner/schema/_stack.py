@@ -1,0 +1,48 @@
+"""The software behaviours of the run being planned where they differ from the planner's own stack.
+
+The estimator traces the training step with the transformers and torch installed next to it. A
+run on another stack (an older release, another environment) differs in a few behaviours that
+move memory; a config states them here so the trace and the CUDA terms follow the run's stack
+rather than the installed one. Every field's default is "as the installed stack does".
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ModuleLoading(str, Enum):
+    """``CUDA_MODULE_LOADING``: when the CUDA runtime loads the kernels of the process's libraries."""
+
+    LAZY = "lazy"
+    EAGER = "eager"
+
+
+class TargetStack(BaseModel):
+    """Behaviours of the run's software stack that change its memory."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loss_upcast: bool = True
+    """The causal-LM loss upcasts the logits to fp32 before cross-entropy, as transformers' shared
+    ``ForCausalLMLoss`` does (``logits = logits.float()``, transformers/loss/loss_utils.py). False:
+    the per-model loss some models kept in older releases, a contiguous shifted copy of the logits
+    and ``CrossEntropyLoss`` in the logits' dtype (e.g. ``GPTBigCodeForCausalLM.forward`` of
+    transformers 4.48.1, modeling_gpt_bigcode.py lines 1182-1186)."""
+    cuda_module_loading: ModuleLoading | None = None
+    """Unset: the planner's environment's ``CUDA_MODULE_LOADING`` (lazy when unset: PyTorch sets
+    LAZY since 1.13, pytorch/pytorch#86509). ``eager`` for stacks before lazy loading existed
+    (CUDA runtime < 11.7 or driver < R515, CUDA C++ Programming Guide, "Lazy Loading")."""
+    optimizer_foreach: bool | None = None
+    """torch's ``foreach`` argument for ``adamw_torch`` and ``sgd``. Unset: torch's choice, the
+    multi-tensor path on CUDA. False: the per-parameter loop, as torch 1.x ran unless told
+    otherwise (its functional ``adamw`` set ``foreach = False`` when unset; torch 2.0's
+    ``_default_to_fused_or_foreach`` made foreach the CUDA default), and as transformers' own
+    ``AdamW`` ran (Trainer's ``adamw_hf``, its default until huggingface/transformers#25109,
+    2023-07: one ``exp_avg_sq.sqrt().add_(eps)`` temporary per parameter)."""
+
+    @property
+    def is_default(self) -> bool:
+        return self == TargetStack()
