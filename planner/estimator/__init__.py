@@ -20,7 +20,7 @@ from planner.estimator._fit import (
     predicted_max,
     suggest_fixes,
 )
-from planner.estimator._helper import Helper, share
+from planner.estimator._helper import Helper, share, spare_core
 from planner.estimator._linear import MAX_MICRO_BATCH, LinearPeak, probe_depths
 from planner.estimator._rank import RankSplit, rank_fit, rank_split
 from planner.estimator._traces import TakenTraces, TraceCache, shared_cache
@@ -53,5 +53,6 @@ __all__ = [
     "rank_split",
     "share",
     "shared_cache",
+    "spare_core",
     "suggest_fixes",
 ]

@@ -12,6 +12,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -100,6 +101,27 @@ class Helper:
                 self._conn.send(None)
         self._process.join()
         self._conn.close()
+
+
+def spare_core(samples: int = 5, interval: float = 0.01) -> bool:
+    """Whether a CPU this process may use is wanted by no other runnable task now.
+
+    Linux counts the runnable tasks in ``/proc/loadavg``'s fourth field (this process included);
+    the least of a few samples is taken, so that a kernel thread's blip is not load. A helper on
+    a machine whose cores are all busy with other work only competes with this process (its
+    duplicated warm-up then costs more than the parallel part saves). Where ``/proc`` cannot
+    tell, the core counts as spare.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    running = []
+    try:
+        for _ in range(samples):
+            with open("/proc/loadavg") as handle:
+                running.append(int(handle.read().split()[3].split("/")[0]))
+            time.sleep(interval)
+    except (OSError, IndexError, ValueError):
+        return True
+    return cores - (min(running) - 1) >= 2
 
 
 @contextmanager

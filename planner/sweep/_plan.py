@@ -19,6 +19,7 @@ from planner.estimator import (
     import_what_builds,
     predicted_max,
     probe_depths,
+    spare_core,
 )
 from planner.models import load_model_config
 from planner.schema import (
@@ -325,9 +326,11 @@ def plan_sweep(
     hosting = _HostSide(card, host, now)
     searched = [(number, params, *spec.trial(params)) for number, params in enumerate(expand_trials(spec))]
     # Tracing shallow copies of a deeper model is what a plan spends its time on: on a GPU card a
-    # forked helper process takes some of it (two cores). Not on the host card, whose plan may
-    # time real steps here (a missing host profile), which a busy helper would slow down.
-    helped = helper and card.kind != "cpu" and num_layers(hf_config) > probe_depths(hf_config)[-1]
+    # forked helper process takes some of it, when a second core is free for it. Not on the host
+    # card, whose plan may time real steps here (a missing host profile), which a helper would slow.
+    helped = (
+        helper and card.kind != "cpu" and num_layers(hf_config) > probe_depths(hf_config)[-1] and spare_core()
+    )
     if helped:
         import_what_plans(spec)  # here, once: the helper inherits them
     with Helper.fork(worth_it=helped) as forked:
