@@ -20,10 +20,25 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).parents[1]
 RUN_DEPENDENT = ("startup_seconds", "machine_load", "measuring_seconds")
 """Fields of a plan that depend on this run, not on the answer."""
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` with floats to 10 significant digits: sums whose order follows a set's (string
+    hashing differs per process) differ in the last bit between runs of the same code."""
+    if isinstance(value, float):
+        return float(f"{value:.10g}")
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    return value
+
+
 COMMAND = ["plan", str(ROOT / "examples" / "llama-8b-4090" / "spec.yaml"), "--card", "rtx-4090", "--json"]
 
 
@@ -37,7 +52,7 @@ def main() -> None:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     plan = json.loads(done.stdout)
-    answer = {key: value for key, value in plan.items() if key not in RUN_DEPENDENT}
+    answer = _canonical({key: value for key, value in plan.items() if key not in RUN_DEPENDENT})
     digest = hashlib.sha256(json.dumps(answer, sort_keys=True).encode()).hexdigest()[:16]
     out = ROOT / "benchmarks" / "results" / f"plan_time-{platform.node() or 'host'}.json"
     recorded = json.loads(out.read_text()).get("answer_sha256") if out.exists() else None
