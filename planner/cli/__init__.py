@@ -69,8 +69,9 @@ def configure_logging(verbose: int) -> None:
         optuna.logging.set_verbosity(quiet)
 
 
-OPTUNA_COMMANDS = ("plan", "run", "results", "report")
-"""The commands that drive Optuna (studies, samplers)."""
+OPTUNA_COMMANDS = ("run", "results", "report")
+"""The commands that drive Optuna (studies). A plan's random draws quiet Optuna themselves
+(:func:`planner.sweep.expand_trials`), and a grid's plan does without it."""
 
 
 cli.add_command(fit_command)

@@ -10,7 +10,14 @@ from rich import box
 from rich.console import Console
 
 from planner._files import check_output_file
-from planner.cli._common import PLOT_SUFFIXES, emit_json, parse_budget, readable_table, user_errors_exit_2
+from planner.cli._common import (
+    PLOT_SUFFIXES,
+    emit_json,
+    importing,
+    parse_budget,
+    readable_table,
+    user_errors_exit_2,
+)
 from planner.formatting import PARAM_LABELS, format_duration, format_value
 from planner.schema import GIB, MAX_WORKERS, MIB, Plan
 
@@ -36,15 +43,17 @@ def plan_command(
       planner plan spec.yaml --card rtx-4090 --budget 5h --plot timeline.png
       planner plan spec.yaml --card a100-80gb --workers 4 --json > plan.json
     """
-    from planner.cards import load_card
-    from planner.sweep import check_model_limits, load_spec, plan_for_card
-
     if plot is not None:
         check_output_file(plot, field="--plot", suffixes=PLOT_SUFFIXES)
     seconds = parse_budget(budget)
-    sweep = load_spec(spec)
-    target = load_card(card)
-    check_model_limits(sweep)
+    with importing():
+        from planner.cards import load_card
+        from planner.sweep import check_model_limits, import_what_plans, load_spec, plan_for_card
+
+        sweep = load_spec(spec)
+        target = load_card(card)
+        check_model_limits(sweep)
+        import_what_plans(sweep)
     plan = plan_for_card(sweep, target, workers=workers, budget_seconds=seconds)
     if plot is not None:
         plot_timeline(plan, plot)

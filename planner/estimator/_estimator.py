@@ -143,13 +143,16 @@ class Estimator:
         return math.ceil(tensor_bytes) + self.overhead.workspace_bytes
 
     def estimate(self, micro_batch: int, *, trace: bool = True) -> MemoryEstimate:
-        """The estimate at ``micro_batch``: traced at full depth, or from the linear fit."""
+        """The estimate at ``micro_batch``: traced at full depth, or from the linear fit (at
+        micro-batch 1, from the probes at 1 alone when the fit is not taken: a config that
+        cannot fit says what it needs without the probes at 2)."""
         if trace:
             step = self.full_trace(micro_batch)
             values = {key: float(getattr(step, key)) for key in TRACE_KEYS}
         else:
             step = None
-            values = {key: self.linear.at(micro_batch, key) for key in TRACE_KEYS}
+            line = self.traces.line_at_one() if micro_batch == 1 else self.linear
+            values = {key: line.at(micro_batch, key) for key in TRACE_KEYS}
         paged = self.paged_bytes(step)
         replayed = self.replayed(micro_batch) if trace else None
         if replayed is not None:

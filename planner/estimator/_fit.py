@@ -16,6 +16,7 @@ from planner.estimator._estimator import Estimator
 from planner.estimator._helper import Helper, share
 from planner.estimator._linear import MAX_MICRO_BATCH
 from planner.estimator._traces import TakenTraces, build_full_depth_task, probed_task
+from planner.models import load_model_config
 from planner.schema import (
     Card,
     FitReport,
@@ -94,7 +95,7 @@ def _suggest_fixes(
         helper,
         [
             (_sharding_fix, (config, card, overhead)),
-            *[(_fix_answer, (candidate, card, overhead)) for _, candidate in candidates],
+            *[(predicted_max, (candidate, card, overhead)) for _, candidate in candidates],
         ],
     )
     fixes = []
@@ -177,8 +178,11 @@ def _sharding_fix(config: TrainingConfig, card: Card, overhead: CudaOverhead | N
     return None
 
 
-def _fix_answer(config: TrainingConfig, card: Card, overhead: CudaOverhead | None) -> tuple[int, TakenTraces]:
-    """A fix candidate's predicted max micro-batch, and the traces behind it (for the asking process)."""
+def predicted_max(
+    config: TrainingConfig, card: Card, overhead: CudaOverhead | None
+) -> tuple[int, TakenTraces]:
+    """``config``'s predicted max micro-batch (unconfirmed), and the traces behind it: what a helper
+    process answers, for the asking process to absorb (it then answers the same without tracing)."""
     estimator = Estimator(config, card, overhead)
     return estimator.max_micro_batch(confirm=False), estimator.traces.taken()
 
@@ -211,7 +215,7 @@ def fit(
     # A helper pays off when a full-depth model is still to be built beside the shallow probes.
     worth_it = not traces.full and traces.depth not in traces.depths
     if worth_it:
-        _import_what_builds(config, estimator.hf_config)  # here, once: the copy inherits them
+        import_what_builds(config)  # here, once: the copy inherits them
     with Helper.fork(worth_it=worth_it) as helper:
         estimator.helper = helper
         if helper is not None:
@@ -256,9 +260,10 @@ def estimate_memory(
 
 
 # -- a second process ---------------------------------------------------------------------------
-def _import_what_builds(config: TrainingConfig, hf_config: Any) -> None:
-    """Import the model class and adapter libraries a build of ``config`` needs."""
-    model_class(hf_config)
+def import_what_builds(config: TrainingConfig) -> None:
+    """Import the model class and adapter libraries a build of ``config`` needs (before forking a
+    helper process: the copy then inherits them instead of importing them again)."""
+    model_class(load_model_config(config.model))
     if config.method is not Method.FULL:
         import_peft()
     if config.optimizer in BITSANDBYTES_OPTIMIZERS:

@@ -12,6 +12,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -102,6 +103,27 @@ class Helper:
         self._conn.close()
 
 
+def spare_core(samples: int = 5, interval: float = 0.01) -> bool:
+    """Whether a CPU this process may use is wanted by no other runnable task now.
+
+    Linux counts the runnable tasks in ``/proc/loadavg``'s fourth field (this process included);
+    the least of a few samples is taken, so that a kernel thread's blip is not load. A helper on
+    a machine whose cores are all busy with other work only competes with this process (its
+    duplicated warm-up then costs more than the parallel part saves). Where ``/proc`` cannot
+    tell, the core counts as spare.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    running = []
+    try:
+        for _ in range(samples):
+            with open("/proc/loadavg") as handle:
+                running.append(int(handle.read().split()[3].split("/")[0]))
+            time.sleep(interval)
+    except (OSError, IndexError, ValueError):
+        return True
+    return cores - (min(running) - 1) >= 2
+
+
 @contextmanager
 def heap_frozen() -> Iterator[None]:
     """Keep the garbage collector off every object that exists now, for the block's duration.
@@ -163,7 +185,8 @@ def share(helper: Helper | None, tasks: list[tuple[Callable[..., Any], tuple[Any
     """Run independent tasks on both processes: the helper from the front, this one from the back.
 
     The helper is kept a task ahead (one running, one queued), so it seldom waits on this process;
-    this one takes tasks from the back until the two meet. Results come back in task order.
+    this one takes tasks from the back until the two meet, the last task always (two tasks: one
+    each). Results come back in task order.
     """
     if helper is None:
         return [function(*args) for function, args in tasks]
@@ -172,7 +195,7 @@ def share(helper: Helper | None, tasks: list[tuple[Callable[..., Any], tuple[Any
     front, back = 0, len(tasks)
     while front < back:
         helper.poll()
-        while helper.busy < 2 and front < back:
+        while helper.busy < 2 and front < back - 1:
             function, args = tasks[front]
             sent[front] = helper.submit(function, *args)
             front += 1

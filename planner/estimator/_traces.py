@@ -112,6 +112,15 @@ class StepTraces:
             for w in range(len(WINDOWS))
         )
 
+    def line_at_one(self) -> LinearPeak:
+        """The fit, or until it is taken a line through the probes at micro-batch 1 alone, flat in
+        micro-batch: at micro-batch 1 both give the depth extrapolation of those probes (the
+        same bytes: integer arithmetic over one or two repeats of the layer pattern)."""
+        if self._linear is not None:
+            return self._linear
+        at_one = {(d, m): self.probe(d, 1) for d in self.depths for m in (1, 2)}
+        return LinearPeak.through(at_one, self.depth)
+
     @property
     def linear(self) -> LinearPeak:
         if self._linear is None:

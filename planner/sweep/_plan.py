@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import statistics
@@ -9,8 +10,17 @@ from collections.abc import Callable
 from typing import Any
 
 from planner.data import LengthProfile, count_data
-from planner.errors import ConfigError, UnknownModelError
-from planner.estimator import CudaOverhead, Estimator, cheapest_fix
+from planner.errors import ConfigError, PlannerError, UnknownModelError
+from planner.estimator import (
+    CudaOverhead,
+    Estimator,
+    Helper,
+    cheapest_fix,
+    import_what_builds,
+    predicted_max,
+    probe_depths,
+    spare_core,
+)
 from planner.models import load_model_config
 from planner.schema import (
     GIB,
@@ -25,6 +35,7 @@ from planner.schema import (
     SweepSpec,
     TrainingConfig,
 )
+from planner.step import num_layers
 from planner.sweep._budget import ORDER_RULE, halving_schedule, schedule
 from planner.sweep._space import expand_trials
 from planner.timing import ProfileLookup, StepTimeModel, count_work, rank_step_times, trial_time
@@ -59,14 +70,28 @@ class _Shapes:
         card: Card,
         overhead: CudaOverhead | None,
         oom_limit: Callable[[TrainingConfig], int | None] | None = None,
+        helper: Helper | None = None,
     ) -> None:
         self.card = card
         self.overhead = overhead
         self.oom_limit = oom_limit
+        self.helper = helper
         # Keyed by the step's shape (accumulation 1 or 2; micro-batch aside).
         self._estimators: dict[str, Estimator] = {}
         self._max: dict[str, int] = {}
         self._fix: dict[str, str] = {}
+        self._pending: dict[str, int] = {}
+        """Shape -> the helper's task predicting its max micro-batch."""
+
+    def prefetch(self, configs: list[TrainingConfig]) -> None:
+        """Have the helper (if any) predict these configs' max micro-batches meanwhile, in order;
+        :meth:`max_micro_batch` takes in its traces when asked, and answers as without them."""
+        if self.helper is None:
+            return
+        for config in configs:
+            shape = config.step_shape()
+            if shape.key not in self._max and shape.key not in self._pending:
+                self._pending[shape.key] = self.helper.submit(predicted_max, shape, self.card, self.overhead)
 
     def estimator(self, config: TrainingConfig) -> Estimator:
         shape = config.step_shape()
@@ -78,6 +103,9 @@ class _Shapes:
     def max_micro_batch(self, config: TrainingConfig) -> int:
         key = config.step_shape().key
         if key not in self._max:
+            if self.helper is not None and key in self._pending:
+                _, taken = self.helper.result(self._pending.pop(key))
+                self.estimator(config).traces.absorb(taken)
             best = self.estimator(config).max_micro_batch(confirm=False)
             # A micro-batch that ran out of memory in a real run of this config will again.
             limit = self.oom_limit(config) if self.oom_limit is not None else None
@@ -260,6 +288,15 @@ def _time_trial(
     )
 
 
+def import_what_plans(spec: SweepSpec) -> None:
+    """Import the model classes and adapter libraries the spec's trials build (a head start: a
+    trial that cannot be built says why where the plan shapes it)."""
+    with contextlib.suppress(PlannerError, ValueError):
+        trials = (spec.trial(params)[0] for params in expand_trials(spec))
+        for config in {c.step_shape().key: c for c in trials}.values():
+            import_what_builds(config)
+
+
 def plan_sweep(
     spec: SweepSpec,
     card: Card,
@@ -272,6 +309,7 @@ def plan_sweep(
     host: HostProfile | None = None,
     now: MachineLoad | None = None,
     data: tuple[DataStats, LengthProfile] | None = None,
+    helper: bool = True,
 ) -> Plan:
     """Plan ``spec`` on ``card``: shapes, feasibility, predicted times, and what fits the budget.
 
@@ -280,30 +318,48 @@ def plan_sweep(
     overheads for the memory answers (default: the estimator's documented defaults);
     ``oom_limit`` the largest micro-batch a config may use by the OOMs recorded in real runs;
     ``host`` this machine's measured host-side speeds (default: host costs not counted) and ``now``
-    its load while planning; ``data`` the counted data when the caller has counted it already.
+    its load while planning; ``data`` the counted data when the caller has counted it already;
+    ``helper`` False: no forked helper process, whatever the card and model (a caller with
+    threads of its own, such as a running sweep's, does not fork).
     """
     try:
-        load_model_config(spec.base.model)
+        hf_config = load_model_config(spec.base.model)
     except UnknownModelError as exc:
         raise UnknownModelError("base.model", exc.problem, exc.fix) from None
     workers = workers or spec.workers
     budget = budget_seconds if budget_seconds is not None else spec.budget_seconds
     stats, lengths = data if data is not None else count_data(spec)
-    shapes = _Shapes(card, overhead, oom_limit)
-    steps = StepTimeModel(card, profiles, now=now)
     hosting = _HostSide(card, host, now)
-    trials: list[PlannedTrial] = []
-    for number, params in enumerate(expand_trials(spec)):
-        shaped = _shape_trial(spec, shapes, number, params)
-        if isinstance(shaped, PlannedTrial):
-            trials.append(shaped)
-        else:
-            config, hyper = shaped
-            trials.append(
-                _time_trial(
-                    spec, shapes, steps, lengths, stats.eval_examples, hosting, number, params, config, hyper
-                )
-            )
+    searched = [(number, params, *spec.trial(params)) for number, params in enumerate(expand_trials(spec))]
+    # Tracing shallow copies of a deeper model is what a plan spends its time on: on a GPU card a
+    # forked helper process takes some of it, when a second core is free for it. Not on the host
+    # card, whose plan may time real steps here (a missing host profile), which a helper would slow.
+    helped = (
+        helper and card.kind != "cpu" and num_layers(hf_config) > probe_depths(hf_config)[-1] and spare_core()
+    )
+    if helped:
+        import_what_plans(spec)  # here, once: the helper inherits them
+    with Helper.fork(worth_it=helped) as forked:
+        shapes = _Shapes(card, overhead, oom_limit, forked)
+        # The helper predicts, meanwhile, the steps that accumulate gradients, which this process
+        # asks for only when a trial's effective batch does not fit in one micro-batch.
+        shapes.prefetch(
+            [
+                config.with_changes(gradient_accumulation=2)
+                for _, _, config, hyper in searched
+                if hyper.effective_batch > (1 if spec.micro_batch == "auto" else spec.micro_batch)
+            ]
+        )
+        shaped = [(n, p, _shape_trial(spec, shapes, n, p)) for n, p, _, _ in searched]
+        steps = StepTimeModel(card, profiles, now=now)
+        # Every planned trial's step costs, traced on both processes (a step traced once).
+        steps.prefetch([(s[0], s[0].micro_batch) for _, _, s in shaped if isinstance(s, tuple)], forked)
+        trials = [
+            _time_trial(spec, shapes, steps, lengths, stats.eval_examples, hosting, n, p, *s)
+            if isinstance(s, tuple)
+            else s
+            for n, p, s in shaped
+        ]
 
     timed = sorted(
         ((t, t.time) for t in trials if t.time is not None),

@@ -109,11 +109,16 @@ def _rows_by_key(
 
 
 def plan_for_card(
-    spec: SweepSpec, card: Card, *, workers: int | None = None, budget_seconds: float | None = None
+    spec: SweepSpec,
+    card: Card,
+    *,
+    workers: int | None = None,
+    budget_seconds: float | None = None,
+    helper: bool = True,
 ) -> Plan:
     """:func:`plan_sweep` with the measured profiles on disk: step times, and CUDA overheads calibrated
     from the card's profiles; on the host, this machine's host-side speeds, and missing profiles are
-    measured within the budget (see the module's docstring)."""
+    measured within the budget (see the module's docstring). ``helper``: as :func:`plan_sweep`'s."""
     from planner.profiler import (
         OomLog,
         ProfileStore,
@@ -183,6 +188,7 @@ def plan_for_card(
         host=host,
         now=machine_load(),
         data=data,
+        helper=helper,
     )
     started_at = process_started()
     startup = None
@@ -210,4 +216,5 @@ def plan_sampled(spec: SweepSpec, card: Card, params: dict[str, Any]) -> Planned
     single = spec.model_copy(
         update={"search": {name: [value] for name, value in params.items()}, "strategy": "grid"}
     )
-    return plan_for_card(single, card).trials[0]
+    # Asked between a running sweep's trials: that process has threads of its own, so no fork.
+    return plan_for_card(single, card, helper=False).trials[0]

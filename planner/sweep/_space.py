@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any
-
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from typing import TYPE_CHECKING, Any
 
 from planner.schema import Range, SweepSpec
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
 
 # Searchable names whose values are integers (a range over them samples integers).
 INTEGER_NAMES = frozenset({"effective_batch", "max_steps", "seq_len", "lora_r", "lora_alpha"})
@@ -16,6 +17,9 @@ INTEGER_NAMES = frozenset({"effective_batch", "max_steps", "seq_len", "lora_r", 
 
 def search_distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
     """One Optuna distribution per searched name: lists are categorical, ranges numeric."""
+    # Optuna is imported by what samples (a random plan, a run), not by a grid's plan (~0.2 s).
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     distributions: dict[str, BaseDistribution] = {}
     for name, values in spec.search.items():
         if isinstance(values, Range):
@@ -46,19 +50,20 @@ def expand_trials(spec: SweepSpec) -> list[dict[str, Any]]:
         return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*lists)]
     import optuna
 
-    # A throw-away in-memory study: Optuna announces its creation at INFO, which says nothing here.
+    # A throw-away in-memory study: Optuna announces its creation and each told trial at INFO,
+    # which says nothing here.
     optuna_logger = logging.getLogger("optuna")
     level = optuna_logger.level
     optuna_logger.setLevel(max(level, logging.WARNING))
     try:
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=spec.seed))
+        distributions = search_distributions(spec)
+        assert spec.n_trials is not None  # the spec validator requires it for random/tpe
+        trials = []
+        for _ in range(spec.n_trials):
+            trial = study.ask(distributions)
+            trials.append(dict(trial.params))
+            study.tell(trial, 0.0)
     finally:
         optuna_logger.setLevel(level)
-    distributions = search_distributions(spec)
-    assert spec.n_trials is not None  # the spec validator requires it for random/tpe
-    trials = []
-    for _ in range(spec.n_trials):
-        trial = study.ask(distributions)
-        trials.append(dict(trial.params))
-        study.tell(trial, 0.0)
     return trials

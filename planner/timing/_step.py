@@ -8,11 +8,12 @@ profiles (``calibrated``), or taken at the documented default efficiencies (``de
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from planner.errors import ProfileError
-from planner.estimator import probe_depths
+from planner.estimator import Helper, probe_depths, share
 from planner.models import load_model_config
 from planner.schema import Card, MachineLoad, MeasuredProfile, Precision, TimeSource, TrainingConfig
 from planner.step import cuda_target, num_layers, truncated_config
@@ -51,6 +52,10 @@ class StepTimes:
     relative_interval: tuple[float, float]
     """Multipliers giving the low and high end of what a real step may take."""
     note: str
+
+
+DepthCosts = dict[int, dict[str, PhaseCosts]]
+"""A step's op costs by phase, at each probe depth."""
 
 
 def _with_accumulation(phases: dict[str, PhaseCosts], tracer: CostedTracer) -> dict[str, PhaseCosts]:
@@ -100,8 +105,40 @@ class StepTraces:
     :class:`~planner.step.CudaTarget`): models of cards sharing one share these.
     """
 
-    costs: dict[tuple[str, Any, int], dict[int, dict[str, PhaseCosts]]] = field(default_factory=dict)
+    costs: dict[tuple[str, Any, int], DepthCosts] = field(default_factory=dict)
     tracers: dict[tuple[str, Any, int], CostedTracer] = field(default_factory=dict)
+
+    def step_costs(self, shape: TrainingConfig, cuda: Any, micro_batch: int) -> DepthCosts:
+        """Op costs of ``shape``'s step at ``micro_batch``, by probe depth (traced once), with what
+        the trace does not run: accumulation's gradient adds, fp16's unscaling pass."""
+        key = (shape.key, cuda, micro_batch)
+        if key not in self.costs:
+            hf_config = load_model_config(shape.model)
+            self.costs[key] = {}
+            for depth in probe_depths(hf_config):
+                tracer = self._tracer(shape, hf_config, cuda, depth)
+                phases = _with_accumulation(tracer.costs(micro_batch), tracer)
+                if shape.precision is Precision.FP16:
+                    phases = _with_grad_scaler(phases, tracer.trainable_bytes)
+                self.costs[key][depth] = phases
+        return self.costs[key]
+
+    def _tracer(self, shape: TrainingConfig, hf_config: Any, cuda: Any, depth: int) -> CostedTracer:
+        """One built shallow model per config, CUDA target and depth, traced at every micro-batch asked."""
+        key = (shape.key, cuda, depth)
+        if key not in self.tracers:
+            self.tracers[key] = CostedTracer(truncated_config(hf_config, depth), shape, cuda=cuda)
+        return self.tracers[key]
+
+
+_TASKS_TRACES = StepTraces()
+"""What :func:`costs_task` traced in this process, with its built models."""
+
+
+def costs_task(shape: TrainingConfig, cuda: Any, micro_batch: int) -> DepthCosts:
+    """:meth:`StepTraces.step_costs` as a task shared with a helper process (a module-level
+    function: it travels by name, and each process keeps what it traced)."""
+    return _TASKS_TRACES.step_costs(shape, cuda, micro_batch)
 
 
 class StepTimeModel:
@@ -130,31 +167,33 @@ class StepTimeModel:
         hf_config = load_model_config(config.model)
         shape = _config_shape(config)
         cuda = cuda_target(self.card, shape, hf_config)
-        key = (shape.key, cuda, micro_batch)
-        costs = self.traces.costs
-        if key not in costs:
-            depths = probe_depths(hf_config)
-            costs[key] = {d: self._tracer(shape, hf_config, cuda, d).costs(micro_batch) for d in depths}
+        costs = self.traces.step_costs(shape, cuda, micro_batch)
         step_key = (shape.key, config.torch_compile, micro_batch)
         if step_key not in self._steps:  # a sweep asks for the same step once per trial
-            shallow = {
-                d: _with_accumulation(phases, self._tracer(shape, hf_config, cuda, d))
-                for d, phases in costs[key].items()
-            }
-            if config.precision is Precision.FP16:
-                shallow = {
-                    d: _with_grad_scaler(phases, self._tracer(shape, hf_config, cuda, d).trainable_bytes)
-                    for d, phases in shallow.items()
-                }
-            self._steps[step_key] = roofline_step(shallow, num_layers(hf_config), self.card, config)
+            self._steps[step_key] = roofline_step(costs, num_layers(hf_config), self.card, config)
         return self._steps[step_key]
 
-    def _tracer(self, shape: TrainingConfig, hf_config: Any, cuda: Any, depth: int) -> CostedTracer:
-        """One built shallow model per config, CUDA target and depth, traced at every micro-batch asked."""
-        key = (shape.key, cuda, depth)
-        if key not in self.traces.tracers:
-            self.traces.tracers[key] = CostedTracer(truncated_config(hf_config, depth), shape, cuda=cuda)
-        return self.traces.tracers[key]
+    def prefetch(self, steps: list[tuple[TrainingConfig, int]], helper: Helper | None) -> None:
+        """Trace the op costs :meth:`times` will need for ``steps`` (config, micro-batch) now, each
+        step's once, shared between this process and ``helper`` (two cores): the answers are the
+        ones :meth:`times` would trace itself. Steps timed from a measured profile need none."""
+        if helper is None:
+            return  # one process: :meth:`times` traces each when it comes
+        wanted: dict[tuple[str, Any, int], tuple[TrainingConfig, Any, int]] = {}
+        for config, micro_batch in steps:
+            measured = self.profiles.find(config, self.card.name) if self.profiles else None
+            if measured is not None or not roofline_available(self.card, config):
+                continue
+            shape = _config_shape(config)
+            cuda = cuda_target(self.card, shape, load_model_config(config.model))
+            key = (shape.key, cuda, micro_batch)
+            if key not in self.traces.costs:
+                wanted[key] = (shape, cuda, micro_batch)
+        tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+            (costs_task, args) for args in wanted.values()
+        ]
+        for key, costs in zip(wanted, share(helper, tasks), strict=True):
+            self.traces.costs[key] = costs
 
     def _calibration(self) -> tuple[float, tuple[float, float] | None, str]:
         """(scale, relative interval, note): measured/roofline over the card's CUDA profiles.

@@ -68,6 +68,18 @@ def _step(depth: int, micro_batch: int) -> StepTrace:
     return StepTrace(**vars(top), windows=tuple(windows))
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_the_estimate_at_one_before_the_fit_is_the_fits(deep_llama: str, method: str):
+    # A config that cannot fit says what it needs at micro-batch 1 from the probes at 1 alone.
+    config = TrainingConfig(model=deep_llama, seq_len=64, method=method)
+    early = Estimator(config, make_card(1024), cache=TraceCache())
+    at_one = early.estimate(1, trace=False)
+    assert not any(m == 2 for _, m in early.traces.probes)
+    fitted = Estimator(config, make_card(1024), cache=TraceCache())
+    _ = fitted.linear
+    assert at_one == fitted.estimate(1, trace=False)
+
+
 def test_the_fit_is_the_highest_of_its_windows_lines():
     # At the probes (micro-batch 1 and 2) the optimizer step is the peak and nothing grows with
     # the micro-batch; from micro-batch 20 on (a tie: the earlier window), the forward/backward is.

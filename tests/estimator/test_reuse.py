@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from contextlib import contextmanager
 from typing import Any
 
@@ -109,3 +111,15 @@ def test_tasks_a_dead_helper_owes_run_here(two_cores: None):
         helper._process.kill()
         helper._process.join()
         assert helper.result(helper.submit(pow, 2, 10)) == 1024
+
+
+@pytest.mark.parametrize(("running", "spare"), [("1/150", True), ("2/150", False), ("9/170", False)])
+def test_a_core_is_spare_when_no_other_task_is_runnable(
+    running: str, spare: bool, two_cores: None, monkeypatch: pytest.MonkeyPatch
+):
+    # /proc/loadavg's fourth field counts the runnable tasks, the reading process included.
+    def loadavg(*_: Any) -> Any:
+        return contextlib.nullcontext(io.StringIO(f"0.50 0.40 0.30 {running} 1234"))
+
+    monkeypatch.setattr(_helper, "open", loadavg, raising=False)
+    assert _helper.spare_core(samples=2, interval=0) is spare

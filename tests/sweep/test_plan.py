@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from planner.estimator import _helper, shared_cache
 from planner.schema import Plan, SweepSpec
-from planner.sweep import halving_schedule, plan_sweep, schedule
-from tests.conftest import make_card
+from planner.sweep import _plan, halving_schedule, plan_sweep, schedule
+from tests.conftest import TINY_CONFIGS, make_card, write_model
 
 # A card small enough that the tiny Llama's larger micro-batches do not fit at seq 256.
 CARD = make_card(520)
@@ -161,6 +163,43 @@ def test_random_strategy_samples_n_trials_reproducibly(tiny_models: dict[str, st
     again = plan_sweep(spec, CARD)
     assert len(first.trials) == 4
     assert sorted(str(t.params) for t in first.trials) == sorted(str(t.params) for t in again.trials)
+
+
+def test_a_plan_split_over_a_helper_process_answers_as_one_process_does(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Six layers, probed as two- and three-layer copies. At seq 64 a batch of 64 accumulates (the
+    # helper predicted that step), the two planned micro-batches' costs are traced one on each
+    # process; seq 256 does not fit (its cheapest fix is probed here).
+    layers = {**TINY_CONFIGS["llama"], "num_hidden_layers": 6, "vocab_size": 4096}
+    deep = write_model(tmp_path / "llama6", layers)
+    spec = spec_of(str(deep), search={"seq_len": [64, 256], "effective_batch": [4, 64]})
+    card = make_card(540)
+    monkeypatch.setattr(_helper.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(_plan, "spare_core", lambda: True)  # whatever else this machine runs
+    forks: list[_helper.Helper] = []
+    original_init = _helper.Helper.__init__
+
+    def counted_init(self: _helper.Helper) -> None:
+        forks.append(self)
+        original_init(self)
+
+    monkeypatch.setattr(_helper.Helper, "__init__", counted_init)
+    shared_cache().clear()
+    split = plan_sweep(spec, card)
+    assert forks, "the plan did not use a helper process"
+    trials = {t.number: t for t in split.trials}
+    assert [trials[n].feasible for n in range(4)] == [True, True, False, False]
+    assert trials[1].config.gradient_accumulation > 1
+    assert trials[0].config.micro_batch != trials[1].config.micro_batch
+
+    @contextmanager
+    def no_helper(**_: Any) -> Any:
+        yield None
+
+    shared_cache().clear()
+    monkeypatch.setattr(_helper.Helper, "fork", no_helper)
+    assert plan_sweep(spec, card) == split
 
 
 def test_a_ddp_trial_is_planned_per_rank_with_its_share_of_the_rows(tiny_models: dict[str, str]) -> None:
