@@ -280,7 +280,11 @@ def fit_command(
         fits = any(row.max_micro_batch > 0 for row in rows)
     else:
         config = with_parallelism(config, gpu_counts[0], nodes, strategy, offload)
-        if config.parallelism.strategy.is_zero and config.parallelism.offload is not Offload.NONE:
+        from planner.distributed import deepspeed_installed
+
+        if config.parallelism.strategy.is_zero and (
+            config.parallelism.offload is not Offload.NONE or not deepspeed_installed()
+        ):
             print_zero_states(config, as_json)
             return
         target = targets[0]
@@ -710,8 +714,8 @@ def print_rank_split(report: FitReport, split: Any, step: Any) -> None:
 
 
 def print_zero_states(config: TrainingConfig, as_json: bool) -> None:
-    """An offloaded ZeRO job's model states per rank (DeepSpeed's formulas; offloaded steps are
-    not traced per rank)."""
+    """A ZeRO job's model states per rank by DeepSpeed's formulas: for offloaded steps, which are
+    not traced per rank, and where DeepSpeed (whose engine the trace runs) is not installed."""
     from dataclasses import asdict
 
     from planner.distributed import zero_states
@@ -731,5 +735,10 @@ def print_zero_states(config: TrainingConfig, as_json: bool) -> None:
     console.print(table)
     console.print(
         "Model states only (mixed-precision AdamW, DeepSpeed's per-stage accounting): no activations, "
-        "communication buckets or allocator overhead; offloaded ZeRO is not traced per rank."
+        "communication buckets or allocator overhead; "
+        + (
+            "offloaded ZeRO is not traced per rank."
+            if parallelism.offload is not Offload.NONE
+            else "`pip install deepspeed` for a per-rank trace of its engine."
+        )
     )

@@ -15,7 +15,7 @@ from planner.distributed._comm import (
     step_collectives,
 )
 from planner.distributed._ddp import BUCKET_CAP_BYTES, FIRST_BUCKET_BYTES, GRADIENT_BUCKETS, gradient_buckets
-from planner.distributed._deepspeed import deepspeed_config
+from planner.distributed._deepspeed import deepspeed_config, deepspeed_installed
 from planner.distributed._fsdp import mixed_precision_policy, shard_like_accelerate
 from planner.distributed._measure import measured_rank_peaks
 from planner.distributed._nccl import NcclEnvironment, NcclMemory, nccl_memory
@@ -39,6 +39,7 @@ __all__ = [
     "check_traceable",
     "communication_time",
     "deepspeed_config",
+    "deepspeed_installed",
     "fake_mesh",
     "gradient_buckets",
     "measured_rank_peaks",

@@ -72,6 +72,13 @@ def deepspeed_config(config: TrainingConfig, hidden_size: int) -> dict[str, Any]
     return ds
 
 
+def deepspeed_installed() -> bool:
+    """Whether DeepSpeed can be imported here (without importing it: that takes seconds)."""
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
+
+
 def import_deepspeed() -> Any:
     """deepspeed on its CPU accelerator (the traced and the gloo ranks' tensors are CPU tensors)."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")

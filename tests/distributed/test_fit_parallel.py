@@ -163,6 +163,19 @@ def test_cli_offloaded_zero_answers_model_states(tiny_models: dict[str, str]) ->
     assert states["host_bytes"] == 16 * parameters // 4
 
 
+def test_cli_zero_without_deepspeed_answers_model_states(
+    tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import planner.distributed
+
+    monkeypatch.setattr(planner.distributed, "deepspeed_installed", lambda: False)
+    args = ("--seq-len", "32", "--card", "rtx-4090", "--gpus", "4", "--strategy", "zero3")
+    result = run("fit", tiny_models["llama"], *args)
+    assert result.exit_code == 0, result.output
+    assert "model states of one rank" in result.output
+    assert "pip install deepspeed" in " ".join(result.output.split())
+
+
 def test_cli_zero_is_traced_per_rank(tiny_models: dict[str, str]) -> None:
     args = ("--seq-len", "32", "--card", "rtx-4090", "--gpus", "4", "--strategy", "zero3")
     result = run("fit", tiny_models["llama"], *args, "--micro-batch", "2", "--json")
