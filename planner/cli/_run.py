@@ -223,7 +223,7 @@ def run_command(
     Examples:
       planner run examples/tiny-sweep/spec.yaml --card cpu --budget 10m
       planner run spec.yaml --gpus 0,1,2,3 --report-to tensorboard
-      planner run ddp.yaml --gpus 0-3 --gpus-per-trial 2  # 2 workers, 2-GPU trials
+      planner run ddp.yaml --gpus 0-3 --gpus-per-trial 2   # 2-GPU trials
       planner run spec.yaml --storage postgresql://user@host/db  # several hosts
     """
     from planner.cards import load_card, this_machine_card
