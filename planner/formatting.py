@@ -1,4 +1,4 @@
-"""How the planner writes numbers for people: durations, and a trial's searched values.
+"""How the planner writes numbers for people: durations, memory, and a trial's searched values.
 
 One place, so that a trial reads the same in ``planner plan``, the live ``planner run`` display
 and ``planner results``.
@@ -30,6 +30,11 @@ def format_duration(seconds: float | None) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def format_gib(value: int) -> str:
+    """Bytes as GiB with two decimals (``22.15``): memory columns of the fit tables."""
+    return f"{value / 1024**3:.2f}"
 
 
 def format_value(value: object) -> str:

@@ -14,24 +14,30 @@ from rich.table import Table
 
 from planner._files import check_output_file
 from planner.cli._common import PLOT_SUFFIXES, emit_json, parse_sizes, user_errors_exit_2
+from planner.cli._fit_ranks import (
+    answered_by_model_states,
+    gpu_count_configs,
+    per_rank_json,
+    print_gpu_counts,
+    print_rank_split,
+    print_zero_states,
+    rank_answers,
+    with_parallelism,
+)
 from planner.errors import ConfigError
-from planner.formatting import format_duration
+from planner.formatting import format_duration, format_gib
 from planner.schema import (
     GIB,
     Attention,
-    Card,
     CardComparison,
     FitReport,
     Method,
     Offload,
     OptimizerName,
     Precision,
-    RankFit,
     Strategy,
     TrainingConfig,
 )
-
-_GIB_FORMAT = "{:.2f}"
 
 
 def training_options(command: Any) -> Any:
@@ -280,11 +286,7 @@ def fit_command(
         fits = any(row.max_micro_batch > 0 for row in rows)
     else:
         config = with_parallelism(config, gpu_counts[0], nodes, strategy, offload)
-        from planner.distributed import deepspeed_installed
-
-        if config.parallelism.strategy.is_zero and (
-            config.parallelism.offload is not Offload.NONE or not deepspeed_installed()
-        ):
+        if answered_by_model_states(config):
             print_zero_states(config, as_json)
             return
         target = targets[0]
@@ -437,10 +439,6 @@ def imported_with_flags(
     return TrainingConfig.model_validate(fields), imported.notes
 
 
-def _gib(value: int) -> str:
-    return _GIB_FORMAT.format(value / GIB)
-
-
 def print_fit(report: FitReport) -> None:
     console = Console()
     config = report.config
@@ -450,16 +448,16 @@ def print_fit(report: FitReport) -> None:
         f"[bold]{config.model}[/] {config.method.value} {config.precision.value} {config.optimizer.value}, "
         f"{attention}seq {config.seq_len}, "
         f"checkpointing {'on' if config.gradient_checkpointing else 'off'} "
-        f"on [bold]{report.card}[/] ({_gib(report.at_max.available_bytes)} GiB usable)"
+        f"on [bold]{report.card}[/] ({format_gib(report.at_max.available_bytes)} GiB usable)"
     )
     table = Table("micro-batch", "allocated", "reserved", "device GiB", "headroom", "fits", "source")
     for row in report.rows:
         table.add_row(
             str(row.micro_batch),
-            _gib(row.peak_allocated_bytes),
-            _gib(row.peak_reserved_bytes),
-            _gib(row.peak_bytes),
-            _gib(row.headroom_bytes),
+            format_gib(row.peak_allocated_bytes),
+            format_gib(row.peak_reserved_bytes),
+            format_gib(row.peak_bytes),
+            format_gib(row.headroom_bytes),
             "[green]yes[/]" if row.fits else "[red]no[/]",
             ("traced + allocator replay" if row.segments else "traced") if row.traced else "linear fit",
         )
@@ -479,12 +477,12 @@ def print_fit(report: FitReport) -> None:
     label = f"micro-batch {report.at_max.micro_batch}"
     parts = Table("at " + label, "GiB", title="Where the peak goes")
     for name, value in breakdown.model_dump().items():
-        parts.add_row(name.replace("_", " "), _gib(value))
-    parts.add_row("[bold]total (predicted NVML used)[/]", f"[bold]{_gib(report.at_max.peak_bytes)}[/]")
+        parts.add_row(name.replace("_", " "), format_gib(value))
+    parts.add_row("[bold]total (predicted NVML used)[/]", f"[bold]{format_gib(report.at_max.peak_bytes)}[/]")
     console.print(parts)
     if breakdown.collective_buffers:
         console.print(
-            f"NCCL buffers: {_gib(breakdown.collective_buffers)} GiB per rank "
+            f"NCCL buffers: {format_gib(breakdown.collective_buffers)} GiB per rank "
             f"({report.at_max.collective_buffers_basis}); NCCL allocates them outside the caching "
             "allocator, so they count in device-used but not in allocated or reserved "
             "(NCCL_BUFFSIZE, NCCL_MIN_NCHANNELS and NCCL_MAX_NCHANNELS in the environment change them)."
@@ -493,10 +491,10 @@ def print_fit(report: FitReport) -> None:
     if paged:
         on_host = paged - breakdown.paged_on_device
         console.print(
-            f"Paged optimizer state: {_gib(paged)} GiB in CUDA managed memory, outside the caching "
+            f"Paged optimizer state: {format_gib(paged)} GiB in CUDA managed memory, outside the caching "
             "allocator: not in allocated or reserved, and not what decides fit. "
             + (
-                f"{_gib(on_host)} GiB of it does not fit beside the allocator's memory: the driver "
+                f"{format_gib(on_host)} GiB of it does not fit beside the allocator's memory: the driver "
                 "pages it to host RAM, which slows the optimizer step."
                 if on_host
                 else "It stays on the device while there is room; under memory pressure the driver "
@@ -541,8 +539,8 @@ def print_measured(console: Console, report: FitReport) -> None:
         measured = row.measured_peak_bytes
         table.add_row(
             str(row.micro_batch),
-            _gib(row.predicted_peak_bytes),
-            "-" if measured is None else _gib(measured),
+            format_gib(row.predicted_peak_bytes),
+            "-" if measured is None else format_gib(measured),
             "-" if row.error is None else f"{row.error:+.1%}",
             f"{row.forward_backward_seconds:.4f}",
             f"{row.tokens_per_second:,.0f}",
@@ -597,148 +595,3 @@ def draw_fit(report: FitReport, axes: Any) -> None:
 
 
 # -- several GPUs -------------------------------------------------------------------------------
-def with_parallelism(
-    config: TrainingConfig, gpus: int, nodes: int, strategy: str | None, offload: str
-) -> TrainingConfig:
-    """``config`` as one rank of ``gpus`` x ``nodes`` GPUs under ``strategy`` (validated)."""
-    from pydantic import ValidationError
-
-    fields = {"gpus_per_node": gpus, "nodes": nodes, "strategy": strategy or "ddp", "offload": offload}
-    try:
-        return config.with_changes(parallelism=fields)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        raise ConfigError(
-            "--strategy", str(error["msg"]).removeprefix("Value error, "), "see `planner fit --help`"
-        ) from None
-
-
-def gpu_count_configs(
-    config: TrainingConfig, gpu_counts: list[int], nodes: int, strategy: str | None, offload: str
-) -> list[TrainingConfig]:
-    """``config`` as a job of each GPU count (FSDP unless ``strategy`` says otherwise); one GPU
-    is the plain single-GPU step."""
-    return [
-        config if gpus * nodes == 1 else with_parallelism(config, gpus, nodes, strategy or "fsdp", offload)
-        for gpus in gpu_counts
-    ]
-
-
-def print_gpu_counts(rows: list[RankFit], card: str) -> None:
-    table = Table(
-        "GPUs",
-        "strategy",
-        "max micro-batch / rank",
-        "peak / rank GiB",
-        "resident / rank GiB",
-        "step s",
-        "comm s (exposed)",
-        "tokens/s / GPU",
-        title=f"How many x {card}",
-    )
-    for row in rows:
-        timed = row.step_seconds is not None
-        table.add_row(
-            str(row.gpus),
-            row.strategy,
-            str(row.max_micro_batch),
-            _gib(row.peak_bytes),
-            _gib(row.resident_bytes),
-            f"{row.step_seconds:.3f}" if timed else "-",
-            f"{row.communication_seconds:.3f} ({row.exposed_communication_seconds:.3f})" if timed else "-",
-            f"{row.tokens_per_second_per_gpu:,.0f}" if timed and row.max_micro_batch else "-",
-        )
-    console = Console()
-    console.print(table)
-    console.print(
-        "Per rank, from the linear fit of traces of one rank with the sharded shapes and the strategy's "
-        "buffers; peak is the predicted NVML used at the max micro-batch (at 1 when nothing fits). Step "
-        "time: uncalibrated roofline compute plus the collectives (ring volumes at the link's datasheet "
-        "bandwidth, a lower bound) the strategy does not overlap."
-    )
-
-
-def rank_answers(report: FitReport, card: Card, interconnect: float | None) -> tuple[Any, Any]:
-    """What a rank keeps between steps, and its step time with communication (None on a card
-    without datasheet throughput)."""
-    from planner.estimator import rank_split
-    from planner.timing import rank_step_time, roofline_available
-
-    split = rank_split(report.config, card)
-    if not roofline_available(card, report.config):
-        return split, None
-    micro_batch = max(report.max_micro_batch, 1)
-    return split, rank_step_time(report.config, card, micro_batch, interconnect_gbs=interconnect)
-
-
-def per_rank_json(report: FitReport, split: Any, step: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return {
-        "resident_bytes": split.resident_bytes,
-        "resident_kind": split.resident_kind,
-        "transient_bytes": report.at_max.peak_allocated_bytes - split.resident_bytes,
-        "nccl_bytes": report.at_max.breakdown.collective_buffers,
-        "nccl_basis": report.at_max.collective_buffers_basis,
-        "step": None if step is None else asdict(step),
-    }
-
-
-def print_rank_split(report: FitReport, split: Any, step: Any) -> None:
-    """What of the per-rank peak is the rank's share of the model and what every rank holds whole,
-    and the step's time with communication."""
-    console = Console()
-    table = Table("per rank", "GiB", title=f"{report.config.parallelism.describe()}: one rank")
-    table.add_row(f"resident between steps ({split.resident_kind})", _gib(split.resident_bytes))
-    table.add_row(
-        "step transient (gathered layers, gradients in flight, activations, buckets)",
-        _gib(report.at_max.peak_allocated_bytes - split.resident_bytes),
-    )
-    if report.at_max.breakdown.collective_buffers:
-        table.add_row(
-            "NCCL buffers (outside the caching allocator: device-used only)",
-            _gib(report.at_max.breakdown.collective_buffers),
-        )
-    console.print(table)
-    if step is None:
-        return
-    communication = step.communication
-    collectives = ", ".join(f"{c.kind} {c.payload_bytes / GIB:.2f} GiB" for c in communication.collectives)
-    console.print(
-        f"Step at micro-batch {max(report.max_micro_batch, 1)} per rank: {step.step_seconds:.3f} s = compute "
-        f"{step.compute_seconds:.3f} s (roofline, uncalibrated) + communication not overlapped "
-        f"{communication.exposed_seconds:.3f} s of {communication.total_seconds:.3f} s ({collectives} at "
-        f"{communication.bandwidth_gbs:g} GB/s, {communication.link}, ring volumes: a lower bound); "
-        f"{step.tokens_per_second_per_gpu:,.0f} tokens/s per GPU."
-    )
-
-
-def print_zero_states(config: TrainingConfig, as_json: bool) -> None:
-    """A ZeRO job's model states per rank by DeepSpeed's formulas: for offloaded steps, which are
-    not traced per rank, and where DeepSpeed (whose engine the trace runs) is not installed."""
-    from dataclasses import asdict
-
-    from planner.distributed import zero_states
-
-    states = zero_states(config)
-    if as_json:
-        emit_json({"config": config.model_dump(mode="json"), "model_states": asdict(states)})
-        return
-    parallelism = config.parallelism
-    table = Table("per rank", "GiB", title=f"{parallelism.describe()}: model states of one rank")
-    table.add_row("GPU: model states", _gib(states.gpu_bytes))
-    table.add_row("  of which replicated (16-bit weights / gradients)", _gib(states.replicated_bytes))
-    table.add_row(f"  of which partitioned 1/{parallelism.world_size}", _gib(states.partitioned_bytes))
-    table.add_row("  of which the gathered largest layer (stage 3)", _gib(states.gathered_bytes))
-    table.add_row("host RAM: offloaded partitions", _gib(states.host_bytes))
-    console = Console()
-    console.print(table)
-    console.print(
-        "Model states only (mixed-precision AdamW, DeepSpeed's per-stage accounting): no activations, "
-        "communication buckets or allocator overhead; "
-        + (
-            "offloaded ZeRO is not traced per rank."
-            if parallelism.offload is not Offload.NONE
-            else "`pip install deepspeed` for a per-rank trace of its engine."
-        )
-    )
