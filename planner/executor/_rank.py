@@ -224,3 +224,16 @@ def rank_main(argv: Sequence[str]) -> int:
     except Exception:
         traceback.print_exc()
         return 1
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Destroy the rank's process group (Trainer's, started by accelerate) before the interpreter
+    exits. Left to the interpreter's teardown, a gloo group's threads can abort the process
+    ("terminate called without an active exception", SIGABRT) after a complete trial, and the
+    worker would read the group's exit code as a failed trial. torch's docs ask for the call too."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
