@@ -1,6 +1,6 @@
 """Real ranks on this machine's CPU: each rank's peak of live tensor bytes in a gloo job.
 
-What the per-rank trace is checked against: ``world`` processes (forked from this one), a gloo
+What the per-rank trace is checked against: ``world`` processes (spawned from this one), a gloo
 process group on 127.0.0.1 at a free port, torch's ``DistributedDataParallel``, FSDP2 sharded as
 accelerate does or DeepSpeed's ZeRO engine (:func:`~planner.distributed.rank_preparer` with
 ``real=True``), and the same step the estimator traces, run for real; the second step is the steady
@@ -35,8 +35,6 @@ def _free_port() -> int:
 def _rank(rank: int, world: int, port: int, config_json: str, micro_batch: int, results: Any) -> None:
     torch.set_num_threads(1)
     os.environ["LOCAL_RANK"] = str(rank)  # what a launcher sets; DeepSpeed asserts it
-    if dist.is_initialized():  # the fake world of per-rank traces, inherited through fork
-        dist.destroy_process_group()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         from torch.distributed.device_mesh import init_device_mesh
@@ -62,9 +60,10 @@ def measured_rank_peaks(config: TrainingConfig, micro_batch: int) -> dict[int, i
     """Rank -> peak live tensor bytes of a steady-state step of ``config``'s job, run for real on
     the CPU with gloo (one process per rank)."""
     world = config.parallelism.world_size
-    # Forked, as cheap as a process gets; spawned for ZeRO, since DeepSpeed keeps its process
-    # groups in module globals, which a fork would inherit from a trace in this process.
-    context: Any = multiprocessing.get_context("spawn" if config.parallelism.strategy.is_zero else "fork")
+    # Spawned: a forked rank inherits whatever this process's traces changed (DeepSpeed keeps its
+    # process groups in module globals, and after a ZeRO trace here a forked FSDP rank measured
+    # +3% on the CPU); a real rank starts from a fresh interpreter, as a launcher starts it.
+    context: Any = multiprocessing.get_context("spawn")
     results = context.Queue()
     port = _free_port()
     processes = [
