@@ -1,6 +1,6 @@
 """Training across GPUs: one rank of a DDP / FSDP / ZeRO job, its memory and its communication.
 
-Per-rank memory is traced on rank 0 of a fake process group with the real engine code (FSDP2's
+Per-rank memory is traced on one rank (the fullest) of a fake process group with the real engine code (FSDP2's
 ``fully_shard`` as accelerate applies it, DDP's gradient buckets as its ``Reducer`` allocates
 them, DeepSpeed's ZeRO engine itself); offloaded ZeRO's model states follow DeepSpeed's own
 formulas; communication volumes per step come from the strategy's collectives.
@@ -15,7 +15,7 @@ from planner.distributed._comm import (
     step_collectives,
 )
 from planner.distributed._ddp import BUCKET_CAP_BYTES, FIRST_BUCKET_BYTES, GRADIENT_BUCKETS, gradient_buckets
-from planner.distributed._deepspeed import deepspeed_config, deepspeed_installed
+from planner.distributed._deepspeed import deepspeed_config, deepspeed_installed, fullest_rank
 from planner.distributed._fsdp import mixed_precision_policy, shard_like_accelerate
 from planner.distributed._measure import measured_rank_peaks
 from planner.distributed._nccl import NcclEnvironment, NcclMemory, nccl_memory
@@ -41,6 +41,7 @@ __all__ = [
     "deepspeed_config",
     "deepspeed_installed",
     "fake_mesh",
+    "fullest_rank",
     "gradient_buckets",
     "measured_rank_peaks",
     "mixed_precision_policy",

@@ -11,15 +11,20 @@ while the step tracer's ``LiveBytesTracker`` watches, so every buffer DeepSpeed 
 and the step is the engine's (``engine.backward``, ``engine.step``).
 
 In a trace the engine runs on rank 0 of the fake world (:mod:`planner.distributed._world`) under
-fake tensors, over a data-parallel group of the job's size, with three things a world without
+fake tensors, over a data-parallel group of the job's size, with four things a one-process world without
 data cannot answer settled the way a healthy step settles them (see :func:`_fake_world_engine`).
 DeepSpeed runs on its CPU accelerator there (fake CPU tensors stand for CUDA ones, as in every
 trace), and on the gloo ranks of :mod:`planner.distributed._measure`.
 
-The trace is rank 0's, which real ranks match byte for byte. Under stage 2 with full
-fine-tuning the last rank peaks higher, by an amount that varies from run to run (on the CPU
-+1.6% to +3.9% over rank 0 in ``benchmarks/rank_memory.py``: gradients of other ranks'
-partitions outliving their reduction), which this trace does not see.
+Which rank is traced: under stages 1 and 3 every rank allocates the same buffers at the same
+points of the step, so rank 0 stands for all. Under stage 2 the ranks differ in *when* they
+allocate the contiguous buffer for their own gradient partition (``grads_in_partition``, made
+by ``copy_grads_in_partition`` in ``stage_1_and_2.py`` when the first gradient of the rank's
+partition has been reduced). Partitions follow parameter order, and backward produces gradients
+in reverse order, so the last rank's partition (the last parameters: the head, the top layers)
+is reduced first, while most activations are still live, and rank 0's (the embeddings) last.
+The last rank therefore peaks highest (tiny Llama, full fp32, 2 ranks: +1.6% over rank 0), and
+it is the one traced: the job fits when its fullest rank fits.
 
 The configuration is DeepSpeed's defaults with the values transformers' Trainer fills for
 ``"auto"`` (``transformers/integrations/deepspeed.py``, ``HfTrainerDeepSpeedConfig.trainer_config_finalize``):
@@ -98,21 +103,29 @@ def import_deepspeed() -> Any:
     return deepspeed
 
 
+def fullest_rank(config: TrainingConfig) -> int:
+    """The rank of ``config``'s job that peaks highest, which a trace stands for by default: the
+    last under ZeRO stage 2 (see the module docstring), rank 0 otherwise (DDP ranks are
+    replicas; FSDP's rank 0 holds the largest of uneven shards)."""
+    parallelism = config.parallelism
+    return parallelism.world_size - 1 if parallelism.strategy is Strategy.ZERO2 else 0
+
+
 class _DataParallelGroups:
     """The ``mpu`` DeepSpeed takes its groups from: ``ranks`` of data parallelism over ``group``
-    (a subgroup of the fake world), no model parallelism."""
+    (a subgroup of the fake world) in which this process is ``rank``, no model parallelism."""
 
-    def __init__(self, group: Any, ranks: int) -> None:
+    def __init__(self, group: Any, ranks: int, rank: int) -> None:
         import torch.distributed as dist
 
-        self._group, self._ranks = group, ranks
+        self._group, self._ranks, self.rank = group, ranks, rank
         self._alone = dist.new_group([0])
 
     def get_data_parallel_group(self) -> Any:
         return self._group
 
     def get_data_parallel_rank(self) -> int:
-        return 0
+        return self.rank
 
     def get_data_parallel_world_size(self) -> int:
         return self._ranks
@@ -131,9 +144,14 @@ class _DataParallelGroups:
 
 
 @contextlib.contextmanager
-def _fake_world_engine(model: nn.Module) -> Iterator[None]:
+def _fake_world_engine(model: nn.Module, groups: _DataParallelGroups) -> Iterator[None]:
     """What DeepSpeed asks of a world without data, answered as a healthy step answers it.
 
+    - ``deepspeed.comm.get_rank(group)`` of the data-parallel group: ``groups.rank``. This
+      process is rank 0 of the fake world, and torch sorts a subgroup's ranks, so it is rank 0
+      of every subgroup; DeepSpeed picks the rank's partition by this answer (stage 1/2:
+      ``partition_id = dist.get_rank(group=self.real_dp_process_group[i])``), and the fake
+      group's collectives move nothing whichever rank asks.
     - ``engine.module.to(device)`` (``runtime/engine.py`` ``_configure_distributed_model``):
       the fake weights are already where they stand for; moving them would swap fake tensors,
       which torch refuses. Skipped, as the engine's own ``dont_change_device`` skips it.
@@ -144,6 +162,7 @@ def _fake_world_engine(model: nn.Module) -> Iterator[None]:
     - ``assert_ints_same_as_other_ranks`` (``runtime/zero/utils.py``; stage 3 checks that every
       rank saw the same parameter order) reads a broadcast list: every fake rank is rank 0.
     """
+    from deepspeed import comm
     from deepspeed.runtime.zero import (
         partition_parameters,
         partitioned_param_coordinator,
@@ -151,7 +170,13 @@ def _fake_world_engine(model: nn.Module) -> Iterator[None]:
         stage_1_and_2,
     )
 
+    group_rank = comm.get_rank
+
+    def get_rank(group: Any = None) -> int:
+        return groups.rank if group is groups.get_data_parallel_group() else group_rank(group)
+
     with contextlib.ExitStack() as stack:
+        stack.enter_context(patched(comm, "get_rank", get_rank))
         stack.enter_context(patched(model, "to", lambda *args, **kwargs: model))
         for module in (stage_1_and_2, stage3):
             stack.enter_context(patched(module, "is_invalid_grad_norm", lambda norm: False))
@@ -195,26 +220,28 @@ class _EngineOptimizer:
         """Nothing: ``engine.step`` has zeroed the gradients."""
 
 
-def add_zero_engine(model: nn.Module, config: TrainingConfig, *, group: Any | None, ranks: int) -> nn.Module:
+def add_zero_engine(
+    model: nn.Module, config: TrainingConfig, *, group: Any | None, ranks: int, rank: int = 0
+) -> nn.Module:
     """Mark ``model`` to be wrapped in DeepSpeed's ZeRO engine by the step tracer.
 
     The engine must be built while the tracer watches (its buffers are the point), so this only
     leaves the tracer a function (:data:`planner.step.ZERO_ENGINE`) that turns the built setup
     into the engine's. ``group`` None: the real default process group of ``ranks`` gloo ranks;
-    else the fake world's data-parallel ``group`` of ``ranks``.
+    else the fake world's data-parallel ``group`` of ``ranks``, in which the trace stands for
+    ``rank``.
     """
     deepspeed = import_deepspeed()
 
     def engine_setup(setup: TrainingSetup) -> TrainingSetup:
         hidden = int(setup.model.config.hidden_size)  # type: ignore[union-attr,arg-type]
         ds_config = deepspeed_config(config, hidden)
-        mpu = _DataParallelGroups(group, ranks) if group is not None else None
-        fake = group is not None
+        mpu = _DataParallelGroups(group, ranks, rank) if group is not None else None
         # DeepSpeed prints (its CPU accelerator's shared-memory op "built successfully") on
         # stdout, which is the CLI's JSON answer: sent to stderr with its logs.
         linear = F.linear
         with (
-            _fake_world_engine(setup.model) if fake else contextlib.nullcontext(),
+            _fake_world_engine(setup.model, mpu) if mpu is not None else contextlib.nullcontext(),
             contextlib.redirect_stdout(sys.stderr),
             _local_rank_set(),
         ):
@@ -231,7 +258,7 @@ def add_zero_engine(model: nn.Module, config: TrainingConfig, *, group: Any | No
         def engine_steps() -> Iterator[None]:
             with (
                 patched(F, "linear", engine_linear),
-                _fake_world_engine(engine.module) if fake else contextlib.nullcontext(),
+                _fake_world_engine(engine.module, mpu) if mpu is not None else contextlib.nullcontext(),
             ):
                 yield
 

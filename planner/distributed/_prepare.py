@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from planner.distributed._ddp import add_gradient_buckets
-from planner.distributed._deepspeed import add_zero_engine, import_deepspeed
+from planner.distributed._deepspeed import add_zero_engine, fullest_rank, import_deepspeed
 from planner.distributed._fsdp import shard_like_accelerate
 from planner.distributed._world import fake_mesh
 from planner.errors import ConfigError
@@ -64,25 +64,34 @@ def _check_zero_traceable(config: TrainingConfig) -> None:
         )
 
 
-def rank_preparer(config: TrainingConfig, *, mesh: Any | None = None, real: bool = False) -> Prepare | None:
+def rank_preparer(
+    config: TrainingConfig, *, mesh: Any | None = None, real: bool = False, rank: int | None = None
+) -> Prepare | None:
     """How the trace (or a real rank) turns the built model into a rank of ``config``'s job.
 
     None for a single GPU. For a trace (``real`` False) on the fake world of
     :mod:`planner.distributed._world`: DDP's buckets allocated as its ``Reducer`` would, FSDP2
     sharded as accelerate does, DeepSpeed's ZeRO engine over a data-parallel group of the job's
-    size. For a real rank of a started process group (``real``): torch's
-    ``DistributedDataParallel`` itself (over ``mesh``'s group when given), or the same FSDP2
-    sharding over ``mesh``, or DeepSpeed's engine over the whole group.
+    size, standing for ``rank`` of the job (by default the one that peaks highest,
+    :func:`fullest_rank`; only ZeRO traces can stand for another). For a real rank of a started
+    process group (``real``): torch's ``DistributedDataParallel`` itself (over ``mesh``'s group
+    when given), or the same FSDP2 sharding over ``mesh``, or DeepSpeed's engine over the whole
+    group.
     """
     check_traceable(config)
     parallelism = config.parallelism
     if parallelism.single_gpu:
         return None
+    traced = fullest_rank(config) if rank is None else rank
     if parallelism.strategy.is_zero:
         import_deepspeed()  # here, not under the tracer's fake mode
         # A real rank: DeepSpeed's groups over the started (default) process group.
         group = None if real else fake_mesh(parallelism).get_group()
-        return lambda model: add_zero_engine(model, config, group=group, ranks=parallelism.world_size)
+        return lambda model: add_zero_engine(
+            model, config, group=group, ranks=parallelism.world_size, rank=traced
+        )
+    if traced != 0:
+        raise ValueError(f"a {parallelism.strategy.value} trace stands for rank 0, not {traced}")
     if parallelism.strategy.is_fsdp:
         shard_mesh = mesh if mesh is not None else fake_mesh(parallelism)
         return lambda model: shard_like_accelerate(model, shard_mesh, config.precision)
