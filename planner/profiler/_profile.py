@@ -65,9 +65,9 @@ def profile_config(
     tensor bytes). A size that runs out of memory is listed in ``out_of_memory``. ``find_max`` runs
     the max-micro-batch finder first (on the CPU within half the available memory) and profiles
     around its answer. ``budget`` holds the profile to a time allowance it computes from the first
-    timed step (sizes in the order given; each size then stops at its share of the allowance, after at
-    least ``MIN_BUDGETED_STEPS`` steps, and sizes left when it is spent are not measured). Nothing
-    is saved here.
+    timed steps; the sizes are then timed alternating (see ``StepRunner.measure_alternating``: the
+    budgeted profile is the planner's own, read through the line between its sizes) for at least
+    ``MIN_BUDGETED_STEPS`` rounds, until the allowance is spent. Nothing is saved here.
     """
     if steps < 1 or warmup < 0:
         raise ConfigError(
@@ -104,41 +104,19 @@ def profile_config(
             top = search.max_micro_batch if search is not None else estimator.max_micro_batch()
             sizes = profiled_micro_batches(top, target, config.seq_len)
         measured: list[StepMeasurement] = []
-        out_of_memory = []
-        allowed: list[float] = []  # the budget's answer, once a step has been timed
-
-        def enough(index: int, size: int, times: list[float]) -> bool:
-            if budget is None or len(times) < MIN_BUDGETED_STEPS:
-                return False
-            if not allowed:
-                allowed.append(budget(statistics.median(times) / size))
-            share_end = start + allowed[0] * (index + 1) / len(sizes)
-            return time.perf_counter() >= share_end
-
-        # Under a budget, in the caller's order (most needed first: sizes left when it is spent
-        # are not measured); else smallest first.
-        sizes = list(dict.fromkeys(sizes)) if budget is not None else sorted(sizes)
-        for done, size in enumerate(sizes):
-            if measured and allowed and time.perf_counter() - start >= allowed[0]:
-                # Over budget already: the sizes measured stand for the rest (a single size
-                # scales proportionally, see MeasuredProfile).
-                say(f"time budget spent: micro-batch {', '.join(map(str, sizes[done:]))} not measured")
-                break
-            say(f"micro-batch {size} ({done + 1}/{len(sizes)}): {warmup} warm-up + {steps} timed steps")
-            stop: Callable[[list[float]], bool] = functools.partial(enough, done, size)
-
-            def run(m: int, stop: Callable[[list[float]], bool] = stop) -> StepMeasurement:
-                # Under a budget one eval forward: its time is a small share of a trial's.
-                repeats = 1 if budget is not None else None
-                return runner.measure(
-                    m, steps=steps, warmup=warmup, card=card, enough=stop, eval_repeats=repeats
+        out_of_memory: list[int] = []
+        if budget is not None:
+            measured = _measure_within(runner, sizes, budget, steps, warmup, card, out_of_memory, say)
+        else:
+            for done, size in enumerate(sorted(set(sizes))):
+                say(f"micro-batch {size} ({done + 1}/{len(sizes)}): {warmup} warm-up + {steps} timed steps")
+                result = runner.attempt(
+                    functools.partial(runner.measure, steps=steps, warmup=warmup, card=card), size
                 )
-
-            result = runner.attempt(run, size)
-            if result is None:
-                out_of_memory.append(size)
-            else:
-                measured.append(result)
+                if result is None:
+                    out_of_memory.append(size)
+                else:
+                    measured.append(result)
     finally:
         runner.close()
     if not measured:
@@ -164,4 +142,44 @@ def profile_config(
         seconds=time.perf_counter() - start,
         # The 1-minute load average at the end covers the timed steps just run.
         machine_load=machine_load() if target.type == "cpu" else None,
+    )
+
+
+def _measure_within(
+    runner: StepRunner,
+    sizes: list[int],
+    budget: Budget,
+    steps: int,
+    warmup: int,
+    card: Card,
+    out_of_memory: list[int],
+    say: Progress,
+) -> list[StepMeasurement]:
+    """The sizes that fit (the others appended to ``out_of_memory``), timed alternating
+    (:meth:`StepRunner.measure_alternating`) until ``budget`` is spent, after at least
+    ``MIN_BUDGETED_STEPS`` rounds; one eval forward each (a small share of a trial's time)."""
+    start = time.perf_counter()
+    memory = {}
+    for size in dict.fromkeys(sizes):
+        probed = runner.attempt(runner.probe, size)
+        if probed is None:
+            out_of_memory.append(size)
+        else:
+            memory[size] = probed
+    if not memory:
+        return []
+    allowed: list[float] = []  # the budget's answer, once the first size has been timed
+
+    def enough(times: list[float]) -> bool:
+        if len(times) < MIN_BUDGETED_STEPS:
+            return False
+        if not allowed:
+            allowed.append(budget(statistics.median(times) / next(iter(memory))))
+        return time.perf_counter() - start >= allowed[0]
+
+    fitting = list(memory)
+    sizes_text = ", ".join(map(str, fitting))
+    say(f"micro-batch {sizes_text}: {warmup} warm-up + up to {steps} timed steps each, alternating")
+    return runner.measure_alternating(
+        fitting, steps=steps, warmup=warmup, card=card, enough=enough, eval_repeats=1, memory=memory
     )

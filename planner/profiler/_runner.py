@@ -194,19 +194,71 @@ class StepRunner:
         ``enough``, given the forward+backward seconds timed so far, may end the timing early (a
         profile held to a time budget, which also times fewer eval forwards).
         """
-        memory = self.probe(micro_batch)
-        for _ in range(warmup):
-            self.train_step(micro_batch)
-        forward_backward: list[float] = []
-        optimizer: list[float] = []
+        (measurement,) = self.measure_alternating(
+            [micro_batch], steps=steps, warmup=warmup, card=card, enough=enough, eval_repeats=eval_repeats
+        )
+        return measurement
+
+    def measure_alternating(
+        self,
+        micro_batches: list[int],
+        *,
+        steps: int,
+        warmup: int,
+        card: Card,
+        enough: Callable[[list[float]], bool] | None = None,
+        eval_repeats: int | None = None,
+        memory: dict[int, ProbeMemory] | None = None,
+    ) -> list[StepMeasurement]:
+        """:meth:`measure` of several sizes at once, their timed steps alternating (a round times
+        one step of each size, in order).
+
+        Why alternate: a profile of two sizes is read through the line between them, whose
+        intercept (the fixed cost per step) is a small difference of two step times, and a padded
+        row much shorter than ``seq_len`` sits far down that line. On a shared machine whose
+        speed drifts over seconds, sizes timed one after the other each catch a different moment,
+        and the drift lands in that difference. Seen on the 2-core VM (tiny GPT-2, full, seq 256,
+        sizes 1 and 2, ten budgeted profiles each way, the line read at 0.4 of a row): one after
+        the other 5-77 ms, alternating 9-27 ms. Alternating, every size sees the same moments.
+
+        ``enough`` is asked after each round with the first size's forward+backward seconds;
+        ``memory``: the sizes' :meth:`probe` when the caller has probed them already.
+        """
+        memory = memory or {size: self.probe(size) for size in micro_batches}
+        for size in micro_batches:
+            for _ in range(warmup):
+                self.train_step(size)
+        forward_backward: dict[int, list[float]] = {size: [] for size in micro_batches}
+        optimizer: dict[int, list[float]] = {size: [] for size in micro_batches}
         for _ in range(steps):
-            times, step = self.train_step(micro_batch)
-            forward_backward += times
-            optimizer.append(step)
-            if enough is not None and enough(forward_backward):
+            for size in micro_batches:
+                times, step = self.train_step(size)
+                forward_backward[size] += times
+                optimizer[size].append(step)
+            if enough is not None and enough(forward_backward[micro_batches[0]]):
                 break
         repeats = _EVAL_REPEATS if eval_repeats is None else max(1, eval_repeats)
-        evals = [self.eval_forward(micro_batch) for _ in range(repeats)]
+        return [
+            self._measurement(
+                size,
+                memory[size],
+                forward_backward[size],
+                optimizer[size],
+                [self.eval_forward(size) for _ in range(repeats)],
+                card,
+            )
+            for size in micro_batches
+        ]
+
+    def _measurement(
+        self,
+        micro_batch: int,
+        memory: ProbeMemory,
+        forward_backward: list[float],
+        optimizer: list[float],
+        evals: list[float],
+        card: Card,
+    ) -> StepMeasurement:
         fb = statistics.median(forward_backward)
         opt = statistics.median(optimizer)
         accumulation = self.config.gradient_accumulation

@@ -85,7 +85,7 @@ def test_the_profile_budget_is_five_percent_of_the_sweep_and_at_most_twenty_seco
     assert budget.allowance(key, 10.0) == 5.0
 
 
-def test_a_budgeted_profile_stops_at_the_minimum_steps(
+def test_a_budgeted_profile_alternates_its_sizes_and_stops_at_the_minimum_rounds(
     tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = TrainingConfig(model=tiny_models["gpt2"], precision="fp32", seq_len=16)
@@ -97,13 +97,13 @@ def test_a_budgeted_profile_stops_at_the_minimum_steps(
         config, host_card(), [2, 1], steps=50, warmup=0, budget=lambda per_row: asked.append(per_row) or 0.0
     )
     assert len(asked) == 1 and asked[0] > 0
-    # The first size given, where the seconds per row are measured, at the minimum steps; the
-    # budget is then spent, and the other size is left to scale from it.
-    assert steps == [2] * MIN_BUDGETED_STEPS
-    assert [m.micro_batch for m in profile.measurements] == [2]
+    # Rounds of one step per size, in the order given (the first size's seconds per row ask the
+    # budget); a spent budget ends the timing at the minimum rounds, with both sizes measured.
+    assert steps == [2, 1] * MIN_BUDGETED_STEPS
+    assert [m.micro_batch for m in profile.measurements] == [1, 2]
     steps.clear()
     roomy = profile_config(config, host_card(), [2, 1], steps=4, warmup=0, budget=lambda _: 1e9)
-    assert steps == [2] * 4 + [1] * 4 and [m.micro_batch for m in roomy.measurements] == [1, 2]
+    assert steps == [2, 1] * 4 and [m.micro_batch for m in roomy.measurements] == [1, 2]
 
 
 def test_host_plan_refuses_to_measure_a_big_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
