@@ -27,7 +27,8 @@ REPLAYED_ERROR = (
 )
 """Full-depth traces the confirmation of a predicted max may take."""
 PER_RANK_INCLUDES = (
-    "per rank of the job, traced on rank 0 of a fake process group: the rank's shard of weights, "
+    "per rank of the job, traced on its fullest rank (rank 0; the last under ZeRO-2) of a fake "
+    "process group: the rank's shard of weights, "
     "gradients and optimizer state (FSDP), its all-gathered layers with the next one prefetched, "
     "DDP's gradient buckets, DeepSpeed ZeRO's engine run as is (flat buffers, partitions, reduce "
     "buckets); NCCL's buffers (outside the caching allocator, in device-used only): {nccl}"

@@ -99,7 +99,15 @@ def rank_launch_seconds() -> float:
     total = 0.0
     for code in (_LAUNCHER_IMPORTS, _RANK_IMPORTS):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if done.returncode:
+            # A rank could not start either: say so now, not after the plan.
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ProfileError(
+                "base.parallelism",
+                f"a rank's fresh interpreter cannot `{code}` ({last})",
+                "install what is missing in this environment (pip install -e .)",
+            )
         total += time.perf_counter() - start
     logger.info("a rank group's launch measured at %.1f s", total)
     return total

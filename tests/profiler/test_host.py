@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from planner.profiler import cached_host_profile, host_profile, host_profile_path, machine_load, measure_host
+from planner.errors import ProfileError
+from planner.profiler import (
+    _host,
+    cached_host_profile,
+    host_profile,
+    host_profile_path,
+    machine_load,
+    measure_host,
+    rank_launch_seconds,
+)
 from planner.profiler._host import _frozen_heap
 
 
@@ -59,3 +68,13 @@ def test_trainer_costs_are_timed_with_the_heap_frozen_as_a_sweep_freezes_it() ->
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_rank_launch_that_cannot_import_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_host, "_RANK_IMPORTS", "import planner_no_such_module")
+    rank_launch_seconds.cache_clear()
+    try:
+        with pytest.raises(ProfileError, match="planner_no_such_module"):
+            rank_launch_seconds()
+    finally:
+        rank_launch_seconds.cache_clear()
