@@ -39,6 +39,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,6 +162,10 @@ def _fake_world_engine(model: nn.Module, groups: _DataParallelGroups) -> Iterato
       overflowed: False, as in a healthy step.
     - ``assert_ints_same_as_other_ranks`` (``runtime/zero/utils.py``; stage 3 checks that every
       rank saw the same parameter order) reads a broadcast list: every fake rank is rank 0.
+    - Stages 1/2 assert that each partition starts aligned (``partitioned_data.data_ptr() %
+      (2 * nccl_start_alignment_factor) == 0`` in ``stage_1_and_2.py``): a fake tensor's pointer
+      is 0, aligned, and torch's warning about reading it is silenced, as it says nothing about
+      the step.
     """
     from deepspeed import comm
     from deepspeed.runtime.zero import (
@@ -176,6 +181,8 @@ def _fake_world_engine(model: nn.Module, groups: _DataParallelGroups) -> Iterato
         return groups.rank if group is groups.get_data_parallel_group() else group_rank(group)
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", "Accessing the data pointer of FakeTensor", UserWarning)
         stack.enter_context(patched(comm, "get_rank", get_rank))
         stack.enter_context(patched(model, "to", lambda *args, **kwargs: model))
         for module in (stage_1_and_2, stage3):
