@@ -231,7 +231,10 @@ class StepTracer:
         stack.enter_context(_rows_are_single_sequences())
         stack.enter_context(_experts_through_their_fallback())
         stack.enter_context(_labels_are_known())
-        stack.enter_context(loss_as_stated(self.setup.model, self.setup.task, self.config.stack.loss_upcast))
+        target = self.config.stack
+        stack.enter_context(
+            loss_as_stated(self.setup.model, self.setup.task, target.loss_upcast, target.loss_shifts_logits)
+        )
         if self.cuda is not None and self.setup.autocast_dtype is not None:
             stack.enter_context(CudaAutocastPolicy())
         return stack
