@@ -45,6 +45,13 @@ class TargetStack(BaseModel):
     ``args.bf16`` is set (``peft_module_casting_to_bf16``: trl 0.13.0 trl/trainer/sft_trainer.py
     and trl/trainer/utils.py). The embeddings' output is then bf16, and with it the residual
     stream: each checkpointed layer's input is held in bf16 rather than fp32."""
+    zero_grad_set_to_none: bool = True
+    """``zero_grad``'s ``set_to_none`` as the run calls it. True: gradients are freed after each
+    optimizer step and allocated again by the next backward, torch's default since 2.0
+    (pytorch/pytorch#92731). False: they are zeroed in place and stay allocated between steps, so
+    every gradient is live from the start of the next forward: torch 1.7-1.13's default
+    (``Module.zero_grad(set_to_none: bool = False)``, pytorch/pytorch#42754), which Trainer's
+    ``model.zero_grad()`` took (transformers 4.17 trainer.py)."""
     cuda_module_loading: ModuleLoading | None = None
     """Unset: the planner's environment's ``CUDA_MODULE_LOADING`` (lazy when unset: PyTorch sets
     LAZY since 1.13, pytorch/pytorch#86509). ``eager`` for stacks before lazy loading existed
