@@ -178,8 +178,8 @@ def _unmodelled(row: dict[str, Any]) -> list[str]:
         notes.append("chunked cross-entropy not modelled: full logits are traced")
     if "torchao" in row.get("quantization", ""):
         notes.append("torchao NF4 traced as bitsandbytes NF4 with double quantization")
-    elif "bitsandbytes" in row.get("quantization", ""):
-        notes.append("bitsandbytes NF4 traced with double quantization (the source assumes it off)")
+    elif "bitsandbytes" in row.get("quantization", "") and "double quantization" not in row["quantization"]:
+        notes.append("bitsandbytes NF4 traced with double quantization (the source does not say)")
     return notes
 
 

@@ -31,6 +31,27 @@ class TargetStack(BaseModel):
     the per-model loss some models kept in older releases, a contiguous shifted copy of the logits
     and ``CrossEntropyLoss`` in the logits' dtype (e.g. ``GPTBigCodeForCausalLM.forward`` of
     transformers 4.48.1, modeling_gpt_bigcode.py lines 1182-1186)."""
+    loss_shifts_logits: bool = False
+    """With ``loss_upcast``: the loss shifts the fp32 logits rather than the labels, one more fp32
+    (tokens x vocabulary) copy live at the loss, as transformers' ``ForCausalLMLoss`` did up to
+    4.48.x (``shift_logits = logits[..., :-1, :].contiguous()`` after ``logits = logits.float()``,
+    transformers 4.48.1 loss/loss_utils.py); huggingface/transformers#35646 (merged 2025-01-13,
+    after the 4.48 branch) pads the labels instead (``nn.functional.pad(labels, (0, 1))``, as in
+    4.52.4). Without ``loss_upcast`` the per-model loss shifts the logits anyway."""
+    kbit_bf16_casting: bool = False
+    """QLoRA under bf16: after peft's ``prepare_model_for_kbit_training`` (which upcasts every
+    16-bit parameter to fp32) and ``get_peft_model``, the embeddings and output head are cast back
+    to bf16 and the norms kept fp32, as TRL's ``SFTTrainer`` does for a 4-bit model when
+    ``args.bf16`` is set (``peft_module_casting_to_bf16``: trl 0.13.0 trl/trainer/sft_trainer.py
+    and trl/trainer/utils.py). The embeddings' output is then bf16, and with it the residual
+    stream: each checkpointed layer's input is held in bf16 rather than fp32."""
+    zero_grad_set_to_none: bool = True
+    """``zero_grad``'s ``set_to_none`` as the run calls it. True: gradients are freed after each
+    optimizer step and allocated again by the next backward, torch's default since 2.0
+    (pytorch/pytorch#92731). False: they are zeroed in place and stay allocated between steps, so
+    every gradient is live from the start of the next forward: torch 1.7-1.13's default
+    (``Module.zero_grad(set_to_none: bool = False)``, pytorch/pytorch#42754), which Trainer's
+    ``model.zero_grad()`` took (transformers 4.17 trainer.py)."""
     cuda_module_loading: ModuleLoading | None = None
     """Unset: the planner's environment's ``CUDA_MODULE_LOADING`` (lazy when unset: PyTorch sets
     LAZY since 1.13, pytorch/pytorch#86509). ``eager`` for stacks before lazy loading existed

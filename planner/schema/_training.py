@@ -179,6 +179,14 @@ class TrainingConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _kbit_casting_needs_bf16_qlora(self) -> TrainingConfig:
+        bf16_qlora = self.method is Method.QLORA and self.precision is Precision.BF16
+        if self.stack.kbit_bf16_casting and not bf16_qlora:
+            # TRL casts only a 4-bit model trained with bf16=True (trl 0.13.0 sft_trainer.py).
+            raise ValueError("stack.kbit_bf16_casting applies to qlora with precision bf16")
+        return self
+
     @property
     def fp32_adapters(self) -> bool:
         """Whether the LoRA adapters are held in fp32 (see ``LoraSettings.autocast_adapter_dtype``)."""

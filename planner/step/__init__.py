@@ -10,7 +10,7 @@ what counts as running out of memory live here too.
 from planner.step._autocast import CudaAutocastPolicy
 from planner.step._imports import import_bitsandbytes, import_peft, patched
 from planner.step._lora import add_lora, lora_target_candidates
-from planner.step._loss import loss_in_logits_dtype
+from planner.step._loss import loss_in_logits_dtype, loss_shifting_upcast_logits
 from planner.step._oom import is_out_of_memory
 from planner.step._optimizers import (
     BITSANDBYTES_OPTIMIZERS,
@@ -72,6 +72,7 @@ __all__ = [
     "layer_period",
     "lora_target_candidates",
     "loss_in_logits_dtype",
+    "loss_shifting_upcast_logits",
     "make_optimizer",
     "model_class",
     "modelled_stack",

@@ -161,6 +161,8 @@ def build_model(
             )
         if config.method in (Method.LORA, Method.QLORA):
             model = add_lora(model, config, task_of(cls.__name__))
+        if config.stack.kbit_bf16_casting:
+            _cast_peft_modules_to_bf16(model)
         if config.gradient_checkpointing:
             # Trainer calls this on the (peft-wrapped) model; transformers defaults to non-reentrant.
             model.activation_checkpointing_enable()
@@ -179,6 +181,23 @@ def build_model(
             model.tie_weights()
             _materialise_quant_states(model, quant_states)
     return model
+
+
+# Module names TRL casts back to bf16 (trl 0.13.0 trl/trainer/utils.py, peft_module_casting_to_bf16).
+_TRL_BF16_MODULES = ("lm_head", "embed_tokens", "wte", "wpe")
+
+
+def _cast_peft_modules_to_bf16(model: nn.Module) -> None:
+    """TRL's ``peft_module_casting_to_bf16`` (``TargetStack.kbit_bf16_casting``), as written in
+    trl 0.13.0: norms (a ``LayerNorm``, or "norm" in the name) to fp32; embeddings and head (by
+    name) back to bf16 where ``prepare_model_for_kbit_training`` left their weight in fp32."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.LayerNorm) or "norm" in name:
+            module.to(torch.float32)
+        elif any(part in name for part in _TRL_BF16_MODULES):
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.dtype == torch.float32:
+                module.to(torch.bfloat16)
 
 
 def _attn_implementation(config: TrainingConfig, *, traced: bool) -> str | None:

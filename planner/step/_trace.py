@@ -1,7 +1,8 @@
 """Trace one real training step and report its steady-state peak of live tensor bytes.
 
 The step is the Trainer's: forward under autocast with labels (the loss, logits upcast included),
-backward, optimizer step, ``zero_grad(set_to_none=True)``. Optimizer state is created by a warm-up
+backward, optimizer step, ``zero_grad`` (``set_to_none`` as the stack states, torch's True by
+default: see ``TargetStack.zero_grad_set_to_none``). Optimizer state is created by a warm-up
 step first, so the traced step is the steady state every later step repeats. With gradient
 accumulation the second micro-batch runs with the first one's gradients alive, which is the
 accumulation peak. Under :class:`FakeTensorMode` no memory is allocated and no weight is read.
@@ -200,7 +201,7 @@ class StepTracer:
         with self._tracing():
             _gather_fsdp_units_once(self.setup.model)
             if engine is None:
-                _create_optimizer_state(self.setup)
+                _create_optimizer_state(self.setup, self.config.stack.zero_grad_set_to_none)
             else:
                 self.setup = engine(self.setup)
         if engine is not None:
@@ -231,7 +232,10 @@ class StepTracer:
         stack.enter_context(_rows_are_single_sequences())
         stack.enter_context(_experts_through_their_fallback())
         stack.enter_context(_labels_are_known())
-        stack.enter_context(loss_as_stated(self.setup.model, self.setup.task, self.config.stack.loss_upcast))
+        target = self.config.stack
+        stack.enter_context(
+            loss_as_stated(self.setup.model, self.setup.task, target.loss_upcast, target.loss_shifts_logits)
+        )
         if self.cuda is not None and self.setup.autocast_dtype is not None:
             stack.enter_context(CudaAutocastPolicy())
         return stack
@@ -283,7 +287,7 @@ class StepTracer:
             optimizer_start = tracker.mark()
             tracker.phase = "optimizer"
             setup.optimizer.step()
-            setup.optimizer.zero_grad(set_to_none=True)
+            setup.optimizer.zero_grad(set_to_none=self.config.stack.zero_grad_set_to_none)
             spans = [*marks.spans(), (optimizer_start, tracker.mark())]
             step, *peaks = [tracker.peak(), *tracker.peaks(spans)]
         optimizer_state = {
@@ -433,12 +437,13 @@ def _gather_fsdp_units_once(model: nn.Module) -> None:
         unit.reshard()
 
 
-def _create_optimizer_state(setup: TrainingSetup) -> None:
-    """One step on zero gradients: optimizers create their state lazily in the first ``step``."""
+def _create_optimizer_state(setup: TrainingSetup, set_to_none: bool) -> None:
+    """One step on zero gradients: optimizers create their state lazily in the first ``step``.
+    Without ``set_to_none`` the gradients stay, resident like the weights (``TargetStack``)."""
     for param in setup.trainable_parameters():
         param.grad = torch.zeros_like(param)
     setup.optimizer.step()
-    setup.optimizer.zero_grad(set_to_none=True)
+    setup.optimizer.zero_grad(set_to_none=set_to_none)
 
 
 def _warm_up_engine(setup: TrainingSetup, config: TrainingConfig) -> None:
@@ -448,7 +453,7 @@ def _warm_up_engine(setup: TrainingSetup, config: TrainingConfig) -> None:
         setup.run_backward(loss)
         del loss
     setup.optimizer.step()
-    setup.optimizer.zero_grad(set_to_none=True)
+    setup.optimizer.zero_grad(set_to_none=config.stack.zero_grad_set_to_none)
 
 
 def _attention_as_on(cuda: CudaTarget | None) -> Any:

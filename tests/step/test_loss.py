@@ -1,6 +1,9 @@
-"""A stack that computes the causal-LM loss in the logits' dtype is traced with that loss."""
+"""A stack whose causal-LM loss differs from the installed transformers' is traced with its loss:
+in the logits' dtype (``loss_upcast`` False), or upcast with the logits shifted (``loss_shifts_logits``)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
@@ -9,7 +12,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 
 from planner.models import load_model_config
 from planner.schema import TargetStack, TrainingConfig
-from planner.step import CudaTarget, StepTracer, loss_in_logits_dtype
+from planner.step import CudaTarget, StepTracer, loss_in_logits_dtype, loss_shifting_upcast_logits
 
 
 def test_the_logits_dtype_loss_is_the_shared_loss_without_the_upcast() -> None:
@@ -61,3 +64,34 @@ def test_the_logits_dtype_loss_traces_as_it_runs(tiny_models: dict[str, str]) ->
     fake = StepTracer(hf_config, config, cuda=None, fake=True).trace(2).peak
     real = StepTracer(hf_config, config, cuda=None, fake=False).trace(2).peak
     assert abs(fake - real) <= 0.02 * real, (fake, real)
+
+
+def test_the_shifting_loss_is_the_shared_loss_in_value() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 11, dtype=torch.bfloat16)
+    labels = torch.randint(0, 11, (2, 7))
+    labels[:, -1] = -100
+    shared = ForCausalLMLoss(logits, labels, 11)
+    assert torch.allclose(loss_shifting_upcast_logits(logits, labels, 11), shared)
+    summed = loss_shifting_upcast_logits(logits, labels, 11, num_items_in_batch=9)
+    assert torch.allclose(summed, ForCausalLMLoss(logits, labels, 11, num_items_in_batch=9))
+
+
+def _step(model: str, shifts: bool) -> Any:
+    config = TrainingConfig(
+        model=model, precision="pure-bf16", seq_len=32, stack=TargetStack(loss_shifts_logits=shifts)
+    )
+    return StepTracer(load_model_config(model), config, cuda=CudaTarget("flash")).trace(2)
+
+
+def test_shifting_the_logits_holds_one_more_fp32_copy_at_the_loss(tiny_models: dict[str, str]) -> None:
+    # transformers 4.48.1's ForCausalLMLoss: while log-softmax runs, the bf16 logits, their fp32
+    # upcast, the shifted fp32 copy and the log-softmax of the shifted rows are live; the installed
+    # loss holds no shifted copy and takes the log-softmax of every row. 2 x 32 tokens, 2 x 31 shifted.
+    vocab = load_model_config(tiny_models["llama"]).vocab_size
+    tokens, shifted = 2 * 32, 2 * 31
+    expected = 4 * shifted * vocab - 4 * (tokens - shifted) * vocab
+    plain, shifting = _step(tiny_models["llama"], False), _step(tiny_models["llama"], True)
+    forward = shifting.windows[0].peak - plain.windows[0].peak
+    # Within 1 KiB: the labels' own copies differ (padded or sliced), each rounded to 512 bytes.
+    assert abs(forward - expected) <= 1024, (forward, expected)
