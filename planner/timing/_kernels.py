@@ -5,7 +5,8 @@ Every rule below states its source. None is set from the published throughput ro
 (``benchmarks/data/published_throughput.yaml``), which are the test set of this model.
 
 - **GEMM**: the achievable fraction of the dense datasheet peak for large, aligned matmuls
-  (measured "maximum achievable matmul FLOPS", MAMF) times the fraction of that a given shape
+  (measured "maximum achievable matmul FLOPS", MAMF, per card and per input width: tensor-core
+  half precision and plain fp32 reach different fractions) times the fraction of that a given shape
   keeps after *tile quantisation* (the output is computed in whole tiles; a partial tile costs a
   whole one) and *wave quantisation* (tiles run in waves of one per SM; a partial last wave costs a
   whole one). Both are described in NVIDIA's "Matrix Multiplication Background User's Guide"
@@ -44,12 +45,51 @@ from planner.schema import Card
 from planner.step import sdpa_backend
 from planner.timing._counter import AttentionShape, GemmShape, OpCost
 
-# MAMF as a fraction of the dense bf16 datasheet peak, measured with mamf-finder.py (Stas Bekman,
-# "Machine Learning Engineering", compute/accelerator/README.md, "Maximum Achievable Matmul FLOPS
-# comparison table", CUDA 12.1-12.5): A100 SXM 267.9/312, H100 SXM 792.1/989. The H200 is the same
-# GH100 die and power limit as the H100 SXM. Cards without a measurement take the lowest NVIDIA row
+
+@dataclass(frozen=True)
+class Achievable:
+    """Measured best matmul rate of a card as fractions of its datasheet dense peaks: ``half`` of the
+    fp16/bf16 tensor-core peak (the dtype :meth:`DeviceModel._peak` takes), ``fp32`` of the plain
+    fp32 peak (PyTorch runs fp32 matmuls without TF32 by default). None: not measured."""
+
+    half: float | None = None
+    fp32: float | None = None
+
+
+# Half: MAMF as a fraction of the dense bf16 datasheet peak, measured with mamf-finder.py (Stas
+# Bekman, "Machine Learning Engineering", compute/accelerator/README.md, "Maximum Achievable Matmul
+# FLOPS comparison table", CUDA 12.1-12.5): A100 SXM 267.9/312, H100 SXM 792.1/989. The H200 is the
+# same GH100 die and power limit as the H100 SXM.
+# Cards that table lacks, and every fp32 fraction, come from the crowd-sourced torch.mm table of
+# github.com/zzc0721/torch-performance-test-data (test.py: the best of square 1024-10240 matmuls,
+# 30 timed after 6 warm-up; database.md at commit 0785868, the V100 SXM2 from its issue #140), the
+# median of a card's rows over its datasheet peak (same card and memory size only):
+#   V100 SXM2 16GB (issue #140): fp32 14.51/15.7, fp16 97.36/125 -- a Volta fp32 matmul runs on the
+#     CUDA cores (no TF32 before Ampere) and keeps a larger share of its (lower) peak than tensor
+#     cores do of theirs;
+#   RTX 4090 24GB: bf16 median(170.06, 173.31, 162.39, 163.09)/165.2 = 1.008, fp32
+#     median(55.01, 54.77, 46.48, 54.67)/82.6 -- above 1: GeForce cards boost past the rated boost
+#     clock the datasheet peak assumes; RTX 3090 24GB: bf16 median(76.34, 76.68, 76.58)/71, fp32
+#     median(24.46, 24.84, 24.79)/35.6 (likewise);
+#   L40S: bf16 269.15/362, fp32 46.88/91.6; RTX A6000: bf16 123.34/154.8, fp32 23.92/38.7;
+#   T4: fp16 median(41.91, 42.71)/65, fp32 median(4.17, 4.43)/8.1;
+#   A100 SXM4 80GB fp32 19.18/19.5; A100 40GB fp32 18.11/19.5; H100 80GB HBM3 fp32 52.11/67 (its
+#     other row, 403.74, is above the fp32 peak: TF32, not an fp32 matmul); H200 fp32 51.34/67.
+# Ada's fp32 peak counts both of its FP32 datapaths (Ada whitepaper), one shared with INT32, hence
+# the low fp32 fractions there. Cards without a measurement take the lowest NVIDIA MAMF row
 # (H100 SXM, 80%) with a wider spread.
-MAMF_FRACTION = {"a100-80gb": 0.859, "a100-40gb": 0.859, "h100-sxm": 0.801, "h200-sxm": 0.801}
+ACHIEVABLE: dict[str, Achievable] = {
+    "a100-80gb": Achievable(half=0.859, fp32=19.18 / 19.5),
+    "a100-40gb": Achievable(half=0.859, fp32=18.11 / 19.5),
+    "h100-sxm": Achievable(half=0.801, fp32=52.11 / 67.0),
+    "h200-sxm": Achievable(half=0.801, fp32=51.34 / 67.0),
+    "v100-sxm2-16gb": Achievable(half=97.36 / 125.0, fp32=14.51 / 15.7),
+    "rtx-4090": Achievable(half=166.575 / 165.2, fp32=54.72 / 82.6),
+    "rtx-3090": Achievable(half=76.58 / 71.0, fp32=24.79 / 35.6),
+    "l40s": Achievable(half=269.15 / 362.0, fp32=46.88 / 91.6),
+    "rtx-a6000": Achievable(half=123.34 / 154.8, fp32=23.92 / 38.7),
+    "t4": Achievable(half=42.31 / 65.0, fp32=4.30 / 8.1),
+}
 DEFAULT_MAMF_FRACTION = 0.80
 # Candidate CTA tiles (rows x columns of the output) of CUTLASS/cuBLAS tensor-core GEMMs, the
 # sizes the Matrix Multiplication Background guide's tile-quantisation figures use.
@@ -103,13 +143,17 @@ TERM_SPREADS: dict[str, tuple[float, float]] = {
 UNMEASURED_GEMM_SPREAD = (0.85, 1.35)
 
 
-def _mamf_fraction(card: Card) -> float:
-    return MAMF_FRACTION.get(card.name, DEFAULT_MAMF_FRACTION)
+def achievable_fraction(card: Card, half: bool = True) -> float:
+    """The measured fraction of ``card``'s dense peak its best matmuls reach, for half-precision
+    (tensor-core) or fp32 inputs; the default where the card was not measured."""
+    measured = ACHIEVABLE.get(card.name, Achievable())
+    fraction = measured.half if half else measured.fp32
+    return DEFAULT_MAMF_FRACTION if fraction is None else fraction
 
 
 def term_spreads(card: Card) -> dict[str, tuple[float, float]]:
     """The per-term (p10, p90) time multipliers on ``card``."""
-    if card.name in MAMF_FRACTION:
+    if card.name in ACHIEVABLE:
         return dict(TERM_SPREADS)
     return {**TERM_SPREADS, "gemm": UNMEASURED_GEMM_SPREAD}
 
@@ -130,11 +174,12 @@ def gemm_issued_flops(card: Card, shape: GemmShape) -> float:
     return best
 
 
-def gemm_efficiency(card: Card, shape: GemmShape) -> float:
-    """Fraction of the dense peak a matmul of ``shape`` reaches on ``card`` (never above MAMF < 1)."""
+def gemm_efficiency(card: Card, shape: GemmShape, half: bool = True) -> float:
+    """Fraction of the dense peak a matmul of ``shape`` reaches on ``card`` (never above the card's
+    measured achievable fraction for that input width)."""
     useful = 2 * shape.batch * shape.m * shape.n * shape.k
     # useful <= issued exactly; the float product can round a whole-tile shape a hair above 1.
-    return _mamf_fraction(card) * min(1.0, useful / gemm_issued_flops(card, shape))
+    return achievable_fraction(card, half) * min(1.0, useful / gemm_issued_flops(card, shape))
 
 
 def attention_efficiency(card: Card, shape: AttentionShape, half: bool) -> float:
@@ -177,7 +222,7 @@ class DeviceModel:
         memory = self._bandwidth_seconds(op.bytes)
         compute = 0.0
         if op.gemm is not None:
-            rate = self._peak(op.half) * _mamf_fraction(self.card)
+            rate = self._peak(op.half) * achievable_fraction(self.card, op.half)
             compute = gemm_issued_flops(self.card, op.gemm) / rate * self.spreads.gemm
         elif op.attention is not None and op.flops:
             rate = self._peak(op.half) * attention_efficiency(self.card, op.attention, op.half)

@@ -12,8 +12,8 @@ from planner.schema import TrainingConfig
 from planner.timing._compiled import compiled_kernels
 from planner.timing._counter import AttentionShape, GemmShape, OpCost, PhaseCosts
 from planner.timing._kernels import (
-    MAMF_FRACTION,
     Kernel,
+    achievable_fraction,
     attention_efficiency,
     eager_kernels,
     gemm_efficiency,
@@ -33,14 +33,16 @@ def gemm_op(batch: int, m: int, n: int, k: int) -> OpCost:
 
 @settings(max_examples=300, deadline=None)
 @given(card=cards, batch=st.integers(1, 64), m=sizes, n=sizes, k=sizes)
-def test_gemm_efficiency_never_exceeds_the_cards_peak(card, batch, m, n, k) -> None:
-    efficiency = gemm_efficiency(card, GemmShape(batch, m, n, k))
-    assert 0 < efficiency <= MAMF_FRACTION.get(card.name, 0.80) < 1.0
-    # The achieved rate of a timed GEMM stays under the datasheet peak, too.
+def test_gemm_efficiency_never_exceeds_the_cards_measured_peak(card, batch, m, n, k) -> None:
+    for half in (True, False):
+        efficiency = gemm_efficiency(card, GemmShape(batch, m, n, k), half)
+        assert 0 < efficiency <= achievable_fraction(card, half) < 1.1
+    # The achieved rate of a timed GEMM stays under the card's measured best rate, too.
     config = TrainingConfig(model="x", precision="fp16")
     model = device_model(card, config)
     op = gemm_op(batch, m, n, k)
-    assert op.flops / model.device_seconds(op) <= card.tflops.fp16 * 1e12  # type: ignore[operator]
+    best = card.tflops.fp16 * 1e12 * achievable_fraction(card)  # type: ignore[operator]
+    assert op.flops / model.device_seconds(op) <= best * (1 + 1e-9)
 
 
 @settings(max_examples=200, deadline=None)
@@ -98,3 +100,24 @@ def test_compiling_fuses_a_run_of_memory_ops_and_keeps_what_is_read_later() -> N
     assert compiled["forward"][0].device == pytest.approx(fused)
     assert sum(k.device for k in compiled["forward"]) < sum(k.device for k in eager)
     assert sum(k.cpu for k in compiled["forward"]) < sum(k.cpu for k in eager)
+
+
+def test_a_volta_fp32_matmul_keeps_more_of_its_peak_than_its_tensor_cores_do() -> None:
+    # V100 SXM2 16GB, torch-performance-test-data issue #140: best square torch.mm 14.51 TFLOPS in
+    # fp32 (peak 15.7, CUDA cores) and 97.36 in fp16 (peak 125, tensor cores).
+    v100 = load_card("v100-sxm2-16gb")
+    assert achievable_fraction(v100, half=False) == pytest.approx(14.51 / 15.7)
+    assert achievable_fraction(v100, half=True) == pytest.approx(97.36 / 125.0)
+    # 8192^3 is whole 256x128 tiles in whole waves of 80 SMs (32 x 64 = 2048 tiles = 25.6 waves:
+    # the best tile wastes under 2%), so it runs at nearly the measured fraction.
+    shape = GemmShape(1, 8192, 8192, 8192)
+    assert gemm_efficiency(v100, shape, half=False) == pytest.approx(14.51 / 15.7, rel=0.03)
+    fp32 = TrainingConfig(model="x", precision="fp32")
+    op = OpCost(kind="gemm", flops=2 * 8192**3, bytes=3 * 4 * 8192**2, half=False, gemm=shape)
+    seconds = device_model(v100, fp32).device_seconds(op)
+    assert 2 * 8192**3 / seconds == pytest.approx(14.51e12, rel=0.03)
+
+
+def test_an_unmeasured_card_takes_the_default_fraction() -> None:
+    a10g = load_card("a10g")
+    assert achievable_fraction(a10g, half=True) == achievable_fraction(a10g, half=False) == 0.80

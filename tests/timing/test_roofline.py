@@ -32,9 +32,11 @@ def test_h100_beats_4090_by_a_plausible_factor(lora_8b: TrainingConfig) -> None:
     fast = StepTimeModel(h100).times(lora_8b, 4, 512)
     slow = StepTimeModel(rtx).times(lora_8b, 4, 512)
     assert 3.0 <= slow.micro_step / fast.micro_step <= 6.0
-    for card, step in ((h100, fast), (rtx, slow)):
-        assert card.tflops.bf16 is not None
-        assert 0.25 <= mfu(step.micro_step, card.tflops.bf16) <= 0.6
+    # The documented MFU range is for A100/H100-class cards; a 4090's measured best matmul runs
+    # above its datasheet peak (planner.timing._kernels.ACHIEVABLE), so only the ratio holds it.
+    assert h100.tflops.bf16 is not None
+    assert 0.25 <= mfu(fast.micro_step, h100.tflops.bf16) <= 0.6
+    for step in (fast, slow):
         assert step.source == "default"
         assert "GEMMs by shape" in step.note  # the default model is stated
 
