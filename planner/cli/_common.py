@@ -10,6 +10,8 @@ import contextlib
 import functools
 import gc
 import json
+import os
+import select
 import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
@@ -60,7 +62,10 @@ def user_errors_exit_2(command: F) -> F:
     """Turn user errors into ``error: <field>: <problem>. Fix: <fix>`` and exit code 2.
 
     An ``OSError`` reaching here is the machine refusing a path the checks could not foresee
-    (a disk filling up mid-write, a file removed under us): it is reported the same way.
+    (a disk filling up mid-write, a file removed under us): it is reported the same way. Except
+    when the reader of standard output has gone (``planner plan ... --json | head``): nothing is
+    wrong to report, so the command ends quietly, as Python's documentation advises for SIGPIPE
+    (``signal`` module, "Note on SIGPIPE": standard output pointed at devnull, exit status 1).
     """
 
     @functools.wraps(command)
@@ -72,6 +77,11 @@ def user_errors_exit_2(command: F) -> F:
             error: PlannerError = from_validation_error(exc)
         except PlannerError as exc:
             error = exc
+        except BrokenPipeError:
+            if not _stdout_reader_gone():
+                raise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())  # type: ignore[union-attr]
+            sys.exit(1)
         except OSError as exc:
             where = exc.filename if exc.filename is not None else "system"
             problem = exc.strerror or str(exc)
@@ -79,6 +89,17 @@ def user_errors_exit_2(command: F) -> F:
         report_and_exit(error)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it: polled, the writing end of
+    such a pipe reports ``POLLERR`` (Linux ``pipe(7)``); False where that cannot be asked."""
+    try:
+        poller = select.poll()
+        poller.register(sys.__stdout__.fileno(), select.POLLOUT)  # type: ignore[union-attr]
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no real stdout
+        return False
 
 
 def _usage_error(exc: click.UsageError) -> ConfigError:
