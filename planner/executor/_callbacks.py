@@ -120,6 +120,11 @@ class BudgetCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
 
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.reporter.trained_at = time.monotonic()
+
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:

@@ -156,6 +156,9 @@ class Reporter:
         self.observer = observer
         self.divergence_factor = divergence_factor
         self.log = log if log is not None else TrialLog()
+        self.trained_at: float | None = None
+        """``time.monotonic()`` when Trainer ended training (its final save done), if it did:
+        what follows (the trial's clean-up, storing it) is the wrap-up the budget reserves."""
 
     @property
     def should_stop(self) -> bool:

@@ -160,8 +160,9 @@ class _Worker:
         self.study = open_study(spec, plan, storage_url, study_name)
         self.ran: list[TrialResult] = []
         self.wrap_up = 0.0
-        """The longest a trial took to be stored once it stopped training (or, before any, a claim):
-        trials stop this much before the deadline, so that storing the last one fits the budget."""
+        """The longest a trial took, once it stopped training, to be cleaned up and stored (or,
+        before any, a claim): trials stop this much before the deadline, so that the last one's
+        end fits the budget."""
 
     def run(self) -> int:
         """Run trials until none is left that fits; returns how many are left waiting."""
@@ -310,8 +311,11 @@ class _Worker:
             outcome, error = TrialOutcome(), f"{type(exc).__name__}: {exc}"
             logger.error("trial %d failed", trial.number, exc_info=True)
             release_memory()
-        trained = time.monotonic()
-        self._store(trial, planned, outcome, reporter.log, reporter, trained - start, error)
+        returned = time.monotonic()
+        self._store(trial, planned, outcome, reporter.log, reporter, returned - start, error)
+        # From Trainer's end of training where there was one: the trial's clean-up (freeing the
+        # model, collecting its garbage) is as much a part of ending it as storing it.
+        trained = reporter.trained_at if reporter.trained_at is not None else returned
         self.wrap_up = max(self.wrap_up, time.monotonic() - trained)
 
     def _interrupt(self, trial: optuna.Trial, fault: str, seconds: float) -> None:
