@@ -10,9 +10,11 @@ Rather than restate what each stage allocates, the trace runs that engine: the m
 while the step tracer's ``LiveBytesTracker`` watches, so every buffer DeepSpeed makes is counted,
 and the step is the engine's (``engine.backward``, ``engine.step``).
 
-In a trace the engine runs on rank 0 of the fake world (:mod:`planner.distributed._world`) under
-fake tensors, over a data-parallel group of the job's size, with four things a one-process world without
-data cannot answer settled the way a healthy step settles them (see :func:`_fake_world_engine`).
+In a trace the engine runs in this process (rank 0 of the fake world,
+:mod:`planner.distributed._world`) under fake tensors, over a data-parallel group of the job's
+size, as the rank it is asked to stand for; what a one-process world without data cannot answer
+(which rank this is, values a healthy step would read) is settled the way a healthy step settles
+it (see :func:`_fake_world_engine`).
 DeepSpeed runs on its CPU accelerator there (fake CPU tensors stand for CUDA ones, as in every
 trace), and on the gloo ranks of :mod:`planner.distributed._measure`.
 

@@ -16,7 +16,7 @@ from planner.profiler._calibration import calibrated_overhead
 from planner.profiler._device import device_name, profile_card_name, resolve_device
 from planner.profiler._finder import Prediction, runner_probe, search_max_micro_batch
 from planner.profiler._host import machine_load
-from planner.profiler._runner import StepRunner
+from planner.profiler._runner import ProbeMemory, StepRunner
 from planner.profiler._store import library_versions
 from planner.schema import Card, MeasuredProfile, ProfileKey, StepMeasurement, TrainingConfig
 
@@ -106,10 +106,11 @@ def profile_config(
         measured: list[StepMeasurement] = []
         out_of_memory: list[int] = []
         if budget is not None:
-            measured = _measure_within(runner, sizes, budget, steps, warmup, card, out_of_memory, say)
+            measured = _measure_within(runner, sizes, budget, start, steps, warmup, card, out_of_memory, say)
         else:
-            for done, size in enumerate(sorted(set(sizes))):
-                say(f"micro-batch {size} ({done + 1}/{len(sizes)}): {warmup} warm-up + {steps} timed steps")
+            ordered = sorted(set(sizes))
+            for done, size in enumerate(ordered):
+                say(f"micro-batch {size} ({done + 1}/{len(ordered)}): {warmup} warm-up + {steps} timed steps")
                 result = runner.attempt(
                     functools.partial(runner.measure, steps=steps, warmup=warmup, card=card), size
                 )
@@ -149,6 +150,7 @@ def _measure_within(
     runner: StepRunner,
     sizes: list[int],
     budget: Budget,
+    start: float,
     steps: int,
     warmup: int,
     card: Card,
@@ -156,10 +158,10 @@ def _measure_within(
     say: Progress,
 ) -> list[StepMeasurement]:
     """The sizes that fit (the others appended to ``out_of_memory``), timed alternating
-    (:meth:`StepRunner.measure_alternating`) until ``budget`` is spent, after at least
-    ``MIN_BUDGETED_STEPS`` rounds; one eval forward each (a small share of a trial's time)."""
-    start = time.perf_counter()
-    memory = {}
+    (:meth:`StepRunner.measure_alternating`) until ``budget``, counted from the profile's
+    ``start`` (a ``time.perf_counter()``), is spent, after at least ``MIN_BUDGETED_STEPS`` rounds;
+    one eval forward each (a small share of a trial's time)."""
+    memory: dict[int, ProbeMemory] = {}
     for size in dict.fromkeys(sizes):
         probed = runner.attempt(runner.probe, size)
         if probed is None:
