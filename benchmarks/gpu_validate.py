@@ -185,13 +185,11 @@ def _nccl_rank(rank: int, port: int, config_json: str, sizes: list[int], results
 def _nccl_probes(config: Any, sizes: list[int]) -> dict[int, Any]:
     """Micro-batch -> the worst rank's probe (by reserved) of a real NCCL job on this host's GPUs."""
     import multiprocessing
-    import socket
 
+    from planner.distributed import free_port
     from planner.profiler import ProbeMemory
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     context = multiprocessing.get_context("spawn")  # CUDA is initialised in this process
     results = context.Queue()
     world = config.parallelism.world_size

@@ -17,7 +17,7 @@ from planner.distributed._comm import (
 from planner.distributed._ddp import BUCKET_CAP_BYTES, FIRST_BUCKET_BYTES, GRADIENT_BUCKETS, gradient_buckets
 from planner.distributed._deepspeed import deepspeed_config, deepspeed_installed, fullest_rank
 from planner.distributed._fsdp import mixed_precision_policy, shard_like_accelerate
-from planner.distributed._measure import measured_rank_peaks
+from planner.distributed._measure import free_port, measured_rank_peaks
 from planner.distributed._nccl import NcclEnvironment, NcclMemory, nccl_memory
 from planner.distributed._prepare import Prepare, check_traceable, rank_preparer
 from planner.distributed._sizes import model_sizes, zero_states
@@ -41,6 +41,7 @@ __all__ = [
     "deepspeed_config",
     "deepspeed_installed",
     "fake_mesh",
+    "free_port",
     "fullest_rank",
     "gradient_buckets",
     "measured_rank_peaks",

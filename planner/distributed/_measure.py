@@ -3,9 +3,9 @@
 What the per-rank trace is checked against: ``world`` processes (spawned from this one), a gloo
 process group on 127.0.0.1 at a free port, torch's ``DistributedDataParallel``, FSDP2 sharded as
 accelerate does or DeepSpeed's ZeRO engine (:func:`~planner.distributed.rank_preparer` with
-``real=True``), and the same step the estimator traces, run for real; the steps after the first are the steady
-ones measured (the first rebuilds DDP's buckets). Peaks are ``LiveBytesTracker``'s: live tensor bytes
-at the dispatcher.
+``real=True``), and the same step the estimator traces, run for real; the steps after the first
+are the steady ones measured (the first rebuilds DDP's buckets). Peaks are
+``LiveBytesTracker``'s: live tensor bytes at the dispatcher.
 
 A steady step is run :data:`STEADY_STEPS` times and the lowest peak kept, because a step's peak
 on gloo can depend on thread timing: gloo's worker thread wakes the rank waiting on a collective
@@ -39,7 +39,8 @@ STEADY_STEPS = 3
 """Steady steps measured per rank; the lowest peak is kept (see the module docstring)."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free now, for a process group's rendezvous."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -78,7 +79,7 @@ def measured_rank_peaks(config: TrainingConfig, micro_batch: int) -> dict[int, i
     # +3% on the CPU); a real rank starts from a fresh interpreter, as a launcher starts it.
     context: Any = multiprocessing.get_context("spawn")
     results = context.Queue()
-    port = _free_port()
+    port = free_port()
     processes = [
         context.Process(
             target=_rank, args=(rank, world, port, config.model_dump_json(), micro_batch, results)
