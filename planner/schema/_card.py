@@ -51,6 +51,14 @@ class Card(BaseModel):
     interconnect_gbs: PositiveFloat | None = None
     """Per-direction bandwidth of that link (GB/s), what a ring collective runs at."""
     interconnect_source: str | None = None
+    l2_bandwidth_gbs: PositiveFloat | None = None
+    """Load bandwidth of the L2 cache to all SMs together (GB/s), from a published microbenchmark:
+    what bounds a GEMM whose tiles reload their input panels faster than the SMs can multiply them.
+    None: unknown (the GEMM model then bounds loads by the DRAM bandwidth)."""
+    l2_bandwidth_measured: bool = False
+    """The figure was measured on this die with this SM count; False: scaled from a measured card
+    of the same architecture by SM count (the GEMM term then takes a wider spread)."""
+    l2_bandwidth_source: str | None = None
 
     @property
     def memory_total_bytes(self) -> int:

@@ -4,18 +4,22 @@ everything else at bandwidth, and the floor each kernel launch costs.
 Every rule below states its source. None is set from the published throughput rows
 (``benchmarks/data/published_throughput.yaml``), which are the test set of this model.
 
-- **GEMM**: the achievable fraction of the dense datasheet peak for large, aligned matmuls
-  (measured "maximum achievable matmul FLOPS", MAMF, per card and per input width: tensor-core
-  half precision and plain fp32 reach different fractions) times the fraction of that a given shape
-  keeps after *tile quantisation* (the output is computed in whole tiles; a partial tile costs a
-  whole one) and *wave quantisation* (tiles run in waves of one per SM; a partial last wave costs a
-  whole one). Both are described in NVIDIA's "Matrix Multiplication Background User's Guide"
-  (Deep Learning Performance docs, sections "Tile Quantization" and "Wave Quantization"). cuBLAS
-  picks among several tile sizes; smaller tiles waste less on quantisation but reuse each loaded
-  element less (a tile of tm x tn does tm*tn multiply-adds per tm + tn elements loaded), which the
-  guide gives as the reason larger tiles run faster. By how much it does not say: here a tile's
-  rate scales with its reuse relative to the largest tile (an assumption, one reason for the GEMM
-  term's spread). The efficiency is the best candidate's.
+- **GEMM**: the output is computed in CTA tiles, each loading its A panel (tm x k) and B panel
+  (k x tn) through L2 and doing tm*tn*k multiply-adds (NVIDIA's "Matrix Multiplication Background
+  User's Guide", Deep Learning Performance docs, sections "GPU Implementation" and "Typical Tile
+  Dimensions in cuBLAS and Performance": larger tiles reuse each loaded element more and so need
+  less bandwidth). A tiling (tm, tn) thus loads about m*n*k*(1/tm + 1/tn) elements. A partial tile
+  costs a whole one (*tile quantisation*) and tiles run in waves of one per SM, a partial last wave
+  costing a whole one (*wave quantisation*), both from the guide's sections of those names. Each
+  SM's tile takes the slower of its multiply-adds at the card's per-SM share of its achievable
+  matmul rate (measured "maximum achievable matmul FLOPS", MAMF, per card and input width:
+  tensor-core half precision and plain fp32 reach different fractions of their datasheet peaks) and
+  its panel loads at its per-SM share of the card's measured L2 bandwidth (``Card.l2_bandwidth_gbs``,
+  published microbenchmarks; each card's file cites its own). The GEMM's time is its best candidate
+  tile's, and the whole op stays bounded below by its DRAM bytes (``DeviceModel.device_seconds``).
+  Candidate tiles: for half-precision (tensor-core) GEMMs the guide's cuBLAS list; for fp32, which
+  runs on the CUDA cores without TF32, CUTLASS's SIMT SGEMM tiles, which add 128x32 and 32x128
+  (see ``FP32_GEMM_TILES``). Split-K and other shape-specific kernels are not modelled.
 - **Fused attention** (SDPA flash / memory-efficient kernels): the FlashAttention-2 paper (Dao,
   2023, arXiv:2307.08691) reports 50-73% of the A100's dense peak, rising with sequence length
   (its benchmarks run 512 to 16k tokens); the FlashAttention-3 paper (Shah et al., 2024,
@@ -91,11 +95,16 @@ ACHIEVABLE: dict[str, Achievable] = {
     "t4": Achievable(half=42.31 / 65.0, fp32=4.30 / 8.1),
 }
 DEFAULT_MAMF_FRACTION = 0.80
-# Candidate CTA tiles (rows x columns of the output) of CUTLASS/cuBLAS tensor-core GEMMs, the
-# sizes the Matrix Multiplication Background guide's tile-quantisation figures use.
-GEMM_TILES = ((256, 128), (128, 256), (128, 128), (128, 64), (64, 128), (64, 64))
-# Loads per multiply-add of a tile relative to the largest: tm*tn/(tm+tn), normalised.
-_LARGEST_TILE_REUSE = max(tm * tn / (tm + tn) for tm, tn in GEMM_TILES)
+# Candidate CTA tiles (output rows x columns) of cuBLAS's tensor-core GEMMs: the Matrix
+# Multiplication Background guide, "Typical Tile Dimensions in cuBLAS and Performance": 256x128 and
+# 128x256 (most efficient), 128x128, 256x64 and 64x256, 128x64 and 64x128, 64x64 (least efficient).
+HALF_GEMM_TILES = ((256, 128), (128, 256), (128, 128), (256, 64), (64, 256), (128, 64), (64, 128), (64, 64))
+# fp32 GEMMs run on the CUDA cores (SIMT). CUTLASS's SIMT SGEMM kernels, which cuBLASLt ships as
+# ``cutlass_80_simt_sgemm_*`` (NVIDIA/CUDALibrarySamples issue #309), are generated for 128x128,
+# 128x64, 64x128, 64x64, 128x32 and 32x128 tiles (NVIDIA/cutlass python/cutlass_library/generator.py,
+# GenerateSM50_Simt, commit 03447b6); cuBLAS's own fp32 kernels are named by the same tiles
+# (``ampere_sgemm_128x32_nn``, ``ampere_sgemm_32x128_tn`` in PyTorch profiles).
+FP32_GEMM_TILES = ((128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (32, 128))
 
 # FlashAttention-2 on A100: 50% at 512 tokens, 73% at 16k; ``peak * L / (L + L_HALF)`` passes through
 # both points (L_HALF = 236 tokens, peak 0.74).
@@ -139,7 +148,8 @@ TERM_SPREADS: dict[str, tuple[float, float]] = {
     "floor": (0.67, 1.67),
     "dispatch": (0.5, 2.0),
 }
-# A card without a MAMF measurement: wider, since its achievable fraction is assumed.
+# A card without a MAMF measurement, or whose L2 bandwidth is scaled from another card: wider, since
+# its achievable fraction or the load bound of its smaller tiles is assumed.
 UNMEASURED_GEMM_SPREAD = (0.85, 1.35)
 
 
@@ -153,33 +163,59 @@ def achievable_fraction(card: Card, half: bool = True) -> float:
 
 def term_spreads(card: Card) -> dict[str, tuple[float, float]]:
     """The per-term (p10, p90) time multipliers on ``card``."""
-    if card.name in ACHIEVABLE:
+    if card.name in ACHIEVABLE and card.l2_bandwidth_measured:
         return dict(TERM_SPREADS)
     return {**TERM_SPREADS, "gemm": UNMEASURED_GEMM_SPREAD}
 
 
-def gemm_issued_flops(card: Card, shape: GemmShape) -> float:
-    """FLOPs the card spends on a matmul of ``shape``, at the best candidate tile: whole tiles in
-    whole waves (one tile per SM per wave), each tile's work scaled by its lower reuse.
+def l2_bytes_per_second(card: Card) -> float:
+    """The card's L2 load bandwidth; without a published figure its DRAM bandwidth, a lower bound
+    (every DRAM byte an SM reads passes through L2, and every measured card's L2 is 2-6x faster)."""
+    gbs = card.l2_bandwidth_gbs or card.bandwidth_gbs
+    if gbs is None:
+        raise ValueError(f"{card.name} has neither an L2 nor a DRAM bandwidth to bound its GEMM loads")
+    return gbs * 1e9
 
-    Without the card's SM count, only tile quantisation applies. Integer tile and wave counts make
-    this non-decreasing in every dimension.
+
+def gemm_seconds(card: Card, shape: GemmShape, half: bool, peak_flops: float) -> float:
+    """Seconds of a matmul of ``shape`` on ``card`` (dense peak ``peak_flops`` for its input width),
+    at the best candidate tile: whole tiles in whole waves (one tile per SM per wave), each taking
+    the slower of its multiply-adds at the SM's share of the achievable rate and its A and B panel
+    loads at the SM's share of the L2 bandwidth.
+
+    Without the card's SM count, only tile quantisation applies (the whole card's rates per tile).
+    Integer tile and wave counts and per-tile costs linear in ``k`` make this non-decreasing in
+    every dimension.
     """
+    rate = peak_flops * achievable_fraction(card, half)
+    l2 = l2_bytes_per_second(card)
+    width = 2 if half else 4
     best = math.inf
-    for tm, tn in GEMM_TILES:
+    for tm, tn in HALF_GEMM_TILES if half else FP32_GEMM_TILES:
         tiles = shape.batch * math.ceil(shape.m / tm) * math.ceil(shape.n / tn)
         slots = math.ceil(tiles / card.sm_count) * card.sm_count if card.sm_count else tiles
-        reuse = (tm * tn / (tm + tn)) / _LARGEST_TILE_REUSE
-        best = min(best, 2 * shape.k * tm * tn * slots / reuse)
+        multiply = 2 * shape.k * tm * tn * slots / rate
+        load = shape.k * (tm + tn) * width * slots / l2
+        best = min(best, max(multiply, load))
     return best
+
+
+def dense_peak_flops(card: Card, half: bool) -> float | None:
+    """The card's datasheet dense FLOP/s for half-precision (bf16, else fp16) or fp32 inputs."""
+    tflops = (card.tflops.bf16 or card.tflops.fp16) if half else card.tflops.fp32
+    return None if tflops is None else tflops * 1e12
 
 
 def gemm_efficiency(card: Card, shape: GemmShape, half: bool = True) -> float:
     """Fraction of the dense peak a matmul of ``shape`` reaches on ``card`` (never above the card's
     measured achievable fraction for that input width)."""
+    peak = dense_peak_flops(card, half)
+    if peak is None:
+        raise ValueError(f"{card.name} has no datasheet peak for {'half' if half else 'fp32'} matmuls")
     useful = 2 * shape.batch * shape.m * shape.n * shape.k
-    # useful <= issued exactly; the float product can round a whole-tile shape a hair above 1.
-    return achievable_fraction(card, half) * min(1.0, useful / gemm_issued_flops(card, shape))
+    # useful <= issued exactly; the float quotient can put a whole-tile shape a hair above the fraction.
+    efficiency = useful / (gemm_seconds(card, shape, half, peak) * peak)
+    return min(achievable_fraction(card, half), efficiency)
 
 
 def attention_efficiency(card: Card, shape: AttentionShape, half: bool) -> float:
@@ -208,8 +244,8 @@ class DeviceModel:
         return replace(self, spreads=spreads)
 
     def _peak(self, half: bool) -> float:
-        tflops = self.card.tflops.fp32 if not half else (self.card.tflops.bf16 or self.card.tflops.fp16)
-        return tflops * 1e12 if tflops else self.default_peak_flops
+        peak = dense_peak_flops(self.card, half)
+        return self.default_peak_flops if peak is None else peak
 
     def _bandwidth_seconds(self, nbytes: float) -> float:
         assert self.card.bandwidth_gbs is not None
@@ -222,8 +258,7 @@ class DeviceModel:
         memory = self._bandwidth_seconds(op.bytes)
         compute = 0.0
         if op.gemm is not None:
-            rate = self._peak(op.half) * achievable_fraction(self.card, op.half)
-            compute = gemm_issued_flops(self.card, op.gemm) / rate * self.spreads.gemm
+            compute = gemm_seconds(self.card, op.gemm, op.half, self._peak(op.half)) * self.spreads.gemm
         elif op.attention is not None and op.flops:
             rate = self._peak(op.half) * attention_efficiency(self.card, op.attention, op.half)
             compute = op.flops / rate * self.spreads.attention

@@ -12,12 +12,17 @@ from planner.schema import TrainingConfig
 from planner.timing._compiled import compiled_kernels
 from planner.timing._counter import AttentionShape, GemmShape, OpCost, PhaseCosts
 from planner.timing._kernels import (
+    UNMEASURED_GEMM_SPREAD,
     Kernel,
     achievable_fraction,
     attention_efficiency,
+    dense_peak_flops,
     eager_kernels,
     gemm_efficiency,
+    gemm_seconds,
+    l2_bytes_per_second,
     queue_seconds,
+    term_spreads,
 )
 from planner.timing._roofline import device_model
 
@@ -108,8 +113,8 @@ def test_a_volta_fp32_matmul_keeps_more_of_its_peak_than_its_tensor_cores_do() -
     v100 = load_card("v100-sxm2-16gb")
     assert achievable_fraction(v100, half=False) == pytest.approx(14.51 / 15.7)
     assert achievable_fraction(v100, half=True) == pytest.approx(97.36 / 125.0)
-    # 8192^3 is whole 256x128 tiles in whole waves of 80 SMs (32 x 64 = 2048 tiles = 25.6 waves:
-    # the best tile wastes under 2%), so it runs at nearly the measured fraction.
+    # 8192^3 is whole 128x128 SIMT tiles in nearly whole waves of 80 SMs (64 x 64 = 4096 tiles =
+    # 51.2 waves: 52 waves waste under 2%), so it runs at nearly the measured fraction.
     shape = GemmShape(1, 8192, 8192, 8192)
     assert gemm_efficiency(v100, shape, half=False) == pytest.approx(14.51 / 15.7, rel=0.03)
     fp32 = TrainingConfig(model="x", precision="fp32")
@@ -121,3 +126,67 @@ def test_a_volta_fp32_matmul_keeps_more_of_its_peak_than_its_tensor_cores_do() -
 def test_an_unmeasured_card_takes_the_default_fraction() -> None:
     a10g = load_card("a10g")
     assert achievable_fraction(a10g, half=True) == achievable_fraction(a10g, half=False) == 0.80
+
+
+def test_a_skinny_fp32_gemm_pays_its_tile_and_wave_waste_not_a_reuse_penalty() -> None:
+    # A LoRA rank-16 adapter in fp32 on an A100 80GB: 16384 tokens x 4096 features -> 16 columns.
+    # FP32 SIMT tiles: 128x32 gives 128 x 1 = 128 tiles = 2 waves of 108 SMs (216 slots); 64x64
+    # 256 tiles = 3 waves (324); 32x128 512 tiles = 5 waves (540). 128x32 is best: its multiply-adds
+    # 2 * 4096 * 128 * 32 * 216 FLOPs at 19.18 TFLOP/s (the measured fp32 rate) = 0.378 ms, its loads
+    # 4096 * (128 + 32) * 4 B * 216 at 5411 GB/s (the card's L2) = 0.105 ms: CUDA cores bind, not L2.
+    a100 = load_card("a100-80gb")
+    shape = GemmShape(1, 16384, 16, 4096)
+    multiply = 2 * 4096 * 128 * 32 * 216 / 19.18e12
+    assert multiply > 4096 * 160 * 4 * 216 / 5411e9
+    assert gemm_seconds(a100, shape, False, 19.5e12) == pytest.approx(multiply)
+    # The whole op on the card: reading the 268 MB input at 80% of 2039 GB/s takes 0.165 ms, so the
+    # tile bound sets its time; the old 2.67x reuse penalty of a 64-wide tile gave ~1.2 ms.
+    nbytes = 4 * (16384 * 4096 + 4096 * 16 + 16384 * 16)
+    op = OpCost(kind="gemm", flops=2 * 16384 * 16 * 4096, bytes=nbytes, half=False, gemm=shape)
+    seconds = device_model(a100, TrainingConfig(model="x", precision="fp32")).device_seconds(op)
+    assert seconds == pytest.approx(multiply)
+    assert nbytes / (2039e9 * 0.8) < seconds < 0.4e-3
+
+
+def test_a_large_bf16_gemm_runs_at_the_measured_fraction() -> None:
+    # 8192^3 in 256x128 tiles: 32 x 64 = 2048 tiles, 19 waves of 108 (2052 slots). Per tile, the
+    # multiply-adds 2 * 8192 * 256 * 128 FLOPs at 312 x 0.859 / 108 TFLOP/s per SM take 2.00 us and
+    # the loads 8192 * 384 * 2 B at 5411 / 108 GB/s per SM 1.16 us: compute-bound, so the efficiency
+    # is the measured fraction less the wave waste.
+    a100 = load_card("a100-80gb")
+    assert gemm_efficiency(a100, GemmShape(1, 8192, 8192, 8192)) == pytest.approx(0.859 * 2048 / 2052)
+
+
+def test_a_gemm_of_64x64_tiles_is_bound_by_its_l2_loads_on_tensor_cores() -> None:
+    # 108 batched 64x64 outputs with k = 4096: one 64x64 tile per SM in one wave (larger tiles
+    # only add padded work). Multiply-adds: 2 * 4096 * 64 * 64 * 108 FLOPs at 312 x 0.859 TFLOP/s =
+    # 13.5 us; loads: 4096 * (64 + 64) * 2 B * 108 at 5411 GB/s = 20.9 us, which sets the time.
+    a100 = load_card("a100-80gb")
+    shape = GemmShape(108, 64, 64, 4096)
+    loads = 4096 * 128 * 2 * 108 / 5411e9
+    assert loads > 2 * 4096 * 64 * 64 * 108 / (312e12 * 0.859)
+    assert gemm_seconds(a100, shape, True, 312e12) == pytest.approx(loads)
+    useful = 2 * 108 * 64 * 64 * 4096
+    assert gemm_efficiency(a100, shape) == pytest.approx(useful / (loads * 312e12))
+
+
+def test_every_gpu_card_has_a_sourced_l2_bandwidth_and_a_card_without_one_falls_back_to_dram() -> None:
+    for card in GPU_CARDS:
+        assert card.l2_bandwidth_gbs is not None and card.l2_bandwidth_source
+        assert card.l2_bandwidth_gbs > card.bandwidth_gbs  # type: ignore[operator]
+    a100 = load_card("a100-80gb")
+    unknown = a100.model_copy(update={"l2_bandwidth_gbs": None})
+    assert l2_bytes_per_second(unknown) == 2039e9
+
+
+def test_a_card_with_a_scaled_l2_figure_takes_the_wider_gemm_spread() -> None:
+    assert term_spreads(load_card("a100-80gb"))["gemm"] != UNMEASURED_GEMM_SPREAD
+    rtx4090 = load_card("rtx-4090")  # MAMF measured, L2 scaled from the L40 by SM count
+    assert not rtx4090.l2_bandwidth_measured
+    assert term_spreads(rtx4090)["gemm"] == UNMEASURED_GEMM_SPREAD
+
+
+def test_the_dense_peak_of_a_card_without_bf16_is_its_fp16_peak() -> None:
+    v100 = load_card("v100-sxm2-16gb")
+    assert dense_peak_flops(v100, half=True) == 125e12
+    assert dense_peak_flops(v100, half=False) == 15.7e12
