@@ -11,7 +11,8 @@ optimizer step; the prediction is
     tokens/s = tokens per optimizer step / (accumulation x micro_step + optimizer + clipping)
 
 (clipping: rows whose stack clips gradients to ``max_grad_norm``, at the passes the trial model
-counts)
+counts; a paged optimizer's rows pass the step's memory estimate, so that the state that does not
+fit on the card crosses the host link in the optimizer step, as ``planner plan`` times it)
 and is compared with the published tokens/s. A row that publishes samples/s or seconds/step is
 converted with its tokens per sample (its fixed or packed sequence length). The published figure
 is "inside the interval" when it lies within the prediction scaled by ``relative_interval``
@@ -53,7 +54,7 @@ from published_rows import (
 )
 
 from planner.estimator import Estimator
-from planner.schema import Card, TrainingConfig
+from planner.schema import GIB, Card, MemoryEstimate, OptimizerName, TrainingConfig
 from planner.timing import BANDWIDTH_EFFICIENCY, StepTimeModel
 
 MEDIAN_TARGET_PERCENT = 10.0
@@ -72,6 +73,15 @@ def clip_seconds(row: dict[str, Any], config: TrainingConfig, card: Card) -> flo
         return 0.0
     trainable = Estimator(config, card).trainable_bytes()
     return CLIP_PASSES * trainable / (card.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY)
+
+
+def paged_memory(config: TrainingConfig, card: Card) -> MemoryEstimate | None:
+    """The memory estimate a paged optimizer's step time needs (how much of its state fits on the
+    card: the rest crosses the host link every step), from the linear fit like ``planner plan``'s;
+    None for the other optimizers, which keep no paged state (no estimate, no traces spent)."""
+    if config.optimizer is not OptimizerName.PAGED_ADAMW_8BIT:
+        return None
+    return Estimator(config, card).estimate(config.micro_batch, trace=False)
 
 
 def padded_per_batch(row: dict[str, Any]) -> bool:
@@ -145,9 +155,16 @@ def run_row(row: dict[str, Any], scratch: Path, models: dict[str, StepTimeModel]
         assumptions.append(f"fused kernels ({row['fused_kernels']}) not modelled: timed as eager")
     start = time.perf_counter()
     try:
-        times = step_model(setup.card, models).times(config, config.micro_batch, padded_length)
+        memory = paged_memory(config, setup.card)
+        times = step_model(setup.card, models).times(config, config.micro_batch, padded_length, memory)
     except Exception as exc:
         return {**record, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+    if memory is not None:
+        assumptions.append(
+            f"paged optimizer: {memory.paged_bytes / GIB:.1f} GiB of state, "
+            f"{memory.breakdown.paged_on_device / GIB:.1f} GiB of room beside the planner's predicted "
+            f"peak ({memory.peak_bytes / GIB:.1f} GiB device, linear fit)"
+        )
     # The published step clips the gradients before the optimizer steps (max_grad_norm).
     clip = clip_seconds(row, config, setup.card)
     if clip:
@@ -169,6 +186,7 @@ def run_row(row: dict[str, Any], scratch: Path, models: dict[str, StepTimeModel]
         "predicted": {
             "micro_step_seconds": round(times.micro_step, 4),
             "optimizer_seconds": round(times.optimizer, 4),
+            "paging_seconds": round(times.paging, 4),
             "clip_seconds": round(clip, 4),
             "step_seconds": round(step_seconds, 4),
             "tokens_per_second": round(predicted, 1),

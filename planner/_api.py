@@ -85,7 +85,7 @@ def compare_cards(
         )
         if mb:
             try:
-                step = StepTimeModel(card, store, traces).times(config, mb, config.seq_len)
+                step = StepTimeModel(card, store, traces).times(config, mb, config.seq_len, report.at_max)
             except PlannerError as exc:  # no datasheet throughput and no profile: memory only
                 option = option.model_copy(update={"note": exc.problem})
             else:

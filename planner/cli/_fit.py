@@ -495,7 +495,8 @@ def print_fit(report: FitReport) -> None:
             "allocator: not in allocated or reserved, and not what decides fit. "
             + (
                 f"{format_gib(on_host)} GiB of it does not fit beside the allocator's memory: the driver "
-                "pages it to host RAM, which slows the optimizer step."
+                "pages it to host RAM, and as the optimizer sweeps its state in the same order every "
+                "step, all of it migrates in and out each step (the step time counts it)."
                 if on_host
                 else "It stays on the device while there is room; under memory pressure the driver "
                 "pages it to host RAM, at a speed cost."

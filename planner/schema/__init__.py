@@ -1,6 +1,6 @@
 """Pydantic models shared by every part of the planner: the project's vocabulary."""
 
-from planner.schema._card import GIB, MIB, Card, Throughput
+from planner.schema._card import GIB, MIB, Card, HostLink, Throughput
 from planner.schema._compare import CardComparison, CardOption
 from planner.schema._memory import FitReport, Fix, MemoryBreakdown, MemoryEstimate, ModelledStack
 from planner.schema._parallel import Offload, Parallelism, RankFit, Strategy
@@ -57,6 +57,7 @@ __all__ = [
     "FitReport",
     "Fix",
     "HalvingRung",
+    "HostLink",
     "HostProfile",
     "Hyperparameters",
     "LoraSettings",

@@ -23,6 +23,32 @@ class Throughput(BaseModel):
     fp32: PositiveFloat | None
 
 
+# PCI Express signalling rate per lane and direction by generation (PCI-SIG base specifications:
+# 3.0 runs 8 GT/s, 4.0 16 GT/s, 5.0 32 GT/s, all with 128b/130b encoding), so a lane carries
+# GT/s x 128/130 / 8 bits = 0.985, 1.969, 3.938 GB/s each way: 15.75, 31.5, 63.0 GB/s at x16.
+PCIE_GIGATRANSFERS = {3: 8.0, 4: 16.0, 5: 32.0}
+PCIE_ENCODING = 128 / 130
+
+
+class HostLink(BaseModel):
+    """The PCI Express link between the card and its host's memory (what managed-memory pages
+    cross when the driver migrates them), from the card's datasheet."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pcie_generation: Literal[3, 4, 5]
+    lanes: Literal[1, 2, 4, 8, 16]
+    source: str
+
+    @property
+    def raw_gbs(self) -> float:
+        """The link's raw rate in one direction (GB/s): lanes x signalling rate x encoding."""
+        return self.lanes * PCIE_GIGATRANSFERS[self.pcie_generation] * PCIE_ENCODING / 8
+
+    def describe(self) -> str:
+        return f"PCIe {self.pcie_generation}.0 x{self.lanes}"
+
+
 class Card(BaseModel):
     """One GPU model, from ``profiles/cards/*.yaml`` or read from the local GPU through NVML.
 
@@ -59,6 +85,8 @@ class Card(BaseModel):
     """The figure was measured on this die with this SM count; False: scaled from a measured card
     of the same architecture by SM count (the GEMM term then takes a wider spread)."""
     l2_bandwidth_source: str | None = None
+    host_link: HostLink | None = None
+    """The card's link to host memory; None where its data names none (paging then goes untimed)."""
 
     @property
     def memory_total_bytes(self) -> int:

@@ -53,6 +53,9 @@ class TimeEstimate(BaseModel):
     """Seconds by phase: startup, train, eval, checkpoints."""
     note: str
     """Where the step time came from, in words (e.g. the efficiency assumed)."""
+    paging_seconds: NonNegativeFloat = 0.0
+    """Of ``optimizer_step_seconds``: a paged optimizer's state crossing the host link because it
+    does not fit on the card (0 when it fits or nothing is paged)."""
 
 
 class PlannedTrial(BaseModel):

@@ -266,13 +266,14 @@ def _time_trial(
         device_bytes_per_second=hosting.bandwidth,
         launch_seconds=hosting.launch_seconds() if ranks > 1 else 0.0,
     )
+    # The estimate tells the step time how much paged optimizer state does not fit on the card.
     if ranks == 1:
-        step = steps.times(config, micro, padded)
+        step = steps.times(config, micro, padded, estimate)
     else:
         # A rank's micro-step costs what one GPU's does; its optimizer step waits for the
         # communication the strategy does not hide.
         single = config.with_changes(parallelism=Parallelism())
-        step = rank_step_times(steps.times(single, micro, padded), config, shapes.card)
+        step = rank_step_times(steps.times(single, micro, padded, estimate), config, shapes.card)
     return PlannedTrial(
         number=number,
         params=params,

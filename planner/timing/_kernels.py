@@ -141,6 +141,8 @@ class Spreads:
 # ~±10% between cards of a kind and software versions (the table's caveats) and the tile model is
 # coarse, so 0.9-1.2; FlashAttention's reported range is 50-73%, so 0.85-1.25 around the curve;
 # bandwidth 70-90% around 80%; the launch floor 2-5 us around 3; dispatch 5-20 us around 10.
+# A paged optimizer's host traffic, where its state does not fit, is one more term with its own
+# spread (``planner.timing._paging.HOST_LINK_SPREAD``), joined to the step's interval there.
 TERM_SPREADS: dict[str, tuple[float, float]] = {
     "gemm": (0.9, 1.2),
     "attention": (0.85, 1.25),

@@ -81,7 +81,8 @@ def rank_step_times(step: StepTimes, config: TrainingConfig, card: Card) -> Step
     """
     parallelism = config.parallelism
     accumulated = config.gradient_accumulation
-    optimizer = step.optimizer / parallelism.shard_size
+    # The paging was timed from the rank's own memory estimate: not divided again.
+    optimizer = (step.optimizer - step.paging) / parallelism.shard_size + step.paging
     if card.interconnect_gbs is None:
         note = f"{step.note}; communication between ranks not counted: {card.name} names no interconnect"
         return replace(step, optimizer=optimizer, note=note)

@@ -15,11 +15,20 @@ from typing import Any, Protocol
 from planner.errors import ProfileError
 from planner.estimator import Helper, probe_depths, share
 from planner.models import load_model_config
-from planner.schema import Card, MachineLoad, MeasuredProfile, Precision, TimeSource, TrainingConfig
+from planner.schema import (
+    Card,
+    MachineLoad,
+    MeasuredProfile,
+    MemoryEstimate,
+    Precision,
+    TimeSource,
+    TrainingConfig,
+)
 from planner.step import cuda_target, num_layers, truncated_config
 from planner.timing._counter import CostedTracer, OpCost, PhaseCosts
 from planner.timing._kernels import BANDWIDTH_EFFICIENCY, OP_DISPATCH_SECONDS
 from planner.timing._load import load_interval, load_note
+from planner.timing._paging import host_paging, with_paging_interval
 from planner.timing._roofline import ACCUMULATE_PHASE, RooflineStep, roofline_available, roofline_step
 
 # A measured step time still misses what varies between runs of a whole trial (data order,
@@ -52,6 +61,9 @@ class StepTimes:
     relative_interval: tuple[float, float]
     """Multipliers giving the low and high end of what a real step may take."""
     note: str
+    paging: float = 0.0
+    """Of ``optimizer``: a paged optimizer's state crossing the host link when it does not fit on
+    the card (:mod:`planner.timing._paging`), per optimizer step."""
 
 
 DepthCosts = dict[int, dict[str, PhaseCosts]]
@@ -230,8 +242,19 @@ class StepTimeModel:
         return self._scale
 
     # -- answers --------------------------------------------------------------------------------
-    def times(self, config: TrainingConfig, micro_batch: int, padded_length: float) -> StepTimes:
-        """Step times at ``micro_batch`` rows padded to ``padded_length`` tokens."""
+    def times(
+        self,
+        config: TrainingConfig,
+        micro_batch: int,
+        padded_length: float,
+        memory: MemoryEstimate | None = None,
+    ) -> StepTimes:
+        """Step times at ``micro_batch`` rows padded to ``padded_length`` tokens.
+
+        ``memory``: the step's memory estimate on this card; a paged optimizer state that does not
+        fit beside its peak adds its host traffic to the optimizer step (:mod:`._paging`). A
+        measured profile of this config on this card already contains it.
+        """
         # Work scales with the tokens in the micro-batch: m rows of length L cost what
         # m * L / seq_len full rows cost (attention's quadratic part is small next to the matmuls).
         rows = micro_batch * min(padded_length, config.seq_len) / config.seq_len
@@ -265,13 +288,25 @@ class StepTimeModel:
         scale, interval, note = self._calibration()
         step = self.roofline(config, micro_batch)
         fraction = rows / micro_batch
+        micro_step = step.micro_step * scale * fraction
+        # Per optimizer step: the update, and the in-place gradient adds of every micro-step
+        # after an accumulation's first.
+        optimizer = (step.optimizer + (config.gradient_accumulation - 1) * step.accumulate) * scale
+        relative = step.interval if interval is None else interval
+        paging = host_paging(memory, self.card) if memory is not None else None
+        paging_seconds = 0.0
+        if paging is not None:
+            paging_seconds = paging.seconds or 0.0  # untimed on a card naming no host link
+            # Host-link seconds, not device kernels: outside the calibration's scale.
+            stepped = config.gradient_accumulation * micro_step + optimizer
+            relative = with_paging_interval(relative, stepped, paging_seconds)
+            note = f"{note}; {paging.note}"
         return StepTimes(
-            micro_step=step.micro_step * scale * fraction,
-            # Per optimizer step: the update, and the in-place gradient adds of every micro-step
-            # after an accumulation's first.
-            optimizer=(step.optimizer + (config.gradient_accumulation - 1) * step.accumulate) * scale,
+            micro_step=micro_step,
+            optimizer=optimizer + paging_seconds,
             eval_forward=step.forward * scale * fraction,
             source="default" if interval is None else "calibrated",
-            relative_interval=step.interval if interval is None else interval,
+            relative_interval=relative,
             note=note,
+            paging=paging_seconds,
         )

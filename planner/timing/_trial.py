@@ -224,6 +224,7 @@ def trial_time(
         source=step.source,
         micro_step_seconds=step.micro_step,
         optimizer_step_seconds=step.optimizer,
+        paging_seconds=step.paging,
         parts=parts,
         note="; ".join(notes),
     )
