@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from planner.schema import SweepSpec
 
 Split = Literal["train", "eval"]
+ROW_READER = "datasets"
+"""The library :func:`read_rows` loads rows with, imported on first use (about half a second cold)."""
 
 
 def read_examples(path: Path, *, field: str = "data.train", data: DataSpec | None = None) -> list[str]:

@@ -103,6 +103,7 @@ def count_work(
     # The last step of an epoch takes only the micro-batches left over.
     micro_steps = full_epochs * batches_per_epoch + min(rest * accumulation, batches_per_epoch)
     epochs_started = math.ceil(steps / steps_per_epoch)
+    final_eval = 0
     if eval_examples == 0 or eval_spec.strategy == "no":
         evals = 0
     elif eval_spec.strategy == "epoch":
@@ -110,12 +111,17 @@ def count_work(
     else:
         assert eval_spec.every_steps is not None
         evals = steps // eval_spec.every_steps
+        # The objective is the metric at the end of training: when the cadence leaves the last
+        # steps unevaluated, the recipe evaluates once more after train() (executor's
+        # ``trainer_attempt``), a pass without a checkpoint save.
+        final_eval = 1 if steps % eval_spec.every_steps else 0
     if checkpoint_every_steps is not None:
         saves = steps // checkpoint_every_steps
     elif evals:
         saves = evals
     else:
         saves = epochs_started
+    evals += final_eval
     return TrialWork(
         optimizer_steps=steps,
         micro_steps=micro_steps,

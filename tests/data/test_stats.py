@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,6 +83,25 @@ def test_tokenising_is_timed_with_a_warm_tokenizer_load_as_a_trial_pays_it(
     monkeypatch.setattr(stats, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     _, lengths = count_data(load_spec(EXAMPLES / "tiny-sweep" / "spec.yaml"))
     assert len(loads) == 2 and lengths.tokenize_seconds == 1.0
+
+
+def test_tokenising_is_timed_with_the_row_reader_imported_as_a_trial_finds_it() -> None:
+    """A trial's worker imported ``datasets`` while planning; the timing must not hold that import.
+    In a fresh interpreter, the clock's first reading inside ``count_data`` finds it imported."""
+    script = f"""
+import sys, types
+import planner.data._stats as stats
+from planner.sweep import load_spec
+seen = []
+def clock():
+    seen.append("datasets" in sys.modules)
+    return 0.0
+stats.time = types.SimpleNamespace(perf_counter=clock)
+stats.count_data(load_spec({str(EXAMPLES / "tiny-sweep" / "spec.yaml")!r}))
+print(seen[0])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "True"
 
 
 def test_without_a_tokenizer_a_byte_proxy_is_used_and_said(tmp_path: Path) -> None:

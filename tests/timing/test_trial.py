@@ -38,7 +38,11 @@ def test_fractional_epochs_and_max_steps() -> None:
     assert work(hyper=Hyperparameters(epochs=0.5)).optimizer_steps == 7  # type: ignore[attr-defined]
     capped = work(hyper=Hyperparameters(max_steps=5), eval_spec=EvalSpec(strategy="steps", every_steps=2))
     assert capped.optimizer_steps == 5 and capped.micro_steps == 10  # type: ignore[attr-defined]
-    assert capped.eval_passes == 2  # type: ignore[attr-defined]
+    # Evaluated at steps 2 and 4 (each with a save), then once more after step 5 (the recipe's final
+    # evaluation, no save); a cadence that ends on the last step needs no extra pass.
+    assert capped.eval_passes == 3 and capped.checkpoint_saves == 2  # type: ignore[attr-defined]
+    aligned = work(hyper=Hyperparameters(max_steps=4), eval_spec=EvalSpec(strategy="steps", every_steps=2))
+    assert aligned.eval_passes == 2 and aligned.checkpoint_saves == 2  # type: ignore[attr-defined]
 
 
 def test_trial_time_grows_with_the_work_it_counts() -> None:
