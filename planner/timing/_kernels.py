@@ -19,7 +19,15 @@ Every rule below states its source. None is set from the published throughput ro
   tile's, and the whole op stays bounded below by its DRAM bytes (``DeviceModel.device_seconds``).
   Candidate tiles: for half-precision (tensor-core) GEMMs the guide's cuBLAS list; for fp32, which
   runs on the CUDA cores without TF32, CUTLASS's SIMT SGEMM tiles, which add 128x32 and 32x128
-  (see ``FP32_GEMM_TILES``). Split-K and other shape-specific kernels are not modelled.
+  (see ``FP32_GEMM_TILES``). A GEMM with too few output tiles to fill the card may instead split
+  its K dimension (CUTLASS's "Efficient GEMM in CUDA", section "Parallelized Reductions: Split K -
+  reduction across threadblocks": for small M x N and large K, "there are too few threadblocks to
+  efficiently occupy the entire GPU", so the K dimension is partitioned, each partition launched as
+  its own set of threadblocks, and a second, batched-reduction kernel sums the partitions' outputs
+  from a workspace). A split into p partitions is a candidate when its tiles still fit one wave
+  (more partitions add reduction work, no parallelism); it costs the partitions' tiles as above,
+  each over ceil(k / p), plus the reduction: the p fp32 partial outputs written and read back at
+  bandwidth, and one more kernel launch. Other shape-specific kernels are not modelled.
 - **Fused attention** (SDPA flash / memory-efficient kernels): the FlashAttention-2 paper (Dao,
   2023, arXiv:2307.08691) reports 50-73% of the A100's dense peak, rising with sequence length
   (its benchmarks run 512 to 16k tokens); the FlashAttention-3 paper (Shah et al., 2024,
@@ -42,6 +50,7 @@ Every rule below states its source. None is set from the published throughput ro
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -118,6 +127,10 @@ EFFICIENT_ATTENTION_SCALE = 0.40 / 0.73
 ATTENTION_QUERY_BLOCK = 128
 
 BANDWIDTH_EFFICIENCY = 0.80
+# Split-K's partial outputs are kept in the compute type (cuBLASLt's CUBLASLT_REDUCTION_SCHEME_
+# COMPUTE_TYPE workspace; CUTLASS's partitionedK GEMM writes its C per partition): fp32 for the
+# fp16/bf16 and fp32 GEMMs of training.
+SPLIT_K_PARTIAL_BYTES = 4
 KERNEL_FLOOR_SECONDS = 3e-6
 OP_DISPATCH_SECONDS = 10e-6
 COMPILED_LAUNCH_SECONDS = 4e-6
@@ -185,20 +198,46 @@ def gemm_seconds(card: Card, shape: GemmShape, half: bool, peak_flops: float) ->
     the slower of its multiply-adds at the SM's share of the achievable rate and its A and B panel
     loads at the SM's share of the L2 bandwidth.
 
-    Without the card's SM count, only tile quantisation applies (the whole card's rates per tile).
-    Integer tile and wave counts and per-tile costs linear in ``k`` make this non-decreasing in
-    every dimension.
+    A tiling too small to fill one wave may also split K (see the module's docstring), at the cost
+    of its reduction. Without the card's SM count, only tile quantisation applies (the whole card's
+    rates per tile), and no split. Integer tile and wave counts, per-tile costs non-decreasing in
+    ``k`` and fewer splits allowed as the tiles grow make this non-decreasing in every dimension.
     """
-    rate = peak_flops * achievable_fraction(card, half)
-    l2 = l2_bytes_per_second(card)
+    # Split-K's reduction moves the partitions' fp32 partial outputs through DRAM: without the
+    # card's bandwidth (or its SM count, which says when a split fills the card) it is not a candidate.
+    dram = card.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY if card.bandwidth_gbs and card.sm_count else None
+    return _best_tiling(
+        shape,
+        half,
+        peak_flops * achievable_fraction(card, half),
+        l2_bytes_per_second(card),
+        dram,
+        card.sm_count,
+    )
+
+
+@functools.lru_cache(maxsize=65536)
+def _best_tiling(
+    shape: GemmShape, half: bool, rate: float, l2: float, dram: float | None, sm_count: int | None
+) -> float:
+    """:func:`gemm_seconds` on plain numbers (a step repeats its layers' few GEMM shapes: cached)."""
     width = 2 if half else 4
     best = math.inf
     for tm, tn in HALF_GEMM_TILES if half else FP32_GEMM_TILES:
         tiles = shape.batch * math.ceil(shape.m / tm) * math.ceil(shape.n / tn)
-        slots = math.ceil(tiles / card.sm_count) * card.sm_count if card.sm_count else tiles
-        multiply = 2 * shape.k * tm * tn * slots / rate
-        load = shape.k * (tm + tn) * width * slots / l2
-        best = min(best, max(multiply, load))
+        splits = min(max(1, sm_count // tiles), shape.k) if sm_count and dram else 1
+        for parts in range(1, splits + 1):
+            blocks = tiles * parts
+            slots = math.ceil(blocks / sm_count) * sm_count if sm_count else blocks
+            depth = math.ceil(shape.k / parts)
+            multiply = 2 * depth * tm * tn * slots / rate
+            load = depth * (tm + tn) * width * slots / l2
+            reduction = 0.0
+            if parts > 1:
+                assert dram is not None
+                partials = parts * shape.batch * shape.m * shape.n * SPLIT_K_PARTIAL_BYTES
+                reduction = 2 * partials / dram + KERNEL_FLOOR_SECONDS
+            best = min(best, max(multiply, load) + reduction)
     return best
 
 

@@ -12,6 +12,7 @@ from planner.schema import TrainingConfig
 from planner.timing._compiled import compiled_kernels
 from planner.timing._counter import AttentionShape, GemmShape, OpCost, PhaseCosts
 from planner.timing._kernels import (
+    KERNEL_FLOOR_SECONDS,
     UNMEASURED_GEMM_SPREAD,
     Kernel,
     achievable_fraction,
@@ -146,6 +147,26 @@ def test_a_skinny_fp32_gemm_pays_its_tile_and_wave_waste_not_a_reuse_penalty() -
     seconds = device_model(a100, TrainingConfig(model="x", precision="fp32")).device_seconds(op)
     assert seconds == pytest.approx(multiply)
     assert nbytes / (2039e9 * 0.8) < seconds < 0.4e-3
+
+
+def test_a_gemm_with_too_few_output_tiles_splits_k_and_pays_its_reduction() -> None:
+    # A LoRA-sized weight gradient, 128 x 128 outputs summed over 16384 tokens, bf16 on an A100 80GB
+    # (108 SMs). Unsplit, 64x64 tiles give 4 tiles in one wave of 108 slots: 2 * 16384 * 64 * 64 *
+    # 108 FLOPs at 0.859 x 312 TFLOP/s = 83.7 us. Split into 27 partitions (4 x 27 = 108 blocks, one
+    # full wave), each over ceil(16384 / 27) = 607 of K: loads 607 * (64 + 64) * 2 B * 108 at 5411 GB/s
+    # = 3.10 us (above its multiply-adds, 2.0 us); the reduction writes and reads 27 fp32 partial
+    # outputs of 128 x 128 at 80% of 2039 GB/s (2.17 us) and launches one more kernel (3 us).
+    a100 = load_card("a100-80gb")
+    shape = GemmShape(1, 128, 128, 16384)
+    loads = 607 * 128 * 2 * 108 / 5411e9
+    assert loads > 2 * 607 * 64 * 64 * 108 / (0.859 * 312e12)
+    reduction = 2 * 27 * 128 * 128 * 4 / (0.8 * 2039e9) + KERNEL_FLOOR_SECONDS
+    assert gemm_seconds(a100, shape, True, 312e12) == pytest.approx(loads + reduction)
+    assert loads + reduction < 0.2 * (2 * 16384 * 64 * 64 * 108 / (0.859 * 312e12))
+    # Tiles that fill the card already do not split: 16384 x 4096 outputs are 256 x 128 tiles by the
+    # thousand, and the time stays the measured fraction's.
+    large = GemmShape(1, 16384, 4096, 16384)
+    assert gemm_efficiency(a100, large, True) == pytest.approx(0.859, rel=0.02)
 
 
 def test_a_large_bf16_gemm_runs_at_the_measured_fraction() -> None:
