@@ -12,22 +12,23 @@ from planner.allocator._model import AllocatorOutOfMemory, CachingAllocator, Seg
 
 @dataclass(frozen=True)
 class Event:
-    """One request in a traced stream: allocate ``size`` bytes as ``block_id``, or free ``block_id``.
+    """One request in a traced stream: allocate ``size`` bytes as ``block_id``, free ``block_id``,
+    or empty the cache (``torch.cuda.empty_cache()``, which a training loop may call between steps).
 
     ``op`` labels who made the request (e.g. the aten op); ``stream`` keeps blocks apart the way
     torch keeps them per CUDA stream (nothing else about streams is modelled).
     """
 
-    kind: Literal["alloc", "free"]
+    kind: Literal["alloc", "free", "empty_cache"]
     block_id: Hashable
     size: int = 0
     op: str | None = None
     stream: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("alloc", "free"):
-            raise ValueError(f"event kind must be 'alloc' or 'free', not {self.kind!r}")
-        if self.size < 0 or (self.kind == "free" and self.size):
+        if self.kind not in ("alloc", "free", "empty_cache"):
+            raise ValueError(f"event kind must be 'alloc', 'free' or 'empty_cache', not {self.kind!r}")
+        if self.size < 0 or (self.kind != "alloc" and self.size):
             raise ValueError(f"{self.kind} event for {self.block_id!r} has size {self.size}")
 
     @classmethod
@@ -37,6 +38,10 @@ class Event:
     @classmethod
     def free(cls, block_id: Hashable, op: str | None = None, stream: int = 0) -> Event:
         return cls("free", block_id, 0, op, stream)
+
+    @classmethod
+    def empty_cache(cls) -> Event:
+        return cls("empty_cache", None)
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,10 @@ def _run(
         try:
             if event.kind == "alloc":
                 allocator.malloc(event.block_id, event.size, event.stream)
-            else:
+            elif event.kind == "free":
                 allocator.free(event.block_id)
+            else:
+                allocator.empty_cache()
         except AllocatorOutOfMemory as error:
             return allocator, peak_index, replayed, error
         replayed = index + 1

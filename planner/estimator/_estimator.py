@@ -111,6 +111,7 @@ class Estimator:
                 workspace_bytes=self.overhead.workspace_bytes,
                 capacity=self.card.available_bytes - self._outside_allocator_bytes,
                 config=self.alloc_conf,
+                empty_cache_every_step=self.config.stack.empty_cache_every_step,
             )
         return self._replayed[micro_batch]
 

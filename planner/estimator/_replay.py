@@ -37,7 +37,9 @@ class ReplayedPeak:
     fits: bool
 
 
-def _events(stream: AllocationStream, workspace_bytes: int, steps: int) -> Iterator[Event]:
+def _events(
+    stream: AllocationStream, workspace_bytes: int, steps: int, empty_cache_every_step: bool = False
+) -> Iterator[Event]:
     if workspace_bytes:
         yield Event.alloc("cublas-workspace", workspace_bytes)
     setup_blocks: set[int] = set()
@@ -53,6 +55,10 @@ def _events(stream: AllocationStream, workspace_bytes: int, steps: int) -> Itera
     # Blocks are numbered by first allocation, setup first: below this one, a step only frees.
     first_step_block = 1 + max((block for block, _ in stream.setup), default=-1)
     for repeat in range(steps):
+        if empty_cache_every_step:
+            # The loop empties the cache after each step (the warm-up step included): the next
+            # one starts from the segments its live tensors hold.
+            yield Event.empty_cache()
         for block, delta in stream.step:
             if block < first_step_block:
                 # State an optimizer replaces rather than updates in place is freed once; what
@@ -67,15 +73,21 @@ def _events(stream: AllocationStream, workspace_bytes: int, steps: int) -> Itera
 
 
 def replay_step(
-    stream: AllocationStream, *, workspace_bytes: int, capacity: int, config: AllocatorConfig
+    stream: AllocationStream,
+    *,
+    workspace_bytes: int,
+    capacity: int,
+    config: AllocatorConfig,
+    empty_cache_every_step: bool = False,
 ) -> ReplayedPeak:
-    """Replay ``stream`` (two steady-state steps) and say what it reserves and whether it fits."""
-    unlimited = replay(_events(stream, workspace_bytes, 2), config)
+    """Replay ``stream`` (two steady-state steps, the cache emptied before each when the loop does
+    so) and say what it reserves and whether it fits."""
+    unlimited = replay(_events(stream, workspace_bytes, 2, empty_cache_every_step), config)
     if unlimited.max_reserved <= capacity:
         return ReplayedPeak(
             unlimited.max_allocated, unlimited.max_reserved, unlimited.segment_count_at_peak, True
         )
-    limited = replay(_events(stream, workspace_bytes, 2), config, capacity)
+    limited = replay(_events(stream, workspace_bytes, 2, empty_cache_every_step), config, capacity)
     if limited.out_of_memory is None:
         return ReplayedPeak(limited.max_allocated, limited.max_reserved, limited.segment_count_at_peak, True)
     return ReplayedPeak(

@@ -64,6 +64,14 @@ class TargetStack(BaseModel):
     ``AdamW`` ran (Trainer's ``adamw_hf``, its default until huggingface/transformers#25109,
     2023-07: one ``exp_avg_sq.sqrt().add_(eps)`` temporary per parameter)."""
 
+    empty_cache_every_step: bool = False
+    """The training loop calls ``torch.cuda.empty_cache()`` at the end of every optimizer step, as
+    the peft MetaMathQA benchmark's loop does (peft method_comparison/MetaMathQA/run.py, ``train``:
+    ``torch.cuda.empty_cache()`` then ``gc.collect()`` after each step). Each step then starts with
+    only its live tensors' segments reserved: the blocks the previous step cached and split are
+    released, so the replay starts each step afresh. (Trainer's ``torch_empty_cache_steps`` empties
+    the cache elsewhere, between a micro-step's loss and its backward: not this.)"""
+
     @property
     def is_default(self) -> bool:
         return self == TargetStack()

@@ -124,6 +124,23 @@ def test_replay_reports_peaks_layout_and_stops_at_out_of_memory() -> None:
     assert (fails.out_of_memory.allocation, fails.out_of_memory.reserved) == (30 * MiB, 2 * MiB)
 
 
+def test_an_empty_cache_event_releases_the_cached_segments() -> None:
+    """9 MiB (20 MiB segment), 100 KiB (2 MiB segment), free 9 MiB: 22 MiB reserved. Emptying the
+    cache releases the unused 20 MiB segment (the 2 MiB one holds a live block), so a 30 MiB request
+    then takes its own segment next to 2 MiB: 32 MiB at the peak, not the 52 MiB of a kept cache."""
+    events = [
+        Event.alloc("w", 9 * MiB),
+        Event.alloc("x", 100 * 1024),
+        Event.free("w"),
+        Event.empty_cache(),
+        Event.alloc("y", 30 * MiB),
+    ]
+    result = replay(events, AllocatorConfig())
+    assert (result.max_reserved, result.segment_count_at_peak) == (32 * MiB, 2)
+    with pytest.raises(ValueError, match="has size"):
+        Event("empty_cache", None, size=1)
+
+
 def test_replay_of_a_recorded_training_step(step_events: list[Event]) -> None:
     """Invariants on a real CPU-recorded stream.
 

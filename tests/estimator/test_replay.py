@@ -43,6 +43,39 @@ def test_replay_reserves_at_least_what_is_allocated_and_decides_fit(tiny_models:
     assert not tight.fits  # not even the live tensors fit
 
 
+def test_a_loop_that_empties_the_cache_every_step_replays_each_step_afresh(
+    tiny_models: dict[str, str],
+) -> None:
+    """The stack's ``empty_cache_every_step`` puts an empty-cache event before each replayed step;
+    what is allocated does not change, and what is reserved never exceeds the kept cache's."""
+    from planner.estimator._replay import _events
+
+    config = TrainingConfig(model=tiny_models["llama"], seq_len=64, precision="bf16")
+    trace = Estimator(config, make_card(4096)).full_trace(4)
+    assert trace.allocations is not None
+    emptied = list(_events(trace.allocations, 8 << 20, 2, empty_cache_every_step=True))
+    assert [e.kind for e in emptied].count("empty_cache") == 2
+    assert [e for e in emptied if e.kind != "empty_cache"] == list(_events(trace.allocations, 8 << 20, 2))
+    kept = replay_step(trace.allocations, workspace_bytes=8 << 20, capacity=1 << 40, config=AllocatorConfig())
+    afresh = replay_step(
+        trace.allocations,
+        workspace_bytes=8 << 20,
+        capacity=1 << 40,
+        config=AllocatorConfig(),
+        empty_cache_every_step=True,
+    )
+    assert afresh.allocated == kept.allocated and afresh.reserved <= kept.reserved
+    stacked = config.model_copy(
+        update={"stack": config.stack.model_copy(update={"empty_cache_every_step": True})}
+    )
+    estimated, plain = (
+        Estimator(stacked, make_card(4096)).replayed(4),
+        Estimator(config, make_card(4096)).replayed(4),
+    )
+    assert estimated is not None and plain is not None
+    assert estimated.allocated == plain.allocated and estimated.reserved <= plain.reserved
+
+
 def test_cuda_estimates_report_the_replay_and_host_estimates_do_not(tiny_models: dict[str, str]) -> None:
     from planner.cards import host_card
 
