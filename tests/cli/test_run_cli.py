@@ -235,3 +235,27 @@ def test_gpus_are_split_into_groups_of_a_trials_ranks() -> None:
     assert _gpus("0-3") == ["0", "1", "2", "3"] and _gpus("0-1,4,5") == ["0", "1", "4", "5"]
     assert _gpu_groups(_gpus("0-3"), 2, 2) == ["0,1", "2,3"]
     assert _gpu_groups(_gpus("0,1,2"), None, 1) == ["0", "1", "2"]
+
+
+def test_run_plans_with_its_libraries_frozen_as_plan_does(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`planner run` imports its libraries (the model's class and adapters included) without
+    collections and freezes them before planning, as `planner plan` does: the plan's start-up
+    estimate times planning in that state, and unfrozen, planning's full collections walk the heap."""
+    import gc
+
+    import planner.sweep
+    from planner.errors import ConfigError
+
+    seen: list[tuple[int, bool]] = []
+
+    def plan_for_card(*_: Any, **__: Any) -> None:
+        seen.append((gc.get_freeze_count(), gc.isenabled()))
+        raise ConfigError("plan", "stopped by the test", "none")
+
+    gc.unfreeze()  # what earlier tests in this process froze
+    monkeypatch.setattr(planner.sweep, "plan_for_card", plan_for_card)
+    result = run("run", write_spec(tmp_path, model_dir), "--card", "cpu", "--json")
+    assert result.exit_code == 2 and "stopped by the test" in result.output
+    assert len(seen) == 1 and seen[0][0] > 0 and seen[0][1]
