@@ -5,8 +5,12 @@ full fine-tuning, short uniform question/answer pairs, micro-batch 4) in archite
 Qwen2, Mistral), method (full and LoRA), data lengths (a log-normal with a tail far beyond
 ``seq_len``, a bimodal mix, packing), micro-batch and accumulation. Models are built from configs
 (random init), the data generated here from a seeded RNG, the tokenizer borrowed from the tiny
-example. No constant of the time model is set from these sweeps: host speeds and step times are
-measured by the planner itself (`planner plan` profiles what it lacks, as on a fresh machine).
+example. Each trains a few hundred to a thousand rows, so that a trial lasts seconds, not one: a
+trial of a second or two is this shared VM's second-to-second speed swings (identical runs differ
+by a quarter) more than the model's error, and the plan's own profile, capped at 5% of the sweep,
+is a few steps long. No constant of the time model is set from these sweeps: host speeds and
+step times are measured by the planner itself (`planner plan` profiles what it lacks, as on a
+fresh machine).
 
 For each sweep: `planner plan --card cpu --json`, then `planner run --card cpu --json` (real
 Trainer runs through the executor); per trial, predicted seconds (and the plan's 80% interval)
@@ -117,7 +121,7 @@ SWEEPS: list[dict[str, Any]] = [
         "name": "gpt2-lora-longtail",
         "model": "gpt2",
         "lengths": "long-tail",
-        "examples": (192, 24),
+        "examples": (768, 24),
         "base": {
             "method": "lora",
             "precision": "fp32",
@@ -134,7 +138,7 @@ SWEEPS: list[dict[str, Any]] = [
         "model": "qwen2",
         "lengths": "long-tail",
         "packing": True,
-        "examples": (120, 16),
+        "examples": (480, 16),
         "base": {"method": "full", "precision": "fp32", "optimizer": "adamw", "seq_len": 96},
         "micro_batch": 2,
         "search": {"learning_rate": [3.0e-4], "effective_batch": [2, 8]},
@@ -144,7 +148,7 @@ SWEEPS: list[dict[str, Any]] = [
         "name": "mistral-lora-short",
         "model": "mistral",
         "lengths": "short",
-        "examples": (256, 24),
+        "examples": (1024, 24),
         "base": {
             "method": "lora",
             "precision": "fp32",
@@ -160,7 +164,7 @@ SWEEPS: list[dict[str, Any]] = [
         "name": "gpt2-full-bimodal",
         "model": "gpt2",
         "lengths": "bimodal",
-        "examples": (96, 12),
+        "examples": (384, 12),
         "base": {"method": "full", "precision": "fp32", "optimizer": "adamw", "seq_len": 256},
         "micro_batch": 1,
         "eval": {"strategy": "steps", "every_steps": 30},
