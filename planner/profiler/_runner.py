@@ -2,8 +2,10 @@
 
 The model, adapters, 4-bit base and optimizer come from the estimator's own builder
 (:func:`planner.step.build_training_setup`), so what is measured is what was predicted.
-A step is Trainer's: forward with labels under autocast, backward, optimizer step, zero_grad; with
-gradient accumulation a second micro-batch runs with the first one's gradients alive.
+A step is Trainer's: ``model.train()``, forward with labels under autocast and backward per
+micro-batch, then the optimizer step and ``model.zero_grad()``; with gradient accumulation a
+second micro-batch runs with the first one's gradients alive. (Trainer's per-step calls walk the
+whole model, frozen base included: on a small model on a CPU they are a few percent of a step.)
 """
 
 from __future__ import annotations
@@ -114,13 +116,18 @@ class StepRunner:
         return max(time.perf_counter() - start, 1e-9)
 
     def _forward_backward(self, batch: dict[str, torch.Tensor]) -> None:
+        # Trainer.training_step begins each micro-batch with model.train(), a walk over every
+        # module (transformers trainer.py, training_step).
+        self.setup.model.train()
         with self._autocast():
             loss = self.setup.model(**batch).loss
         (loss / self.config.gradient_accumulation).backward()
 
     def _optimizer_step(self) -> None:
         self.setup.optimizer.step()
-        self.setup.optimizer.zero_grad(set_to_none=True)
+        # Trainer clears gradients with model.zero_grad() (every parameter, frozen ones included),
+        # not the optimizer's (trainer.py, _inner_training_loop, after optimizer and scheduler step).
+        self.setup.model.zero_grad(set_to_none=True)
 
     def train_step(self, micro_batch: int) -> tuple[list[float], float]:
         """One optimizer step: seconds of each micro-batch's forward+backward, and of step+zero_grad.

@@ -34,6 +34,21 @@ def test_measurement_times_and_live_peak_match_the_host_estimate(tiny_models: di
     assert abs(predicted - live) <= 0.02 * live, (predicted, live)
 
 
+def test_a_measured_step_makes_trainers_per_step_calls(tiny_models: dict[str, str]):
+    """Trainer puts the model in train mode at each micro-batch and clears every parameter's
+    gradient (``model.zero_grad()``, frozen ones included) after the optimizer: a measured step
+    pays those walks over the model too."""
+    config = TrainingConfig(model=tiny_models["llama"], method="lora", precision="fp32", seq_len=16)
+    runner = StepRunner(config, "cpu")
+    model = runner.setup.model
+    frozen = next(p for p in model.parameters() if not p.requires_grad)
+    model.eval()
+    frozen.grad = torch.zeros_like(frozen)
+    runner.train_step(2)
+    assert model.training and frozen.grad is None
+    runner.close()
+
+
 def test_one_real_rank_of_a_fake_fsdp_world_measures_the_per_rank_trace(tiny_models: dict[str, str]):
     # What benchmarks/gpu_validate.py runs on a single lent GPU for a multi-GPU config: rank 0 of
     # the job with real tensors, the other ranks imagined by the fake process group.
