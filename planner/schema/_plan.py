@@ -126,8 +126,10 @@ class Plan(BaseModel):
     startup_seconds: NonNegativeFloat | None = None
     """Before the first trial of ``planner run``, not in the totals (they are the trials' sum): the
     interpreter, imports and planning as this planning process took them (its measuring aside),
-    and importing what the run adds after planning (Trainer, the study's storage), timed here after
-    the same planning. None when it could not be measured."""
+    and, for a plan on this machine's own card (the host), importing what the run adds after
+    planning (Trainer, the study's storage), timed here after the same planning; a GPU card's plan
+    measures nothing of this machine and leaves those imports out. None when it could not be
+    measured."""
     storage_seconds: NonNegativeFloat | None = None
     """The study's storage work outside the trials, not in the totals: opening it before the first
     trial, and each runnable trial's commits (enqueued, claimed, recorded) around its own clock,

@@ -194,8 +194,11 @@ def plan_for_card(
     startup = None
     if started_at is not None:
         # `planner run` does what this process did (interpreter, imports, counting, planning),
-        # less the measuring that is now cached, then imports what its trials need.
-        import_run_modules()
+        # less the measuring that is now cached, then imports what its trials need. Timing those
+        # imports is a measurement of this machine, which a GPU card's plan does not make (its
+        # run's host is not this machine, in general): there they are left out (~1-2 s, once).
+        if on_host:
+            import_run_modules()
         startup = max(0.0, time.time() - started_at - budget.spent)
     storage = None
     if host is not None and host.study_open_seconds is not None and host.study_trial_seconds is not None:

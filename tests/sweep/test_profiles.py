@@ -63,6 +63,25 @@ def test_a_host_plan_counts_the_runs_storage_and_its_imports_after_planning(
     assert plan_for_card(spec_for(tiny_models["llama"]), host_card()).storage_seconds is None  # unmeasured
 
 
+def test_a_gpu_cards_plan_times_none_of_the_runs_imports(
+    tiny_models: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timing what `planner run` imports is a measurement of this machine: a plan for a GPU card
+    makes none (its run's host is another machine, in general) and states its start-up without
+    them; a plan for the host card imports them to time them."""
+    import planner.profiler
+    from planner.cards import load_card
+
+    monkeypatch.setenv(MEASURED_ENV, str(tmp_path))
+    calls: list[str] = []
+    monkeypatch.setattr(planner.profiler, "import_run_modules", lambda: calls.append("imported") or 0.0)
+    plan = plan_for_card(spec_for(tiny_models["llama"]), load_card("rtx-4090"))
+    assert calls == [] and plan.startup_seconds is not None
+    place_host_profile(tmp_path)
+    plan_for_card(spec_for(tiny_models["llama"]), host_card())
+    assert calls == ["imported"]
+
+
 def test_a_sweep_at_micro_batch_one_profiles_a_second_size_for_short_rows(
     tiny_models: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
