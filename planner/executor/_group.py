@@ -186,6 +186,18 @@ class _Events:
         return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
 
+def group_finished(statuses: list[dict[str, Any]], ranks: int) -> bool:
+    """Every one of ``ranks`` ranks recorded its work done without an error (``rank-N.json``, the
+    last thing a rank writes before it leaves its process group and exits).
+
+    The trial is then finished, whatever the launcher's exit code says after it: an exiting gloo
+    rank can still abort in the group's teardown ("terminate called without an active
+    exception", SIGABRT; see ``planner.executor._rank``), which fails the launcher but not the
+    trial. A rank that failed, or died before its record, leaves the trial failed.
+    """
+    return len(statuses) == ranks and not any(status.get("error") for status in statuses)
+
+
 def group_failure(statuses: list[dict[str, Any]], code: int | None, log_path: Path) -> Exception:
     """What a failed group raises in the worker, from its ranks' statuses: an out-of-memory error
     (the worker retries smaller), a ``RuntimeError`` raised from the rank's ``OSError`` when the
@@ -288,8 +300,16 @@ def group_attempt(run: TrialRun, outcome: TrialOutcome, resume: bool, *, diverge
         outcome.peak_memory_bytes = max(int(s.get("peak_memory_bytes", 0)) for s in statuses)
         outcome.memory_kind = f"{statuses[0].get('memory_kind', '')}, the largest of {ranks} ranks"
     result = _read(folder / "result.json")
-    if launcher.returncode != 0 or result is None:
+    if result is None or not group_finished(statuses, ranks):
         raise group_failure(statuses, launcher.returncode, log_path)
+    if launcher.returncode != 0:
+        logger.warning(
+            "trial %s: every rank recorded its finished work, then torch.distributed.run exited with "
+            "%s (a rank's exit, after the trial; its output: %s)",
+            run.run_name,
+            launcher.returncode,
+            log_path,
+        )
     outcome.metrics = {k: float(v) for k, v in result["metrics"].items()}
     outcome.training_arguments = result["training_arguments"]
     log = reporter.log

@@ -223,6 +223,17 @@ def test_recovery_kills_the_ranks_a_dead_worker_left_and_only_those(tmp_path: Pa
         orphan.wait()
 
 
+def test_a_group_whose_ranks_all_recorded_their_work_finished_whatever_the_exit_code() -> None:
+    """A rank that aborts in its process group's teardown, after recording its work, fails the
+    launcher but not the trial; a missing record or a rank's error fails it."""
+    from planner.executor._group import group_finished
+
+    done = [{"rank": 0, "error": None}, {"rank": 1, "error": None}]
+    assert group_finished(done, 2)
+    assert not group_finished(done[:1], 2)  # rank 1 died before its record
+    assert not group_finished([done[0], {"rank": 1, "error": "RuntimeError: boom"}], 2)
+
+
 def test_a_failed_groups_error_in_the_worker_is_what_one_process_would_raise(tmp_path: Path) -> None:
     """Out of memory retries smaller; a rank's full or read-only disk is the machine's fault, as
     the worker's check tells it in one process (the trial is left to continue); anything else
